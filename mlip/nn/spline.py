@@ -1,0 +1,90 @@
+"""Learnable cubic B-spline radial functions (Facet's replacement for radial MLPs).
+
+A radial function f(r) on [0, r_c] (Å) is a uniform cubic B-spline with `num_intervals`
+knot intervals of width h = r_c / num_intervals:
+
+    f(r) = Σ_k c_k B_3(r / h - k + 1)  ,  k = 0 .. num_intervals + 2,
+
+where B_3 is the cardinal cubic B-spline. Inside knot interval s (s h <= r < (s+1) h, local
+coordinate u = r / h - s in [0, 1)) only four coefficients contribute:
+
+    f(r) = [c_s (1-u)^3 + c_{s+1} (3u^3 - 6u^2 + 4) + c_{s+2} (-3u^3 + 3u^2 + 3u + 1) + c_{s+3} u^3] / 6.
+
+The last three coefficients are fixed at zero, so f, f' and f'' all vanish at r = r_c and the
+function continues as exactly zero beyond the cutoff: f is C2 everywhere, including at r_c.
+
+Evaluation is a table lookup: the coefficients are turned into a table of cubic polynomials in
+u (one row per interval); each edge gathers the row of its interval and evaluates it with
+Horner's rule. Cost O(1) per edge and output, no matrix multiplications. The result is an
+ordinary polynomial of r, so autograd gives dE/dr and second derivatives (double backward).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Rows: coefficient index offset k = 0..3 within the interval; columns: power of u (1, u, u^2, u^3).
+# b_k(u) = Σ_p _BSPLINE_POWER_MATRIX[k, p] u^p / 6.
+_BSPLINE_POWER_MATRIX = [
+    [1.0, -3.0, 3.0, -1.0],  # (1-u)^3
+    [4.0, 0.0, -6.0, 3.0],  # 3u^3 - 6u^2 + 4
+    [1.0, 3.0, 3.0, -3.0],  # -3u^3 + 3u^2 + 3u + 1
+    [0.0, 0.0, 0.0, 1.0],  # u^3
+]
+
+
+class SplineRadial(torch.nn.Module):
+    """`num_outputs` learnable radial functions r (Å) -> (E, num_outputs), zero for r >= cutoff.
+
+    Args:
+        cutoff: r_c in Å.
+        num_outputs: number of independent radial functions (e.g. channels x weight paths).
+        num_intervals: knot intervals on [0, r_c]; the learnable coefficients number
+            `num_intervals` per output (three more are pinned to zero at the cutoff).
+        init_std: standard deviation of the initial coefficients. Because the B-spline basis is
+            a partition of unity, f(r) stays within the range of the coefficients.
+    """
+
+    def __init__(self, cutoff: float, num_outputs: int, num_intervals: int = 16, init_std: float = 1.0):
+        super().__init__()
+        if cutoff <= 0:
+            raise ValueError(f"SplineRadial: cutoff must be positive, got {cutoff} Å")
+        if num_intervals < 1:
+            raise ValueError(f"SplineRadial: num_intervals must be >= 1, got {num_intervals}")
+        self.cutoff = float(cutoff)
+        self.num_outputs = int(num_outputs)
+        self.num_intervals = int(num_intervals)
+        self.interval_width = self.cutoff / self.num_intervals  # Å
+        # coefficients[k] multiplies B_3 centred at knot (k - 1) h; (num_intervals, num_outputs)
+        self.coefficients = torch.nn.Parameter(torch.randn(self.num_intervals, self.num_outputs) * init_std)
+        self.register_buffer(
+            "power_matrix", torch.tensor(_BSPLINE_POWER_MATRIX, dtype=torch.get_default_dtype()), persistent=False
+        )
+
+    def full_coefficients(self) -> torch.Tensor:
+        """(num_intervals + 3, num_outputs): learnable coefficients followed by the three zeros."""
+        zeros = self.coefficients.new_zeros(3, self.num_outputs)
+        return torch.cat([self.coefficients, zeros], dim=0)
+
+    def polynomial_table(self) -> torch.Tensor:
+        """(num_intervals, 4, num_outputs): per interval, coefficients of 1, u, u^2, u^3."""
+        coefficients = self.full_coefficients()
+        # windows[s, k, o] = c_{s+k, o}
+        windows = coefficients.unfold(0, 4, 1).transpose(1, 2)[: self.num_intervals]
+        power_matrix = self.power_matrix.to(coefficients.dtype) / 6.0  # entries are small integers: exact
+        return torch.einsum("kp,sko->spo", power_matrix, windows)
+
+    def forward(self, distances: torch.Tensor) -> torch.Tensor:
+        """distances (E,) Å -> (E, num_outputs)."""
+        scaled = distances / self.interval_width
+        interval = scaled.detach().floor().clamp(0, self.num_intervals - 1).long()  # (E,)
+        u = (scaled - interval.to(scaled.dtype)).unsqueeze(-1)  # (E, 1), in [0, 1) inside the cutoff
+        rows = self.polynomial_table().index_select(0, interval)  # (E, 4, num_outputs)
+        value = rows[:, 3]
+        for power in (2, 1, 0):
+            value = value * u + rows[:, power]
+        inside = (distances < self.cutoff).unsqueeze(-1)
+        return torch.where(inside, value, torch.zeros_like(value))
+
+    def extra_repr(self) -> str:
+        return f"cutoff={self.cutoff}, num_outputs={self.num_outputs}, num_intervals={self.num_intervals}"
