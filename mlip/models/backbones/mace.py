@@ -1,0 +1,297 @@
+"""A MACE-like equivariant message-passing backbone built on e3nn.
+
+One layer t turns node features h^t into h^(t+1) (see docs/models.md for the equations):
+
+1. message:  A_i = 1/avg_num_neighbors · Σ_j  R(r_ij) · (W h_j ⊗ Y(r̂_ij))      (two-body, equivariant)
+2. product:  B_i = Σ_ν  w_ν(Z_i) · Sym[A_i^⊗ν]   ν = 1..correlation          (up to (ν+1)-body)
+3. update:   h_i^(t+1) = W' B_i  (+ W''(Z_i) h_i^t from the second layer on)
+
+The backbone returns the invariant (l=0) channels of every layer, concatenated, and the l=1
+channels of the last layer as Cartesian vectors for a direct-force head. An atom without
+neighbours has A = 0 and therefore exactly zero features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from e3nn import o3
+
+from mlip.models.backbones.base import Backbone, BackboneInputs, NodeFeatures
+from mlip.nn.mlp import MLP
+from mlip.nn.radial import RadialEmbedding
+
+
+def channelwise_irreps(num_channels: int, lmax: int) -> o3.Irreps:
+    """num_channels × (0e + 1o + 2e + ...) up to lmax: the natural-parity irreps of each channel."""
+    return o3.Irreps([(num_channels, (l, (-1) ** l)) for l in range(lmax + 1)])
+
+
+def to_channels(features: torch.Tensor, irreps: o3.Irreps) -> torch.Tensor:
+    """e3nn layout (n, Σ mul·(2l+1)), all muls equal to C -> (n, C, Σ (2l+1))."""
+    blocks = [features[:, slice_].reshape(features.shape[0], mul, ir.dim) for (mul, ir), slice_ in zip(irreps, irreps.slices())]
+    return torch.cat(blocks, dim=-1)
+
+
+def from_channels(features: torch.Tensor) -> torch.Tensor:
+    """(n, C, m) for one irrep -> e3nn layout (n, C·m)."""
+    return features.reshape(features.shape[0], -1)
+
+
+class SymmetricContraction(torch.nn.Module):
+    """Higher body-order product basis, channel by channel and with element-dependent weights.
+
+    For each channel c the atomic basis A_c (irreps `channel_irreps`, dimension d) is raised to
+    the powers ν = 1..correlation. `o3.ReducedTensorProducts` gives the change of basis Q_ν from
+    the fully symmetric part of A_c^⊗ν to irreps; we keep the paths whose irrep is in
+    `target_irreps` and sum them with weights w[Z_i, path, c]:
+
+        B_c^(L) = Σ_ν Σ_paths w_ν,L[Z, path, c] · Q_ν,L,path · (A_c ⊗ ... ⊗ A_c)     (ν factors)
+
+    ν = 1 is two-body (the message itself); ν = 3 is four-body (the energy of atom i then depends
+    on up to three neighbours jointly). Equivariance holds because each Q is.
+    """
+
+    def __init__(
+        self,
+        channel_irreps: o3.Irreps,
+        target_irreps: o3.Irreps,
+        num_channels: int,
+        num_elements: int,
+        correlation: int,
+    ):
+        super().__init__()
+        if not 1 <= correlation <= 3:
+            raise ValueError(f"SymmetricContraction: correlation must be 1, 2 or 3, got {correlation}")
+        self.channel_irreps = o3.Irreps(channel_irreps)
+        self.target_irreps = o3.Irreps(target_irreps)  # one copy per channel, e.g. 0e+1o
+        self.correlation = int(correlation)
+        self.num_channels = int(num_channels)
+        formulas = {1: "i", 2: "ij=ji", 3: "ijk=jik=ikj"}
+        # bases[f"{nu}_{k}"]: (paths, 2l+1, d, ..., d) for target irrep k
+        for nu in range(1, self.correlation + 1):
+            products = o3.ReducedTensorProducts(formulas[nu], i=self.channel_irreps)
+            change_of_basis = products.change_of_basis.to(torch.get_default_dtype())
+            for k, (_, target_ir) in enumerate(self.target_irreps):
+                rows = [
+                    change_of_basis[slice_].reshape(mul, ir.dim, *change_of_basis.shape[1:])
+                    for (mul, ir), slice_ in zip(products.irreps_out, products.irreps_out.slices())
+                    if ir == target_ir
+                ]
+                if not rows:
+                    continue
+                basis = torch.cat(rows, dim=0)
+                self.register_buffer(f"basis_{nu}_{k}", basis)
+                weights = torch.randn(num_elements, basis.shape[0], num_channels) / basis.shape[0] ** 0.5
+                self.register_parameter(f"weights_{nu}_{k}", torch.nn.Parameter(weights / nu))
+        self.einsum_formulas = {
+            1: "pmi,nci->ncpm",
+            2: "pmij,nci,ncj->ncpm",
+            3: "pmijk,nci,ncj,nck->ncpm",
+        }
+
+    def forward(self, atomic_basis: torch.Tensor, species_one_hot: torch.Tensor) -> torch.Tensor:
+        """atomic_basis (n, C, d), species_one_hot (n, num_elements) -> (n, target dim · C) e3nn layout."""
+        outputs = []
+        for k, (_, target_ir) in enumerate(self.target_irreps):
+            product = atomic_basis.new_zeros(atomic_basis.shape[0], self.num_channels, target_ir.dim)
+            for nu in range(1, self.correlation + 1):
+                basis = getattr(self, f"basis_{nu}_{k}", None)
+                if basis is None:
+                    continue
+                weights = torch.einsum("ne,epc->npc", species_one_hot, getattr(self, f"weights_{nu}_{k}"))
+                powers = torch.einsum(self.einsum_formulas[nu], basis, *([atomic_basis] * nu))  # (n, C, paths, m)
+                product = product + torch.einsum("ncpm,npc->ncm", powers, weights)
+            outputs.append(from_channels(product))
+        return torch.cat(outputs, dim=-1)
+
+
+class MACEInteraction(torch.nn.Module):
+    """One message-passing layer: two-body message A, product basis B, residual update."""
+
+    def __init__(
+        self,
+        irreps_in: o3.Irreps,
+        hidden_irreps: o3.Irreps,
+        edge_irreps: o3.Irreps,
+        num_elements: int,
+        num_radial_basis: int,
+        radial_mlp: Sequence[int],
+        correlation: int,
+        avg_num_neighbors: float,
+        residual: bool,
+    ):
+        super().__init__()
+        num_channels = hidden_irreps[0].mul
+        self.avg_num_neighbors = float(avg_num_neighbors)
+        self.message_irreps = channelwise_irreps(num_channels, edge_irreps.lmax)  # A: C × (0e+1o+...)
+        element_irreps = o3.Irreps(f"{num_elements}x0e")
+
+        self.linear_up = o3.Linear(irreps_in, irreps_in)
+        tp_irreps, instructions = self._message_paths(irreps_in, edge_irreps, self.message_irreps)
+        self.edge_tensor_product = o3.TensorProduct(
+            irreps_in, edge_irreps, tp_irreps, instructions, shared_weights=False, internal_weights=False
+        )
+        self.radial_mlp = MLP(num_radial_basis, radial_mlp, self.edge_tensor_product.weight_numel, bias=False)
+        self.linear_message = o3.Linear(tp_irreps, self.message_irreps)
+        self.product = SymmetricContraction(
+            edge_irreps, o3.Irreps([ir for _, ir in hidden_irreps]), num_channels, num_elements, correlation
+        )
+        self.linear_out = o3.Linear(hidden_irreps, hidden_irreps)
+        self.self_connection = (
+            o3.FullyConnectedTensorProduct(irreps_in, element_irreps, hidden_irreps) if residual else None
+        )
+
+    @staticmethod
+    def _message_paths(irreps_in: o3.Irreps, edge_irreps: o3.Irreps, target: o3.Irreps):
+        """Channel-wise ('uvu') paths h ⊗ Y -> irreps present in `target`."""
+        tp_irreps, instructions = [], []
+        for i, (mul, ir_node) in enumerate(irreps_in):
+            for j, (_, ir_edge) in enumerate(edge_irreps):
+                for ir_out in ir_node * ir_edge:
+                    if ir_out in target:
+                        instructions.append((i, j, len(tp_irreps), "uvu", True))
+                        tp_irreps.append((mul, ir_out))
+        return o3.Irreps(tp_irreps), instructions
+
+    def forward(
+        self,
+        node_features: torch.Tensor,  # (n, irreps_in.dim)
+        species_one_hot: torch.Tensor,  # (n, num_elements)
+        edge_index: torch.Tensor,  # (2, E)
+        edge_harmonics: torch.Tensor,  # (E, edge_irreps.dim)
+        edge_radial: torch.Tensor,  # (E, num_radial_basis), zero beyond the cutoff
+    ) -> torch.Tensor:
+        sender, receiver = edge_index[0], edge_index[1]
+        up = self.linear_up(node_features)
+        messages = self.edge_tensor_product(up[sender], edge_harmonics, self.radial_mlp(edge_radial))
+        summed = messages.new_zeros(node_features.shape[0], messages.shape[1]).index_add_(0, receiver, messages)
+        atomic_basis = self.linear_message(summed / self.avg_num_neighbors)
+        product = self.product(to_channels(atomic_basis, self.message_irreps), species_one_hot)
+        updated = self.linear_out(product)
+        if self.self_connection is not None:
+            updated = updated + self.self_connection(node_features, species_one_hot)
+        return updated
+
+
+class MACEBackbone(Backbone):
+    """MACE-like backbone: Bessel radial basis, e3nn spherical harmonics, symmetric contraction.
+
+    Args:
+        num_elements: size of the model's element list (species are indices into it).
+        cutoff: radial cutoff, Å.
+        condition_dim: width of the charge/spin `node_condition` (0: no conditioning input).
+        num_channels: channels C of every hidden irrep (ignored if `hidden_irreps` is given).
+        lmax: max l of the edge spherical harmonics and of the hidden features.
+        correlation: body order of the product basis minus one (1..3).
+        num_layers: message-passing layers.
+        num_radial_basis: Bessel functions.
+        radial_polynomial_p: order of the polynomial cutoff envelope.
+        radial_mlp: hidden widths of the MLP mapping radial basis -> tensor-product weights.
+        avg_num_neighbors: divides the neighbour sum (take it from dataset statistics).
+        hidden_irreps: e.g. "32x0e+32x1o"; all multiplicities equal, must contain 0e.
+    """
+
+    def __init__(
+        self,
+        num_elements: int,
+        cutoff: float,
+        condition_dim: int = 0,
+        num_channels: int = 32,
+        lmax: int = 1,
+        correlation: int = 3,
+        num_layers: int = 2,
+        num_radial_basis: int = 8,
+        radial_polynomial_p: int = 5,
+        radial_mlp: Sequence[int] = (64, 64),
+        avg_num_neighbors: float = 1.0,
+        hidden_irreps: str | None = None,
+    ):
+        super().__init__()
+        hidden = o3.Irreps(hidden_irreps) if hidden_irreps else channelwise_irreps(num_channels, lmax)
+        hidden = hidden.sort().irreps.simplify()
+        self._check_hidden_irreps(hidden, lmax)
+        num_channels = hidden[0].mul
+        if num_layers < 1:
+            raise ValueError(f"MACEBackbone: num_layers must be >= 1, got {num_layers}")
+        if avg_num_neighbors <= 0:
+            raise ValueError(f"MACEBackbone: avg_num_neighbors must be positive, got {avg_num_neighbors}")
+        self.config = {
+            "_target_": f"{type(self).__module__}.{type(self).__qualname__}",
+            "num_elements": int(num_elements),
+            "cutoff": float(cutoff),
+            "condition_dim": int(condition_dim),
+            "num_channels": int(num_channels),
+            "lmax": int(lmax),
+            "correlation": int(correlation),
+            "num_layers": int(num_layers),
+            "num_radial_basis": int(num_radial_basis),
+            "radial_polynomial_p": int(radial_polynomial_p),
+            "radial_mlp": [int(width) for width in radial_mlp],
+            "avg_num_neighbors": float(avg_num_neighbors),
+            "hidden_irreps": str(hidden),
+        }
+        self.num_elements = int(num_elements)
+        self.condition_dim = int(condition_dim)
+        self.cutoff = float(cutoff)
+        self.hidden_irreps = hidden
+        self.num_channels = num_channels
+        edge_irreps = o3.Irreps.spherical_harmonics(lmax)
+
+        self.species_embedding = torch.nn.Embedding(num_elements, num_channels)
+        self.condition_projection = (
+            torch.nn.Linear(condition_dim, num_channels, bias=False) if condition_dim > 0 else None
+        )
+        self.radial_embedding = RadialEmbedding(cutoff, num_radial_basis, radial_polynomial_p)
+        self.spherical_harmonics = o3.SphericalHarmonics(edge_irreps, normalize=True, normalization="component")
+        self.layers = torch.nn.ModuleList(
+            MACEInteraction(
+                irreps_in=o3.Irreps(f"{num_channels}x0e") if index == 0 else hidden,
+                hidden_irreps=hidden,
+                edge_irreps=edge_irreps,
+                num_elements=num_elements,
+                num_radial_basis=num_radial_basis,
+                radial_mlp=radial_mlp,
+                correlation=correlation,
+                avg_num_neighbors=avg_num_neighbors,
+                residual=index > 0,
+            )
+            for index in range(num_layers)
+        )
+        self.num_scalar_features = num_layers * num_channels
+        self.num_vector_features = num_channels if o3.Irrep("1o") in hidden else 0
+
+    @staticmethod
+    def _check_hidden_irreps(hidden: o3.Irreps, lmax: int) -> None:
+        if len({mul for mul, _ in hidden}) != 1:
+            raise ValueError(f"MACEBackbone: hidden_irreps {hidden} must have one multiplicity for all irreps")
+        if hidden[0].ir != o3.Irrep("0e"):
+            raise ValueError(f"MACEBackbone: hidden_irreps {hidden} must contain scalars 0e")
+        if hidden.lmax > lmax:
+            raise ValueError(f"MACEBackbone: hidden_irreps {hidden} have l > lmax={lmax}")
+
+    def forward(self, inputs: BackboneInputs) -> NodeFeatures:
+        species_one_hot = torch.nn.functional.one_hot(inputs.species, self.num_elements).to(inputs.edge_vectors.dtype)
+        node_features = self.species_embedding(inputs.species)  # (n, C): l=0 only
+        if inputs.node_condition is not None:
+            if self.condition_projection is None:
+                raise ValueError("MACEBackbone: got node_condition but was built with condition_dim=0")
+            node_features = node_features + self.condition_projection(inputs.node_condition)
+
+        distances = inputs.edge_vectors.norm(dim=-1)  # (E,) Å
+        edge_radial = self.radial_embedding(distances)
+        edge_harmonics = self.spherical_harmonics(inputs.edge_vectors)
+
+        layer_scalars = []
+        for layer in self.layers:
+            node_features = layer(node_features, species_one_hot, inputs.edge_index, edge_harmonics, edge_radial)
+            layer_scalars.append(node_features[:, : self.num_channels])  # 0e block comes first
+        return NodeFeatures(scalars=torch.cat(layer_scalars, dim=-1), vectors=self._vectors(node_features))
+
+    def _vectors(self, node_features: torch.Tensor) -> torch.Tensor | None:
+        """The 1o block of the last layer as (n, C, 3) Cartesian vectors (e3nn's l=1 basis is x, y, z)."""
+        for (mul, ir), slice_ in zip(self.hidden_irreps, self.hidden_irreps.slices()):
+            if ir == o3.Irrep("1o"):
+                return node_features[:, slice_].reshape(-1, mul, 3)
+        return None

@@ -1,0 +1,325 @@
+"""`Potential`: the physical wrapper shared by every backbone.
+
+A backbone maps a neighbour graph to per-atom features; `Potential` turns them into energies
+(eV), forces (eV/Å) and stress (eV/Å³, ASE sign):
+
+    E   = Σ_i [ scale · readout(h_i) + shift + E_ref(Z_i) ]
+    F_i = -∂E/∂r_i
+    σ   = (1/V) ∂E/∂ε     (symmetric strain ε applied to positions and cell, at ε = 0)
+
+See docs/models.md for the full description and `build_potential` for building one from a
+config dict plus dataset statistics (what checkpoints use to rebuild a model).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from ase.data import chemical_symbols
+
+from mlip.data.graph import edge_vectors
+from mlip.models.backbones.base import Backbone, BackboneInputs
+from mlip.models.conditioning import ChargeSpinEmbedding
+from mlip.nn.mlp import MLP
+
+MAX_ATOMIC_NUMBER = 118
+
+
+class Potential(torch.nn.Module):
+    """Energy, forces and stress from any backbone.
+
+    Args:
+        backbone: a `Backbone` built with `num_elements=len(elements)`, the same `cutoff` and
+            `condition_dim` (0 when `charge_spin_conditioning` is off).
+        elements: atomic numbers Z the model knows; species index = position in this list.
+        atomic_energies: reference energies E_ref(Z) in eV, a dict {Z: eV} or a list aligned
+            with `elements`.
+        scale: eV, multiplies the learned per-atom energy (dataset force RMS or energy std).
+        shift: eV/atom, added to every atom (mean per-atom residual energy after references).
+        cutoff: Å, must equal the cutoff the graphs were built with.
+        charge_spin_conditioning: embed total charge and spin multiplicity into the atoms.
+        condition_dim: width of that embedding.
+        direct_forces: also predict forces directly from features (`direct_forces` output).
+        readout_hidden: hidden widths of the bias-free energy readout MLP.
+        max_charge, max_multiplicity: ranges of the learned charge/spin embedding tables.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        elements: Sequence[int],
+        atomic_energies: Mapping[int, float] | Sequence[float],
+        scale: float = 1.0,
+        shift: float = 0.0,
+        cutoff: float = 5.0,
+        charge_spin_conditioning: bool = True,
+        condition_dim: int = 16,
+        direct_forces: bool = False,
+        readout_hidden: Sequence[int] = (16,),
+        max_charge: int = 4,
+        max_multiplicity: int = 6,
+    ):
+        super().__init__()
+        self.elements = [int(z) for z in elements]
+        self._check_elements(self.elements)
+        self.cutoff = float(cutoff)
+        self.charge_spin_conditioning = bool(charge_spin_conditioning)
+        self.condition_dim = int(condition_dim) if charge_spin_conditioning else 0
+        self._check_backbone(backbone)
+        self.backbone = backbone
+        self.config: dict[str, Any] = {
+            "backbone": dict(getattr(backbone, "config", {})) or None,
+            "elements": list(self.elements),
+            "atomic_energies": self._aligned_energies(atomic_energies),
+            "scale": float(scale),
+            "shift": float(shift),
+            "cutoff": self.cutoff,
+            "charge_spin_conditioning": self.charge_spin_conditioning,
+            "condition_dim": int(condition_dim),
+            "direct_forces": bool(direct_forces),
+            "readout_hidden": [int(width) for width in readout_hidden],
+            "max_charge": int(max_charge),
+            "max_multiplicity": int(max_multiplicity),
+        }
+
+        species_of_z = torch.full((MAX_ATOMIC_NUMBER + 1,), -1, dtype=torch.long)
+        species_of_z[torch.tensor(self.elements)] = torch.arange(len(self.elements))
+        self.register_buffer("species_of_z", species_of_z)
+        self.register_buffer("atomic_energies", torch.tensor(self.config["atomic_energies"]))
+        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.register_buffer("shift", torch.tensor(float(shift)))
+
+        self.conditioning = (
+            ChargeSpinEmbedding(self.condition_dim, max_charge, max_multiplicity) if self.charge_spin_conditioning else None
+        )
+        self.readout = MLP(backbone.num_scalar_features, readout_hidden, 1, bias=False)
+        self.direct_force_head = self._direct_force_head(backbone) if direct_forces else None
+
+    # ----------------------------------------------------------------------------------- setup
+    @staticmethod
+    def _check_elements(elements: list[int]) -> None:
+        if not elements:
+            raise ValueError("Potential: `elements` is empty")
+        if len(set(elements)) != len(elements):
+            raise ValueError(f"Potential: `elements` has duplicates: {elements}")
+        bad = [z for z in elements if not 1 <= z <= MAX_ATOMIC_NUMBER]
+        if bad:
+            raise ValueError(f"Potential: atomic numbers out of range 1..{MAX_ATOMIC_NUMBER}: {bad}")
+
+    def _check_backbone(self, backbone: Backbone) -> None:
+        expected = {"num_elements": len(self.elements), "cutoff": self.cutoff}
+        if self.charge_spin_conditioning:
+            expected["condition_dim"] = self.condition_dim
+        for name, value in expected.items():
+            actual = getattr(backbone, name, None)
+            if actual is not None and actual != value:
+                raise ValueError(f"Potential: backbone has {name}={actual} but the potential needs {name}={value}")
+
+    def _aligned_energies(self, atomic_energies: Mapping[int, float] | Sequence[float]) -> list[float]:
+        if isinstance(atomic_energies, Mapping):
+            by_z = {int(z): float(e) for z, e in atomic_energies.items()}
+            missing = [f"{chemical_symbols[z]} (Z={z})" for z in self.elements if z not in by_z]
+            if missing:
+                raise ValueError(f"Potential: atomic_energies has no reference energy for {', '.join(missing)}")
+            return [by_z[z] for z in self.elements]
+        energies = [float(e) for e in atomic_energies]
+        if len(energies) != len(self.elements):
+            raise ValueError(
+                f"Potential: atomic_energies has {len(energies)} values but there are {len(self.elements)} elements"
+            )
+        return energies
+
+    @staticmethod
+    def _direct_force_head(backbone: Backbone) -> torch.nn.Linear:
+        """Equivariant (weights over l=1 channels, no bias) when the backbone has vectors, else scalars -> 3."""
+        if backbone.num_vector_features > 0:
+            return torch.nn.Linear(backbone.num_vector_features, 1, bias=False)
+        return torch.nn.Linear(backbone.num_scalar_features, 3)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Potential:
+        """Rebuild from `potential.config` (a fully resolved dict, e.g. stored in a checkpoint)."""
+        config = dict(config)
+        if not config.get("backbone"):
+            raise ValueError("Potential.from_config: config has no `backbone` entry (a dict with `_target_`)")
+        backbone = build_backbone(config.pop("backbone"))
+        return cls(backbone=backbone, **config)
+
+    # --------------------------------------------------------------------------------- forward
+    def species(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
+        """Atomic numbers (n,) -> species indices (n,); clear error for an unknown element."""
+        z = atomic_numbers.long()
+        in_table = (z >= 0) & (z <= MAX_ATOMIC_NUMBER)
+        species = torch.where(in_table, self.species_of_z[z.clamp(0, MAX_ATOMIC_NUMBER)], -1)
+        if bool((species < 0).any()):
+            unknown = sorted({int(v) for v in z[species < 0].tolist()})
+            names = [f"{chemical_symbols[v]} (Z={v})" if 0 < v <= MAX_ATOMIC_NUMBER else f"Z={v}" for v in unknown]
+            known = ", ".join(chemical_symbols[v] for v in self.elements)
+            raise ValueError(f"Potential: element {', '.join(names)} is not in the model's elements [{known}]")
+        return species
+
+    def forward(
+        self,
+        batch,
+        compute_forces: bool = True,
+        compute_stress: bool = False,
+        training: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Predictions for a torch_geometric `Data`/`Batch` with the fields of docs/design.md.
+
+        Returns `energy` (G,) eV, `node_energy` (n,) eV, and on request `forces` (n, 3) eV/Å,
+        `stress` (G, 3, 3) eV/Å³ and `virials` (G, 3, 3) eV (= -V σ); stress and virials are NaN
+        for graphs without periodicity or with a zero-volume cell. `direct_forces` (n, 3) eV/Å
+        when the head is enabled. `training=True` keeps the graph of the derivatives so that
+        force/stress losses can be backpropagated.
+        """
+        dtype = self.atomic_energies.dtype
+        pos = batch.pos.to(dtype)
+        cell = batch.cell.to(dtype).reshape(-1, 3, 3)
+        num_graphs = cell.shape[0]
+        node_batch = batch.batch if getattr(batch, "batch", None) is not None else pos.new_zeros(pos.shape[0], dtype=torch.long)
+        species = self.species(batch.z)
+
+        with torch.set_grad_enabled(torch.is_grad_enabled() or compute_forces or compute_stress):
+            if compute_forces:
+                pos = pos.detach().requires_grad_(True)
+            positions, cell, strain = self._apply_strain(pos, cell, node_batch) if compute_stress else (pos, cell, None)
+            vectors = edge_vectors(positions, cell, batch.edge_index, batch.shifts.to(dtype), node_batch)
+            features = self.backbone(
+                BackboneInputs(
+                    species=species,
+                    edge_index=batch.edge_index,
+                    edge_vectors=vectors,
+                    batch=node_batch,
+                    num_graphs=num_graphs,
+                    node_condition=self._node_condition(batch, node_batch, num_graphs),
+                    pos=positions,
+                    cell=cell,
+                    shifts=batch.shifts.to(dtype),
+                )
+            )
+            learned = self.readout(features.scalars).squeeze(-1)  # (n,)
+            node_energy = self.scale * learned + self.shift + self.atomic_energies[species]
+            energy = node_energy.new_zeros(num_graphs).index_add(0, node_batch, node_energy)
+            outputs = {"energy": energy, "node_energy": node_energy}
+            if compute_forces or compute_stress:
+                outputs.update(self._derivatives(energy, pos, strain, cell, batch, compute_forces, training))
+        if self.direct_force_head is not None:
+            outputs["direct_forces"] = self._direct_forces(features)
+        return outputs
+
+    def _node_condition(self, batch, node_batch: torch.Tensor, num_graphs: int) -> torch.Tensor | None:
+        if self.conditioning is None:
+            return None
+        charge = getattr(batch, "charge", None)
+        spin = getattr(batch, "spin", None)
+        charge = torch.zeros(num_graphs, dtype=torch.long, device=node_batch.device) if charge is None else charge
+        spin = torch.ones(num_graphs, dtype=torch.long, device=node_batch.device) if spin is None else spin
+        return self.conditioning(charge, spin)[node_batch]  # (n, condition_dim)
+
+    @staticmethod
+    def _apply_strain(pos: torch.Tensor, cell: torch.Tensor, node_batch: torch.Tensor):
+        """Displacement trick: r -> r (1 + ε), cell rows a -> a (1 + ε), ε symmetric, zero-valued."""
+        strain = torch.zeros_like(cell, requires_grad=True)  # (G, 3, 3)
+        symmetric = 0.5 * (strain + strain.transpose(-1, -2))
+        positions = pos + torch.einsum("ni,nij->nj", pos, symmetric[node_batch])
+        strained_cell = cell + torch.bmm(cell, symmetric)
+        return positions, strained_cell, strain
+
+    @staticmethod
+    def _derivatives(energy, pos, strain, cell, batch, compute_forces: bool, training: bool) -> dict[str, torch.Tensor]:
+        wrt = [pos] if compute_forces else []
+        if strain is not None:
+            wrt.append(strain)
+        if energy.requires_grad:
+            grads = torch.autograd.grad(energy.sum(), wrt, create_graph=training, allow_unused=True)
+        else:  # nothing depends on the geometry (and no trainable parameters): zero derivatives
+            grads = [None] * len(wrt)
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)]
+        outputs = {}
+        if compute_forces:
+            outputs["forces"] = -grads[0]
+        if strain is not None:
+            volume = torch.linalg.det(cell).abs()  # (G,) Å³
+            periodic = batch.pbc.reshape(-1, 3).any(dim=-1).to(volume.device) & (volume > 0)
+            nan = torch.full_like(grads[-1], float("nan"))
+            dE_dstrain = torch.where(periodic[:, None, None], grads[-1], nan)
+            outputs["virials"] = -dE_dstrain
+            outputs["stress"] = dE_dstrain / torch.where(periodic, volume, torch.ones_like(volume))[:, None, None]
+        return outputs
+
+    def _direct_forces(self, features) -> torch.Tensor:
+        if features.vectors is not None and self.backbone.num_vector_features > 0:
+            return self.direct_force_head(features.vectors.transpose(1, 2)).squeeze(-1)  # (n, 3)
+        return self.direct_force_head(features.scalars)
+
+
+# --------------------------------------------------------------------------------- builders
+def backbone_class(config: Mapping[str, Any]) -> type:
+    """The backbone class named by `_target_` (import path) or `name` (registry key) in `config`."""
+    from mlip.models.backbones import BACKBONES
+
+    target = config.get("_target_")
+    name = config.get("name")
+    if target is not None:
+        module_name, _, class_name = target.rpartition(".")
+        return getattr(importlib.import_module(module_name), class_name)
+    if name is not None:
+        if name not in BACKBONES:
+            raise ValueError(f"build_backbone: unknown backbone {name!r}; known: {sorted(BACKBONES)}")
+        return BACKBONES[name]
+    raise ValueError("build_backbone: config needs `_target_` (import path) or `name` (e.g. 'mace')")
+
+
+def build_backbone(config: Mapping[str, Any]) -> Backbone:
+    """Instantiate a backbone from a dict with `_target_` or `name` plus its keyword arguments."""
+    kwargs = {key: value for key, value in config.items() if key not in ("_target_", "name")}
+    return backbone_class(config)(**kwargs)
+
+
+def _statistic(statistics, key: str, default=None):
+    if statistics is None:
+        return default
+    if isinstance(statistics, Mapping):
+        return statistics.get(key, default)
+    return getattr(statistics, key, default)
+
+
+def build_potential(config: Mapping[str, Any], statistics=None) -> Potential:
+    """Build a `Potential` from a model config and (optionally) dataset statistics.
+
+    `config`: {"backbone": {"_target_": ..., hyperparameters...}, "cutoff": Å, optional
+    "elements", "atomic_energies", "scale", "shift", "charge_spin_conditioning", "condition_dim",
+    "direct_forces", "readout_hidden", ...}. `statistics` (a mapping or an object with these
+    attributes) fills what the config leaves out: `elements`, `atomic_energies`, `scale`, `shift`,
+    `avg_num_neighbors`. The backbone's `num_elements`, `cutoff` and `condition_dim` always come
+    from the potential; `avg_num_neighbors` from statistics unless the backbone config sets it.
+    The resolved config is `potential.config`; `Potential.from_config` rebuilds the same model.
+    """
+    config = dict(config)
+    backbone_config = dict(config.pop("backbone"))
+    for key in ("elements", "atomic_energies", "scale", "shift"):
+        if config.get(key) is None:
+            value = _statistic(statistics, key)
+            if value is None and key in ("elements", "atomic_energies"):
+                raise ValueError(f"build_potential: `{key}` is neither in the config nor in the statistics")
+            if value is not None:
+                config[key] = value
+    if "cutoff" not in config:
+        raise ValueError("build_potential: config needs `cutoff` (Å)")
+    conditioning = config.get("charge_spin_conditioning", True)
+    backbone_config["num_elements"] = len(config["elements"])
+    backbone_config["cutoff"] = float(config["cutoff"])
+    backbone_config["condition_dim"] = int(config.get("condition_dim", 16)) if conditioning else 0
+    accepts_average = "avg_num_neighbors" in inspect.signature(backbone_class(backbone_config)).parameters
+    if accepts_average and backbone_config.get("avg_num_neighbors") is None:
+        average = _statistic(statistics, "avg_num_neighbors")
+        if average is not None:
+            backbone_config["avg_num_neighbors"] = float(average)
+        else:
+            backbone_config.pop("avg_num_neighbors", None)
+    return Potential(backbone=build_backbone(backbone_config), **config)

@@ -1,0 +1,51 @@
+"""Shared small fixtures: a random molecule and a random triclinic crystal, as `Structure`s.
+
+Keep fixtures generic (any module may use them) and small (tests must stay fast).
+Graphs: `mlip.data.graph.structure_to_graph(structure, cutoff, dtype)`; batches:
+`torch_geometric.data.Batch.from_data_list([...])`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mlip.data.structure import Structure
+
+
+def random_molecule(rng: np.random.Generator, numbers=(8, 1, 1, 6, 1), spread: float = 1.6) -> Structure:
+    """A small cell-less cluster with atoms at least 0.8 Å apart (positions in Å)."""
+    positions = []
+    while len(positions) < len(numbers):
+        candidate = rng.uniform(-spread, spread, size=3)
+        if all(np.linalg.norm(candidate - p) > 0.8 for p in positions):
+            positions.append(candidate)
+    return Structure(numbers=np.array(numbers), positions=np.array(positions), id="molecule")
+
+
+def random_crystal(rng: np.random.Generator, numbers=(14, 8, 8, 14), length: float = 3.6) -> Structure:
+    """A periodic triclinic cell (lattice vectors as rows, Å) with atoms at least 1 Å apart."""
+    cell = np.diag([length, length * 1.1, length * 0.95]) + rng.uniform(-0.5, 0.5, size=(3, 3))
+    fractional = []
+    while len(fractional) < len(numbers):
+        candidate = rng.uniform(0, 1, size=3)
+        cartesian = candidate @ cell
+        if all(np.linalg.norm(cartesian - f @ cell) > 1.0 for f in fractional):
+            fractional.append(candidate)
+    positions = np.array(fractional) @ cell
+    return Structure(numbers=np.array(numbers), positions=positions, cell=cell, pbc=np.ones(3, bool), id="crystal")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20261125)
+
+
+@pytest.fixture
+def molecule(rng) -> Structure:
+    return random_molecule(rng)
+
+
+@pytest.fixture
+def crystal(rng) -> Structure:
+    return random_crystal(rng)
