@@ -1,0 +1,308 @@
+"""`HDF5Dataset`: a lazy torch Dataset of neighbour graphs over one or several mlip HDF5 files.
+
+All files (or shards, globs allowed) form one index space. Structures are read only when asked
+for; what stays in memory is a handful of compact NumPy arrays per structure (offsets, charge,
+spin, label masks, and the selected indices), so memory does not grow while iterating.
+
+    dataset = HDF5Dataset("data/train-*.h5", cutoff=5.0, subsets=["neutral"], elements=["H", "C", "O"])
+    train, val, test = dataset.split(val_fraction=0.1, test_fraction=0.1, seed=0)
+    loader = torch_geometric.loader.DataLoader(train, batch_size=32, shuffle=True, num_workers=2)
+
+Selections (`split`, `subset`) are `HDF5Dataset`s themselves: they expose `get_structure`, the
+metadata arrays and can be split again.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import os
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mlip.data.graph import structure_to_graph
+from mlip.data.reader import StructureReader, bitmask_to_numbers, numbers_to_bitmask
+from mlip.data.structure import Structure
+
+
+class DatasetSplit(NamedTuple):
+    """Disjoint parts of a dataset; ``test`` is empty when no test fraction was asked for."""
+
+    train: HDF5Dataset
+    val: HDF5Dataset
+    test: HDF5Dataset
+
+
+class HDF5Dataset(Dataset):
+    """Structures of one or several mlip HDF5 files as torch_geometric graphs.
+
+    Args:
+        paths: a file, a glob pattern, or a sequence of them (shards are concatenated in the
+            given order; each glob is sorted).
+        cutoff: neighbour cutoff, Å, for the graphs of `__getitem__` (None: graphs without edges).
+        dtype: floating dtype of positions, cell and labels in the graphs.
+        subsets: keep only structures whose subset label is one of these.
+        charges: keep only structures whose total charge is one of these.
+        spins: keep only structures whose spin multiplicity is one of these.
+        elements: keep only structures made exclusively of these elements (symbols or atomic
+            numbers).
+        max_atoms: keep only structures with at most this many atoms.
+    """
+
+    def __init__(
+        self,
+        paths: str | os.PathLike | Sequence[str | os.PathLike],
+        cutoff: float | None = None,
+        dtype: torch.dtype = torch.float32,
+        subsets: Iterable[str] | str | None = None,
+        charges: Iterable[int] | int | None = None,
+        spins: Iterable[int] | int | None = None,
+        elements: Iterable[str | int] | None = None,
+        max_atoms: int | None = None,
+    ) -> None:
+        self.paths = resolve_paths(paths)
+        self.cutoff = cutoff
+        self.dtype = dtype
+        self.readers = [StructureReader(path) for path in self.paths]
+        sizes = np.array([len(reader) for reader in self.readers], dtype=np.int64)
+        self._file_starts = np.concatenate([[0], np.cumsum(sizes)])  # (n_files+1,) global index space
+        keep = self._filter_mask(subsets, charges, spins, elements, max_atoms)
+        self._selection = np.flatnonzero(keep).astype(np.int64)  # (len,) global indices kept
+        self.indices = self._selection.copy()  # positions in the parent (here: all files)
+
+    # ---------------------------------------------------------------- selection
+
+    def _filter_mask(self, subsets, charges, spins, elements, max_atoms) -> np.ndarray:
+        """(S_total,) bool: which structures of all files pass every filter."""
+        keep = np.ones(self._file_starts[-1], dtype=bool)
+        if subsets is not None:
+            wanted = {subsets} if isinstance(subsets, str) else set(subsets)
+            codes = self._all_subset_codes()
+            wanted_codes = [code for code, name in enumerate(self._all_subset_names()) if name in wanted]
+            keep &= np.isin(codes, wanted_codes)
+        if charges is not None:
+            keep &= np.isin(self._concatenated("charge"), list(_as_int_set(charges)))
+        if spins is not None:
+            keep &= np.isin(self._concatenated("spin"), list(_as_int_set(spins)))
+        if elements is not None:
+            allowed = numbers_to_bitmask(_as_atomic_numbers(elements))
+            masks = np.concatenate([reader.element_masks for reader in self.readers]) if self.readers else np.zeros((0, 2), np.uint64)
+            keep &= ((masks & ~allowed) == 0).all(axis=1)
+        if max_atoms is not None:
+            keep &= self._concatenated("n_atoms") <= max_atoms
+        return keep
+
+    def _concatenated(self, attribute: str) -> np.ndarray:
+        """A per-structure reader attribute over all files, in the global index space."""
+        return np.concatenate([getattr(reader, attribute) for reader in self.readers])
+
+    def _all_subset_names(self) -> tuple[str, ...]:
+        return tuple(sorted({name for reader in self.readers for name in reader.subset_names}))
+
+    def _all_subset_codes(self) -> np.ndarray:
+        """Subset codes of all files, re-numbered into `_all_subset_names`."""
+        names = self._all_subset_names()
+        code_of = {name: code for code, name in enumerate(names)}
+        parts = []
+        for reader in self.readers:
+            translate = np.array([code_of[name] for name in reader.subset_names], dtype=np.int32)
+            parts.append(translate[reader.subset_codes] if len(translate) else reader.subset_codes)
+        return np.concatenate(parts)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> HDF5Dataset:
+        """A view on the structures at ``indices`` of this dataset (no data is read)."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if indices.size and (indices.min() < -len(self) or indices.max() >= len(self)):
+            raise IndexError(f"subset indices out of range for a dataset of {len(self)} structures")
+        view = copy.copy(self)  # shares the readers (and their open handles)
+        for name in _METADATA_NAMES:
+            view.__dict__.pop(name, None)
+        view._selection = self._selection[indices]
+        view.indices = indices % max(len(self), 1)
+        return view
+
+    def split(self, val_fraction: float, test_fraction: float = 0.0, seed: int = 0) -> DatasetSplit:
+        """Random disjoint train / validation / test views; the same seed gives the same split.
+
+        The sizes are ``round(fraction * len(self))`` for validation and test, the rest is train;
+        indices inside each part are sorted (file order, friendlier to disk reads).
+        """
+        for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 <= fraction < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {fraction}")
+        if val_fraction + test_fraction >= 1.0:
+            raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
+        permutation = np.random.default_rng(seed).permutation(len(self))
+        n_val = int(round(val_fraction * len(self)))
+        n_test = int(round(test_fraction * len(self)))
+        val = np.sort(permutation[:n_val])
+        test = np.sort(permutation[n_val : n_val + n_test])
+        train = np.sort(permutation[n_val + n_test :])
+        return DatasetSplit(self.subset(train), self.subset(val), self.subset(test))
+
+    # ---------------------------------------------------------------- access
+
+    def __len__(self) -> int:
+        return int(self._selection.shape[0])
+
+    def __repr__(self) -> str:
+        files = ", ".join(str(path) for path in self.paths)
+        return f"HDF5Dataset([{files}], n_structures={len(self)}, cutoff={self.cutoff})"
+
+    def locate(self, index: int) -> tuple[Path, int]:
+        """(file, index inside that file) of structure ``index`` of this dataset."""
+        file_number, local_index = self._locate(index)
+        return self.paths[file_number], local_index
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        index = int(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} structures")
+        global_index = int(self._selection[index])
+        file_number = int(np.searchsorted(self._file_starts, global_index, side="right") - 1)
+        return file_number, global_index - int(self._file_starts[file_number])
+
+    def get_structure(self, index: int) -> Structure:
+        """Structure ``index`` of this dataset, read from disk."""
+        file_number, local_index = self._locate(index)
+        return self.readers[file_number].read(local_index)
+
+    def get_structures(self, indices: Sequence[int]) -> list[Structure]:
+        """Several structures, read file by file with slice reads where indices are consecutive."""
+        locations = [self._locate(i) for i in indices]
+        by_file: dict[int, list[int]] = {}
+        for file_number, local_index in locations:
+            by_file.setdefault(file_number, []).append(local_index)
+        read = {
+            file_number: dict(zip(local_indices, self.readers[file_number].read_many(local_indices)))
+            for file_number, local_indices in by_file.items()
+        }
+        return [read[file_number][local_index] for file_number, local_index in locations]
+
+    def __getitem__(self, index):
+        """The graph of structure ``index`` (see mlip.data.graph.structure_to_graph)."""
+        if isinstance(index, torch.Tensor):
+            index = index.item()
+        return structure_to_graph(self.get_structure(index), cutoff=self.cutoff, dtype=self.dtype)
+
+    def __iter__(self):
+        for index in range(len(self)):
+            yield self[index]
+
+    # ---------------------------------------------------------------- metadata (no atoms read)
+
+    @cached_property
+    def n_atoms(self) -> np.ndarray:
+        """(len,) int64 atoms per structure."""
+        return self._concatenated("n_atoms")[self._selection]
+
+    @cached_property
+    def charge(self) -> np.ndarray:
+        """(len,) int32 total charge."""
+        return self._concatenated("charge")[self._selection]
+
+    @cached_property
+    def spin(self) -> np.ndarray:
+        """(len,) int32 spin multiplicity."""
+        return self._concatenated("spin")[self._selection]
+
+    @cached_property
+    def has_energy(self) -> np.ndarray:
+        return self._concatenated("has_energy")[self._selection]
+
+    @cached_property
+    def has_forces(self) -> np.ndarray:
+        return self._concatenated("has_forces")[self._selection]
+
+    @cached_property
+    def has_stress(self) -> np.ndarray:
+        return self._concatenated("has_stress")[self._selection]
+
+    @cached_property
+    def has_magmom(self) -> np.ndarray:
+        return self._concatenated("has_magmom")[self._selection]
+
+    @cached_property
+    def has_partial_charges(self) -> np.ndarray:
+        return self._concatenated("has_partial_charges")[self._selection]
+
+    @cached_property
+    def subset_names(self) -> tuple[str, ...]:
+        """Distinct subset labels over all files (sorted); `subset_codes` index into it."""
+        return self._all_subset_names()
+
+    @cached_property
+    def subset_codes(self) -> np.ndarray:
+        """(len,) int32 index of each structure's subset label into `subset_names`."""
+        return self._all_subset_codes()[self._selection]
+
+    @property
+    def subset_labels(self) -> np.ndarray:
+        """(len,) fixed-width string array of subset labels (built from the codes)."""
+        return np.array(self.subset_names or ("",))[self.subset_codes]
+
+    @cached_property
+    def element_masks(self) -> np.ndarray:
+        """(len, 2) uint64 bit sets of the elements of each structure (bit Z-1)."""
+        return np.concatenate([reader.element_masks for reader in self.readers])[self._selection]
+
+    @property
+    def elements(self) -> np.ndarray:
+        """Sorted atomic numbers occurring in this dataset."""
+        if len(self) == 0:
+            return np.zeros(0, dtype=np.int64)
+        return bitmask_to_numbers(np.bitwise_or.reduce(self.element_masks, axis=0))
+
+
+_METADATA_NAMES = {
+    name for name, value in vars(HDF5Dataset).items() if isinstance(value, cached_property)
+}
+
+
+def resolve_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """Files named by a path, a glob or a sequence of them; raises if one names nothing."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    resolved: list[Path] = []
+    for entry in paths:
+        entry = os.fspath(entry)
+        if glob.has_magic(entry):
+            matches = sorted(glob.glob(entry))
+            if not matches:
+                raise FileNotFoundError(f"no dataset file matches {entry!r}")
+            resolved.extend(Path(match) for match in matches)
+        elif Path(entry).is_file():
+            resolved.append(Path(entry))
+        else:
+            raise FileNotFoundError(f"no such dataset file: {entry}")
+    if not resolved:
+        raise ValueError("no dataset files given")
+    return resolved
+
+
+def _as_int_set(values: Iterable[int] | int) -> set[int]:
+    if isinstance(values, (int, np.integer)):
+        return {int(values)}
+    return {int(value) for value in values}
+
+
+def _as_atomic_numbers(elements: Iterable[str | int]) -> list[int]:
+    from ase.data import atomic_numbers
+
+    if isinstance(elements, (str, int, np.integer)):
+        elements = [elements]
+    numbers = []
+    for element in elements:
+        if isinstance(element, str):
+            if element not in atomic_numbers or element == "X":
+                raise ValueError(f"unknown element symbol {element!r}")
+            numbers.append(atomic_numbers[element])
+        else:
+            numbers.append(int(element))
+    return numbers
