@@ -326,8 +326,8 @@ class StructureReader:
         structures = []
         for row, index in enumerate(range(start, stop)):
             first, last = int(self.offsets[index]) - atom_start, int(self.offsets[index + 1]) - atom_start
-            atoms = {name: column[first:last] for name, column in atom_columns.items()}
-            scalars = {name: column[row] for name, column in structure_columns.items()}
+            atoms = {name: None if column is None else column[first:last] for name, column in atom_columns.items()}
+            scalars = {name: None if column is None else column[row] for name, column in structure_columns.items()}
             structures.append(self._assemble(index, atoms, scalars))
         return structures
 
