@@ -1,0 +1,211 @@
+"""Spherical-grid projections of irreps features, Facet's grid MLP and exact grid (Gaunt) products.
+
+Conventions
+-----------
+A node feature with `C` channels and degrees l = 0..lmax is stored as coefficients of shape
+(..., K, C), K = (lmax + 1)^2, in e3nn's order (l, m) = (0,0), (1,-1), (1,0), (1,1), (2,-2), ...
+The coefficients multiply e3nn's real spherical harmonics `o3.spherical_harmonics(l, x,
+normalize=True, normalization="component")` (the same functions e3nn's `o3.SphericalHarmonics`
+gives for edge features), so degree l has parity (-1)^l: irreps "0e + 1o + 2e + 3o + ...", and the
+l = 1 block is an ordinary Cartesian vector (x, y, z). Each coefficient vector is a function on
+the unit sphere, f(x) = Σ_k c_k Y_k(x).
+
+With "component" normalisation the spherical average of Y_k Y_k' is δ_kk'. The grid below
+carries quadrature weights w_g that sum to one, so projection back to coefficients is
+c_k = Σ_g w_g f(x_g) Y_k(x_g).
+
+The grid
+--------
+Gauss-Legendre nodes in z = cos β (n_β of them) times n_α = 2 n_β equally spaced azimuths α.
+This rule integrates every polynomial in (x, y, z) of total degree D <= 2 n_β - 1 exactly
+(the α sum is exact for |m| < n_α, the Gauss-Legendre sum for degree < 2 n_β in z). A product of
+band-limited functions of degrees l1, l2, l3 is such a polynomial with D = l1 + l2 + l3, so
+
+* the round trip coefficients -> grid -> coefficients is the identity once n_β >= lmax + 1;
+* the product of two band-limited signals, projected onto degree <= lmax_out, is exact once
+  n_β >= (lmax_1 + lmax_2 + lmax_out + 1) / 2 (`exact_product_resolution`).
+
+The grid is symmetric under inversion x -> -x (Gauss-Legendre nodes are symmetric in z, and
+n_α is even), so pointwise operations commute exactly with inversion; only proper rotations
+are approximate for non-polynomial pointwise functions (aliasing, see `GridMLP`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from e3nn import o3
+
+
+def num_coefficients(lmax: int) -> int:
+    """K = (lmax + 1)^2 coefficients for degrees 0..lmax."""
+    return (lmax + 1) ** 2
+
+
+def degree_of_coefficient(lmax: int) -> torch.Tensor:
+    """(K,) long: the degree l of every coefficient index k (e3nn order)."""
+    return torch.cat([torch.full((2 * l + 1,), l, dtype=torch.long) for l in range(lmax + 1)])
+
+
+def exact_product_resolution(lmax_1: int, lmax_2: int, lmax_out: int) -> int:
+    """Smallest n_β for which the grid integrates Y_l1 · Y_l2 · Y_l3 exactly (all l <= the given maxima)."""
+    return math.ceil((lmax_1 + lmax_2 + lmax_out + 1) / 2)
+
+
+def real_spherical_harmonics(lmax: int, directions: torch.Tensor) -> torch.Tensor:
+    """directions (..., 3) -> (..., K): e3nn's component-normalised real spherical harmonics."""
+    return o3.spherical_harmonics(list(range(lmax + 1)), directions, normalize=True, normalization="component")
+
+
+def spherical_signal_irreps(lmax: int) -> o3.Irreps:
+    """Irreps of one channel of a spherical signal: 0e + 1o + 2e + ... (degree l has parity (-1)^l)."""
+    return o3.Irreps.spherical_harmonics(lmax)
+
+
+def gauss_legendre_grid(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points (G, 3) on the unit sphere and weights (G,) summing to one; G = 2 resolution^2 (float64)."""
+    if resolution < 1:
+        raise ValueError(f"gauss_legendre_grid: resolution (number of polar nodes) must be >= 1, got {resolution}")
+    z_nodes, z_weights = np.polynomial.legendre.leggauss(resolution)  # weights sum to 2
+    num_azimuths = 2 * resolution
+    azimuths = 2.0 * np.pi * np.arange(num_azimuths) / num_azimuths
+    z = np.repeat(z_nodes, num_azimuths)
+    rho = np.sqrt(np.clip(1.0 - z**2, 0.0, None))
+    alpha = np.tile(azimuths, resolution)
+    points = np.stack([rho * np.cos(alpha), rho * np.sin(alpha), z], axis=-1)
+    weights = np.repeat(z_weights / 2.0, num_azimuths) / num_azimuths
+    return torch.from_numpy(points), torch.from_numpy(weights)
+
+
+class Float64Buffers(torch.nn.Module):
+    """Module whose buffers named in `float64_buffers` stay float64 under .float()/.double()/.to(dtype).
+
+    Quadrature tables lose their 1e-16 accuracy if rounded to float32 once; users cast them to the
+    input dtype at use instead.
+    """
+
+    float64_buffers: tuple[str, ...] = ()
+
+    def _apply(self, fn, recurse=True):
+        originals = {name: getattr(self, name) for name in self.float64_buffers}
+        result = super()._apply(fn, recurse)
+        for name, original in originals.items():
+            converted = getattr(self, name)
+            if converted.dtype != torch.float64:  # undo the dtype change, keep any device move
+                setattr(self, name, original.to(device=converted.device))
+        return result
+
+
+class SphericalGrid(Float64Buffers):
+    """Maps coefficients (..., K, C) to grid values (..., G, C) and back.
+
+    Args:
+        lmax: largest degree of the coefficients.
+        resolution: n_β, the number of Gauss-Legendre polar nodes (n_α = 2 n_β azimuths,
+            G = 2 n_β^2 points). Must be >= lmax + 1 so that the round trip is exact.
+
+    The projection matrices are kept in float64 and cast to the input dtype on use, so a model
+    built in float32 and converted with `.double()` keeps full precision.
+    """
+
+    float64_buffers = ("points", "weights", "to_grid_matrix", "from_grid_matrix")
+
+    def __init__(self, lmax: int, resolution: int):
+        super().__init__()
+        if resolution < lmax + 1:
+            raise ValueError(
+                f"SphericalGrid: resolution {resolution} is too coarse for lmax={lmax}; need >= {lmax + 1} "
+                "polar nodes for an exact round trip"
+            )
+        self.lmax = int(lmax)
+        self.resolution = int(resolution)
+        points, weights = gauss_legendre_grid(resolution)
+        harmonics = real_spherical_harmonics(lmax, points)  # (G, K) float64
+        self.register_buffer("points", points, persistent=False)
+        self.register_buffer("weights", weights, persistent=False)
+        self.register_buffer("to_grid_matrix", harmonics, persistent=False)  # (G, K)
+        self.register_buffer("from_grid_matrix", (harmonics * weights[:, None]).T.contiguous(), persistent=False)
+
+    @property
+    def num_points(self) -> int:
+        return self.points.shape[0]
+
+    def to_grid(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """(..., K, C) -> (..., G, C): f(x_g) = Σ_k c_k Y_k(x_g)."""
+        return torch.matmul(self.to_grid_matrix.to(coefficients.dtype), coefficients)
+
+    def from_grid(self, values: torch.Tensor) -> torch.Tensor:
+        """(..., G, C) -> (..., K, C): c_k = Σ_g w_g f(x_g) Y_k(x_g) (exact for band-limited integrands)."""
+        return torch.matmul(self.from_grid_matrix.to(values.dtype), values)
+
+    def extra_repr(self) -> str:
+        return f"lmax={self.lmax}, resolution={self.resolution}, num_points={self.num_points}"
+
+
+class GridMLP(torch.nn.Module):
+    """Facet's equivariant node layer: coefficients -> grid -> pointwise MLP over channels -> coefficients.
+
+    At every grid point the C channel values f_c(x_g) go through Linear(C, H) -> SiLU ->
+    Linear(H, C_out). The MLP acts identically at every direction, so the layer commutes with
+    rotations up to aliasing: SiLU of a band-limited signal is not band-limited, and the
+    discarded (and aliased) high degrees make the equivariance approximate. The error falls
+    quickly with the resolution (scripts/equivariance_vs_grid.py, docs/facet.md). Inversion
+    commutes exactly (the grid is inversion symmetric).
+
+    Args:
+        lmax: degrees of input and output coefficients.
+        in_channels, hidden_channels, out_channels: MLP widths C, H, C_out.
+        resolution: grid n_β (see `SphericalGrid`).
+    """
+
+    def __init__(self, lmax: int, in_channels: int, hidden_channels: int, out_channels: int, resolution: int):
+        super().__init__()
+        self.grid = SphericalGrid(lmax, resolution)
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(in_channels, hidden_channels),
+            torch.nn.SiLU(),
+            torch.nn.Linear(hidden_channels, out_channels),
+        )
+
+    def forward(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """(..., K, C) -> (..., K, C_out)."""
+        return self.grid.from_grid(self.mlp(self.grid.to_grid(coefficients)))
+
+
+def gaunt_tensor(lmax_1: int, lmax_2: int, lmax_out: int) -> torch.Tensor:
+    """(K_1, K_2, K_out) float64: G[a, b, c] = spherical mean of Y_a Y_b Y_c, by exact quadrature.
+
+    The product of signals f = Σ_a f_a Y_a and g = Σ_b g_b Y_b, projected onto degrees <= lmax_out,
+    has coefficients (f g)_c = Σ_ab f_a g_b G[a, b, c]. Each (l1, l2, l3) block is proportional to
+    e3nn's `o3.wigner_3j(l1, l2, l3)`; it vanishes unless l1 + l2 + l3 is even and the triangle
+    rule holds.
+    """
+    points, weights = gauss_legendre_grid(exact_product_resolution(lmax_1, lmax_2, lmax_out))
+    y_1 = real_spherical_harmonics(lmax_1, points)
+    y_2 = real_spherical_harmonics(lmax_2, points)
+    y_out = real_spherical_harmonics(lmax_out, points)
+    tensor = torch.einsum("g,ga,gb,gc->abc", weights, y_1, y_2, y_out)
+    tensor[tensor.abs() < 1e-13] = 0.0  # exact zeros where selection rules forbid a coupling
+    return tensor
+
+
+class GridProduct(torch.nn.Module):
+    """Channel-wise product of two band-limited signals on a grid fine enough to be exact.
+
+    (..., K_1, C) x (..., K_2, C) -> (..., K_out, C). Equals `gaunt_tensor` contracted with the
+    inputs, up to float rounding, and is exactly equivariant (no aliasing: the product of
+    degree-l1 and degree-l2 signals has degree <= l1 + l2 and the quadrature is exact for it).
+    Cheaper than the coefficient contraction when lmax is large (O(K G C) instead of O(K^3 C)).
+    """
+
+    def __init__(self, lmax_1: int, lmax_2: int, lmax_out: int):
+        super().__init__()
+        resolution = max(exact_product_resolution(lmax_1, lmax_2, lmax_out), max(lmax_1, lmax_2, lmax_out) + 1)
+        self.grid_1 = SphericalGrid(lmax_1, resolution)
+        self.grid_2 = SphericalGrid(lmax_2, resolution)
+        self.grid_out = SphericalGrid(lmax_out, resolution)
+
+    def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        return self.grid_out.from_grid(self.grid_1.to_grid(first) * self.grid_2.to_grid(second))
