@@ -218,3 +218,23 @@ def test_plain_sequences_are_not_cached(tmp_path, monkeypatch):
     rng = np.random.default_rng(10)
     compute_statistics([random_molecule(rng, 0)], cutoff=3.0)
     assert not os.listdir(tmp_path)
+
+
+def test_hdf5_dataset_selections_are_cached_separately(tmp_path):
+    from mlip.data.dataset import HDF5Dataset
+
+    path = tmp_path / "sample.h5"
+    write_sample(path, seed=11, n=12)
+    even = compute_statistics(HDF5Dataset(path, subsets="even"), cutoff=3.0)
+    odd = compute_statistics(HDF5Dataset(path, subsets="odd"), cutoff=3.0)
+    assert even.subset_counts == {"even": 6} and odd.subset_counts == {"odd": 6}
+
+    full = HDF5Dataset(path)
+    first_half, second_half = full.subset(range(6)), full.subset(range(6, 12))
+    # Nested views whose parent-relative indices coincide must not share a cache entry.
+    nested = full.subset(range(6, 12)).subset(range(6))
+    assert compute_statistics(first_half, 3.0).n_structures == 6
+    from_nested = compute_statistics(nested, 3.0)
+    assert from_nested == compute_statistics(second_half, 3.0)
+    assert from_nested != compute_statistics(first_half, 3.0)
+    assert len(list((tmp_path / ".mlip_cache").glob("*.json"))) == 4

@@ -47,6 +47,7 @@ STATISTICS_VERSION = 1
 RIDGE_FRACTION = 1e-10
 _N_ATOMIC_NUMBERS = 119  # 0..118
 _CHUNK_STRUCTURES = 2048  # structures folded into the accumulators at once
+_READ_BATCH = 256  # structures per read from datasets that support batched reads
 _CACHE_DIRECTORY_NAME = ".mlip_cache"
 _FALLBACK_CACHE_DIRECTORY = Path.home() / ".cache" / "mlip"
 
@@ -136,7 +137,10 @@ def compute_statistics(dataset, cutoff: float, cache: bool = True) -> DatasetSta
 
 
 def _structures_of(dataset) -> Iterator[Structure]:
-    if hasattr(dataset, "get_structure"):
+    if hasattr(dataset, "get_structures"):  # HDF5Dataset: batched reads are much faster
+        for start in range(0, len(dataset), _READ_BATCH):
+            yield from dataset.get_structures(range(start, min(start + _READ_BATCH, len(dataset))))
+    elif hasattr(dataset, "get_structure"):
         for index in range(len(dataset)):
             yield dataset.get_structure(index)
     else:
@@ -312,19 +316,21 @@ def _data_files(dataset) -> list[Path] | None:
     return [Path(path).resolve() for path in paths]
 
 
-def _selection_description(dataset):
-    """What part of the files the dataset uses: subsets and structure indices, if it says."""
-    description = {}
-    for name in ("subsets", "selection"):
+def _selection_description(dataset) -> dict:
+    """Which structures of the files the dataset uses, as hashes of its index arrays.
+
+    HDF5Dataset keeps the global indices it selected in ``_selection``; that identifies the
+    selection exactly (``indices`` is relative to a parent view, so two different nested views
+    can share it), so ``indices`` is used only by datasets without ``_selection``.
+    """
+    description = {"length": len(dataset) if hasattr(dataset, "__len__") else None}
+    for name in ("_selection", "indices"):
         value = getattr(dataset, name, None)
-        if value is not None and not callable(value):
-            description[name] = sorted(map(str, value)) if isinstance(value, (set, frozenset)) else repr(value)
-    indices = getattr(dataset, "indices", None)
-    if indices is not None and not callable(indices):
-        description["indices_sha256"] = hashlib.sha256(
-            np.ascontiguousarray(np.asarray(indices, dtype=np.int64)).tobytes()
-        ).hexdigest()
-    description["length"] = len(dataset) if hasattr(dataset, "__len__") else None
+        if value is None or callable(value):
+            continue
+        indices = np.ascontiguousarray(np.asarray(value, dtype=np.int64))
+        description[name] = hashlib.sha256(indices.tobytes()).hexdigest()
+        break
     return description
 
 
