@@ -593,7 +593,14 @@ def read_mptrj(
         raise ValueError(f"energy must be one of {MPTRJ_ENERGY_LABELS}, got {energy!r}")
     path = _existing_file(path)
     index = 0
-    for mp_id, frames in _iter_json_object_items(path):
+    materials = _iter_json_object_items(path)
+    while True:
+        try:
+            mp_id, frames = next(materials)
+        except StopIteration:
+            return
+        except MLIPDataError as error:  # malformed JSON: say which structure could not be read
+            raise MLIPDataError(error.reason, path, index=index, field=error.field) from None
         if not isinstance(frames, Mapping):
             raise MLIPDataError(
                 f"material {mp_id!r} is not an object of frames", path, index=index, field=mp_id
@@ -696,6 +703,7 @@ def _iter_json_object_items(path: Path, chunk_chars: int = 1 << 22) -> Iterator[
         buffer = stream.read(chunk_chars)
         at_end = len(buffer) < chunk_chars
         position = 0
+        consumed = 0  # characters dropped from the front of the buffer, for error positions
 
         def skip_space() -> None:
             nonlocal position
@@ -704,11 +712,12 @@ def _iter_json_object_items(path: Path, chunk_chars: int = 1 << 22) -> Iterator[
 
         def refill() -> bool:
             """Append more text (dropping what was consumed); False at end of file."""
-            nonlocal buffer, position, at_end
+            nonlocal buffer, position, at_end, consumed
             if at_end:
                 return False
             more = stream.read(max(chunk_chars, len(buffer)))  # grow geometrically for big values
             at_end = len(more) == 0
+            consumed += position
             buffer = buffer[position:] + more
             position = 0
             return not at_end
@@ -722,8 +731,8 @@ def _iter_json_object_items(path: Path, chunk_chars: int = 1 << 22) -> Iterator[
             while position >= len(buffer) and refill():
                 skip_space()
             if position >= len(buffer) or buffer[position] != character:
-                found = buffer[position] if position < len(buffer) else "end of file"
-                raise bad(f"expected {character!r}, found {found!r}")
+                found = repr(buffer[position]) if position < len(buffer) else "end of file"
+                raise bad(f"expected {character!r} at character {consumed + position}, found {found}")
             position += 1
 
         def decode_value() -> Any:
@@ -735,7 +744,7 @@ def _iter_json_object_items(path: Path, chunk_chars: int = 1 << 22) -> Iterator[
                 except json.JSONDecodeError as error:
                     if refill():
                         continue
-                    raise bad(str(error)) from None
+                    raise bad(f"{error.msg} at character {consumed + error.pos}") from None
                 if end == len(buffer) and not isinstance(value, (dict, list, str)) and refill():
                     continue  # a number or literal cut by the chunk boundary
                 position = end
