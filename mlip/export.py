@@ -1,0 +1,119 @@
+"""Self-contained model files: `export_model` writes one, `load` turns it back into a `Potential`.
+
+An exported file is a plain ``torch.save`` dict (readable with ``weights_only=True``) holding
+everything needed to rebuild the model without the Hydra run directory or the training data:
+
+    format, format_version       "mlip-model", 1
+    potential_config             `Potential.config`: backbone hyperparameters, elements,
+                                 reference energies, scale, shift, cutoff, ...
+    state_dict                   weights (the EMA weights when exported from training)
+    dtype                        "float32" / "float64"
+    cutoff, elements             Å; atomic numbers, species order
+    statistics                   `DatasetStatistics.to_dict()` of the training split (or None)
+    config                       the resolved training config (provenance; or None)
+    training                     e.g. {"global_step", "monitor", "value"} (or None)
+    mlip_version, torch_version
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "mlip-model"
+FORMAT_VERSION = 1
+
+
+def _plain(value: Any) -> Any:
+    """An OmegaConf node (resolved) or plain value as built-in containers."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf comes with hydra
+        pass
+    return value
+
+
+def _statistics_dict(statistics: Any) -> dict | None:
+    if statistics is None or isinstance(statistics, dict):
+        return statistics
+    return statistics.to_dict()
+
+
+def _evaluation_potential(model: torch.nn.Module) -> torch.nn.Module:
+    """The `Potential` to export: the EMA copy of a `PotentialModule`, or the model itself."""
+    if hasattr(model, "evaluation_model"):
+        return model.evaluation_model()
+    return model
+
+
+def export_model(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    config: Any = None,
+    statistics: Any = None,
+    training_info: dict | None = None,
+) -> Path:
+    """Write ``model`` (a `Potential` or a `PotentialModule`, whose EMA weights are taken) to ``path``.
+
+    The file is written to a temporary name and renamed, so a crash never leaves half a model.
+    """
+    from mlip import __version__
+    from mlip.train.checkpoint import atomic_torch_save
+
+    potential = _evaluation_potential(model)
+    if not hasattr(potential, "config"):
+        raise TypeError(f"export_model: {type(potential).__name__} has no `config`; expected a mlip Potential")
+    dtype = next(potential.parameters()).dtype
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "potential_config": _plain(potential.config),
+        "state_dict": {name: tensor.detach().cpu().clone() for name, tensor in potential.state_dict().items()},
+        "dtype": str(dtype).removeprefix("torch."),
+        "cutoff": float(potential.cutoff),
+        "elements": [int(z) for z in potential.elements],
+        "statistics": _statistics_dict(statistics),
+        "config": _plain(config),
+        "training": training_info,
+        "mlip_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    path = Path(path)
+    atomic_torch_save(payload, path)
+    return path
+
+
+def read_export(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw dict of an exported model file, checked for format and version."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mlip.load: no model file at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - report which file is unreadable
+        raise ValueError(f"mlip.load: {path} is not a readable mlip model file ({error})") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        hint = " (a Lightning .ckpt? export it with mlip.export.export_model)" if path.suffix == ".ckpt" else ""
+        raise ValueError(f"mlip.load: {path} is not an exported mlip model{hint}")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"mlip.load: {path} has format_version {payload['format_version']}; this mlip reads up to {FORMAT_VERSION}"
+        )
+    return payload
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Rebuild the `Potential` stored by `export_model` (in eval mode, on ``device``)."""
+    from mlip.models.potential import Potential
+
+    payload = read_export(path)
+    potential = Potential.from_config(payload["potential_config"])
+    potential = potential.to(getattr(torch, payload["dtype"]))
+    potential.load_state_dict(payload["state_dict"])
+    return potential.to(device).eval()

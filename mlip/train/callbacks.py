@@ -1,0 +1,89 @@
+"""Lightning callbacks of a training run: the rolling ``last.ckpt`` and the best-model export."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_only
+
+from mlip.train.checkpoint import LAST_CHECKPOINT
+
+
+class LastCheckpoint(pl.Callback):
+    """Rewrites ``<dirpath>/last.ckpt`` every ``every_n_train_steps`` optimiser steps and at every epoch end.
+
+    Saving goes through the trainer (so all DDP ranks take part and rank 0 writes) and its
+    checkpoint IO; with `AtomicCheckpointIO` a hard kill while saving keeps the previous file.
+    A checkpoint saved mid-epoch resumes mid-epoch: Lightning restores the step and batch
+    counters; the rest of that epoch is drawn from a fresh shuffle.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_train_steps: int = 50):
+        super().__init__()
+        if every_n_train_steps < 1:
+            raise ValueError(f"checkpoint.every_n_train_steps must be >= 1, got {every_n_train_steps}")
+        self.path = Path(dirpath) / LAST_CHECKPOINT
+        self.every_n_train_steps = int(every_n_train_steps)
+        self._last_saved_step = -1
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        if trainer.global_step == self._last_saved_step or trainer.sanity_checking:
+            return
+        self._last_saved_step = trainer.global_step
+        trainer.save_checkpoint(self.path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step > 0 and trainer.global_step % self.every_n_train_steps == 0:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._save(trainer)
+
+
+class BestModelExport(pl.Callback):
+    """Exports the EMA weights to a self-contained file whenever ``monitor`` reaches a new best.
+
+    The file is what `mlip.load` reads (see `mlip.export`); it is written on rank 0 only and
+    atomically. The best value so far is part of the checkpoint, so a resumed run only
+    overwrites the export with a truly better model.
+    """
+
+    def __init__(self, path: str | Path, monitor: str, mode: str, config: dict, statistics: Any):
+        super().__init__()
+        if mode not in ("min", "max"):
+            raise ValueError(f"checkpoint.mode must be 'min' or 'max', got {mode!r}")
+        self.path = Path(path)
+        self.monitor = monitor
+        self.mode = mode
+        self.config = config
+        self.statistics = statistics
+        self.best = math.inf if mode == "min" else -math.inf
+
+    def _improved(self, value: float) -> bool:
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        if not math.isfinite(value) or not self._improved(value):
+            return
+        self.best = value
+        self._export(pl_module, trainer.global_step, value)
+
+    @rank_zero_only
+    def _export(self, pl_module, step: int, value: float) -> None:
+        from mlip.export import export_model
+
+        info = {"global_step": int(step), "monitor": self.monitor, "value": value}
+        export_model(pl_module, self.path, self.config, self.statistics, training_info=info)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "monitor": self.monitor}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("monitor") == self.monitor:
+            self.best = float(state_dict["best"])

@@ -1,0 +1,144 @@
+"""`PotentialDataModule`: HDF5 files -> reproducible train/val/test split -> batched graphs.
+
+The split is drawn once from ``split_seed`` (independent of the training seed), so every run
+and every DDP rank sees the same partition. Statistics (reference energies, scale, average
+number of neighbours) are computed on the training split only and cached next to the data.
+
+Loaders are plain ``torch.utils.data.DataLoader`` objects with PyG's ``Collater`` as
+``collate_fn``: Lightning recognises them and, under DDP, swaps in a ``DistributedSampler`` so
+that every rank draws a disjoint shard of each epoch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+from torch_geometric.loader.dataloader import Collater
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def torch_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+class PotentialDataModule(pl.LightningDataModule):
+    """Datasets and loaders for training a potential.
+
+    Args:
+        paths: HDF5 files (schema v1) to train on; all are concatenated before splitting.
+        cutoff: neighbour cutoff, Å (the model's).
+        batch_size: structures per training batch (per DDP rank).
+        eval_batch_size: structures per validation/test batch (default: ``batch_size``).
+        val_fraction, test_fraction: fractions of all structures held out.
+        split_seed: seed of the split permutation.
+        num_workers: loader worker processes (0 = load in the main process).
+        subsets: keep only structures whose subset label is in this list (None = all).
+        dtype: "float32" or "float64" for positions and labels.
+        statistics_cache: cache the statistics of the training split next to the data.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        cutoff: float,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.0,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        subsets: Sequence[str] | None = None,
+        dtype: str = "float32",
+        statistics_cache: bool = True,
+    ):
+        super().__init__()
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        self.paths = [str(Path(path).expanduser()) for path in paths]
+        missing = [path for path in self.paths if not Path(path).is_file()]
+        if missing:
+            raise FileNotFoundError(f"data.paths: no such HDF5 file(s): {', '.join(missing)}")
+        self.cutoff = float(cutoff)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.val_fraction = float(val_fraction)
+        self.test_fraction = float(test_fraction)
+        self.split_seed = int(split_seed)
+        self.num_workers = int(num_workers)
+        self.subsets = list(subsets) if subsets else None
+        self.dtype = torch_dtype(dtype)
+        self.statistics_cache = statistics_cache
+        self.dataset = None
+        self.train_set = self.val_set = self.test_set = None
+        self._statistics = None
+
+    # ------------------------------------------------------------------ datasets
+    def setup(self, stage: str | None = None) -> None:
+        """Open the files and draw the split (idempotent: Lightning calls it again on fit)."""
+        if self.dataset is not None:
+            return
+        from mlip.data.dataset import HDF5Dataset
+
+        self.dataset = HDF5Dataset(self.paths, cutoff=self.cutoff, dtype=self.dtype, subsets=self.subsets)
+        if len(self.dataset) == 0:
+            raise ValueError(f"data: no structures in {self.paths} (subsets={self.subsets})")
+        parts = self.dataset.split(self.val_fraction, test_fraction=self.test_fraction, seed=self.split_seed)
+        self.train_set, self.val_set = parts[0], parts[1]
+        self.test_set = parts[2] if len(parts) > 2 else None
+        if len(self.train_set) == 0 or len(self.val_set) == 0:
+            raise ValueError(
+                f"data: split of {len(self.dataset)} structures with val_fraction={self.val_fraction} leaves "
+                f"{len(self.train_set)} training and {len(self.val_set)} validation structures; both must be > 0"
+            )
+
+    def statistics(self):
+        """`DatasetStatistics` of the training split (computed once, cached on disk)."""
+        if self._statistics is None:
+            from mlip.data.statistics import compute_statistics
+
+            self.setup()
+            self._statistics = compute_statistics(self.train_set, self.cutoff, cache=self.statistics_cache)
+        return self._statistics
+
+    def split_sizes(self) -> dict[str, int]:
+        self.setup()
+        return {
+            "train": len(self.train_set),
+            "val": len(self.val_set),
+            "test": len(self.test_set) if self.test_set is not None else 0,
+        }
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=Collater(dataset),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.train_set, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        if self.test_set is None or len(self.test_set) == 0:
+            raise ValueError("data.test_fraction is 0: there is no test split to evaluate")
+        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)

@@ -1,0 +1,80 @@
+"""Weighted training loss on energy per atom, forces and stress, with masks for missing labels.
+
+Labels that are missing are NaN in the batch and flagged False in ``energy_mask``,
+``forces_mask`` and ``stress_mask`` (one flag per structure). Every term selects the labelled
+entries with the boolean masks before comparing, so a NaN never reaches the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LossWeights:
+    energy: float = 1.0  # weight of the per-atom energy term, (eV/atom)^-2 for MSE
+    forces: float = 10.0  # weight of the force term, (eV/Å)^-2 for MSE
+    stress: float = 1.0  # weight of the stress term, (eV/Å³)^-2 for MSE
+
+
+def elementwise_error(prediction: torch.Tensor, target: torch.Tensor, kind: str, huber_delta: float) -> torch.Tensor:
+    """Mean of the squared (``mse``) or Huber (``huber``) error over all elements."""
+    if prediction.numel() == 0:
+        return prediction.sum() * 0.0  # keeps the graph connected when no label of this kind is present
+    if kind == "mse":
+        return torch.nn.functional.mse_loss(prediction, target)
+    if kind == "huber":
+        return torch.nn.functional.huber_loss(prediction, target, delta=huber_delta)
+    raise ValueError(f"unknown loss kind {kind!r}; expected 'mse' or 'huber'")
+
+
+def atoms_per_graph(batch) -> torch.Tensor:
+    """(G,) number of atoms of every structure in the batch."""
+    return torch.bincount(batch.batch, minlength=batch.num_graphs)
+
+
+def labelled_pairs(predictions: dict, batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Prediction/target pairs restricted to labelled entries, one per quantity.
+
+    ``energy`` is per atom (eV/atom), ``forces`` (n_labelled_atoms, 3) eV/Å, ``stress``
+    (n_labelled_structures, 3, 3) eV/Å³. Quantities the model did not predict are skipped.
+    """
+    pairs = {}
+    n_atoms = atoms_per_graph(batch).to(predictions["energy"].dtype)
+    energy_mask = batch.energy_mask.view(-1)
+    pairs["energy"] = (
+        predictions["energy"][energy_mask] / n_atoms[energy_mask],
+        batch.energy.view(-1)[energy_mask] / n_atoms[energy_mask],
+    )
+    if "forces" in predictions:
+        atom_mask = batch.forces_mask.view(-1)[batch.batch]  # (n,) structure flag broadcast to atoms
+        pairs["forces"] = (predictions["forces"][atom_mask], batch.forces[atom_mask])
+    if "stress" in predictions:
+        stress_mask = batch.stress_mask.view(-1)
+        pairs["stress"] = (predictions["stress"][stress_mask], batch.stress.view(-1, 3, 3)[stress_mask])
+    return pairs
+
+
+class PotentialLoss(torch.nn.Module):
+    """Σ_k w_k · error_k over energy per atom, forces and stress (labelled entries only)."""
+
+    def __init__(self, weights: LossWeights | dict | None = None, kind: str = "mse", huber_delta: float = 0.01):
+        super().__init__()
+        if isinstance(weights, dict) or weights is None:
+            weights = LossWeights(**(weights or {}))
+        if kind not in ("mse", "huber"):
+            raise ValueError(f"unknown loss kind {kind!r}; expected 'mse' or 'huber'")
+        self.weights = weights
+        self.kind = kind
+        self.huber_delta = huber_delta
+
+    def forward(self, predictions: dict, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Returns the total loss and the unweighted term of every quantity (for logging)."""
+        terms = {
+            name: elementwise_error(prediction, target, self.kind, self.huber_delta)
+            for name, (prediction, target) in labelled_pairs(predictions, batch).items()
+        }
+        total = sum(getattr(self.weights, name) * term for name, term in terms.items())
+        return total, terms

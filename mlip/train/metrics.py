@@ -1,0 +1,96 @@
+"""Error metrics accumulated over an epoch, per split and per subset.
+
+Sums of absolute and squared errors and counts are accumulated as float64 tensors, reduced
+across DDP ranks, and turned into MAE/RMSE at epoch end.
+Reported units: energy meV/atom, forces meV/Å, stress meV/Å³.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+
+from mlip.train.losses import labelled_pairs
+
+MILLI = 1000.0
+UNITS = {"energy": "meV/atom", "forces": "meV/Å", "stress": "meV/Å³"}
+ALL_SUBSETS = "all"
+
+
+class ErrorAccumulator:
+    """Running |error| and error² sums per (subset, quantity), reduced to MAE and RMSE."""
+
+    def __init__(self) -> None:
+        # key (subset, quantity) -> tensor [sum |e|, sum e², count] in float64
+        self.sums: dict[tuple[str, str], torch.Tensor] = defaultdict(lambda: torch.zeros(3, dtype=torch.float64))
+
+    def reset(self) -> None:
+        self.sums.clear()
+
+    @torch.no_grad()
+    def update(self, predictions: dict, batch) -> None:
+        """Add one batch. Structures are grouped by ``batch.subset`` (a list of strings)."""
+        subsets = list(getattr(batch, "subset", None) or [""] * batch.num_graphs)
+        graph_of_atom = batch.batch
+        for quantity, (prediction, target) in labelled_pairs(_detached(predictions), batch).items():
+            errors = (prediction - target).double().reshape(-1)
+            owner = _owning_graphs(quantity, batch, graph_of_atom)  # (len(errors),) graph index per entry
+            self._add(ALL_SUBSETS, quantity, errors)
+            for subset in sorted(set(subsets)):
+                if not subset:
+                    continue
+                in_subset = torch.tensor([subsets[g] == subset for g in owner.tolist()], dtype=torch.bool)
+                self._add(subset, quantity, errors[in_subset])
+
+    def _add(self, subset: str, quantity: str, errors: torch.Tensor) -> None:
+        flat = errors.cpu()
+        self.sums[(subset, quantity)] += torch.stack(
+            [flat.abs().sum(), flat.square().sum(), torch.tensor(float(flat.numel()), dtype=torch.float64)]
+        )
+
+    def compute(self, split: str) -> dict[str, float]:
+        """``{"<split>/<quantity>_mae": ..., "<split>/<subset>/<quantity>_rmse": ...}`` in meV units.
+
+        Under DDP the sums of all ranks are added first, so every rank reports the same numbers.
+        """
+        keys, sums = self._synchronised_sums()
+        metrics = {}
+        for (subset, quantity), (abs_sum, sq_sum, count) in zip(keys, sums.tolist()):
+            if count == 0:
+                continue
+            prefix = f"{split}/" if subset == ALL_SUBSETS else f"{split}/{subset}/"
+            metrics[f"{prefix}{quantity}_mae"] = MILLI * abs_sum / count
+            metrics[f"{prefix}{quantity}_rmse"] = MILLI * math.sqrt(sq_sum / count)
+        return metrics
+
+    def _synchronised_sums(self) -> tuple[list[tuple[str, str]], torch.Tensor]:
+        """Union of keys over ranks and the (K, 3) sums added over ranks."""
+        keys = sorted(self.sums)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            keys_per_rank = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(keys_per_rank, keys)
+            keys = sorted({key for rank_keys in keys_per_rank for key in rank_keys})
+        sums = torch.stack([self.sums[key] for key in keys]) if keys else torch.zeros(0, 3, dtype=torch.float64)
+        if distributed and keys:
+            device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+            sums = sums.to(device)
+            torch.distributed.all_reduce(sums)  # sum over ranks
+            sums = sums.cpu()
+        return keys, sums
+
+
+def _detached(predictions: dict) -> dict:
+    return {key: value.detach() for key, value in predictions.items() if torch.is_tensor(value)}
+
+
+def _owning_graphs(quantity: str, batch, graph_of_atom: torch.Tensor) -> torch.Tensor:
+    """Graph index of every labelled entry that `labelled_pairs` returns for ``quantity``."""
+    if quantity == "forces":
+        atom_mask = batch.forces_mask.view(-1)[graph_of_atom]
+        return graph_of_atom[atom_mask].repeat_interleave(3)
+    mask = getattr(batch, f"{quantity}_mask").view(-1)
+    graphs = torch.arange(batch.num_graphs, device=mask.device)[mask]
+    return graphs.repeat_interleave(9) if quantity == "stress" else graphs

@@ -1,0 +1,198 @@
+"""`PotentialModule`: the LightningModule that trains a `Potential`.
+
+One training step: predict energy, forces (and stress where labelled) with ``training=True``
+(forces are taken with ``create_graph`` so the force loss can be back-propagated), compute the
+masked weighted loss, step AdamW. After every optimiser step the EMA copy of the weights is
+updated; validation and testing run on the EMA copy. Metrics (MAE/RMSE in meV units, per split
+and per subset) are reduced over DDP ranks at epoch end.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from mlip.train.ema import ExponentialMovingAverage
+from mlip.train.losses import PotentialLoss
+from mlip.train.metrics import ErrorAccumulator
+
+
+class WarmupCosine:
+    """LR factor: linear warm-up over ``warmup_steps``, then cosine decay to ``min_factor`` at ``total_steps``."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_factor: float = 0.01):
+        self.warmup_steps = max(0, int(warmup_steps))
+        self.total_steps = max(self.warmup_steps + 1, int(total_steps))
+        self.min_factor = min_factor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LinearWarmup:
+    """LR factor: linear warm-up over ``warmup_steps``, then constant 1."""
+
+    def __init__(self, warmup_steps: int):
+        self.warmup_steps = max(0, int(warmup_steps))
+
+    def __call__(self, step: int) -> float:
+        return (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
+
+
+class PotentialModule(pl.LightningModule):
+    """Trains ``potential`` (a `mlip.models.potential.Potential`).
+
+    Args:
+        potential: the model.
+        loss: keywords of `PotentialLoss` (``weights`` dict, ``kind`` "mse"/"huber", ``huber_delta``).
+        optimizer: AdamW keywords (``lr``, ``weight_decay``, ``betas``, ``amsgrad``).
+        scheduler: ``{"name": "cosine"|"plateau"|"constant", "warmup_steps": int, "min_factor": float,
+            "factor": float, "patience": int, "monitor": str}``.
+        ema_decay: EMA decay per optimiser step; None or 0 disables the EMA.
+        compute_stress: "auto" (when the batch has any stress label), True or False.
+    """
+
+    def __init__(
+        self,
+        potential: torch.nn.Module,
+        loss: dict | None = None,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        ema_decay: float | None = 0.99,
+        compute_stress: str | bool = "auto",
+    ):
+        super().__init__()
+        self.potential = potential
+        self.loss_fn = PotentialLoss(**(loss or {}))
+        self.optimizer_config = dict(optimizer or {"lr": 1e-3})
+        self.scheduler_config = dict(scheduler or {"name": "constant"})
+        self.ema = ExponentialMovingAverage(potential, ema_decay) if ema_decay else None
+        self.compute_stress = compute_stress
+        self.accumulators = {split: ErrorAccumulator() for split in ("train", "val", "test")}
+
+    # ----------------------------------------------------------------------------- prediction
+    def evaluation_model(self) -> torch.nn.Module:
+        """The weights used for validation, testing and export: the EMA copy when enabled."""
+        return self.ema.averaged if self.ema is not None else self.potential
+
+    def _wants_stress(self, batch) -> bool:
+        if self.compute_stress == "auto":
+            return bool(batch.stress_mask.any())
+        return bool(self.compute_stress)
+
+    def predict_batch(self, model: torch.nn.Module, batch, training: bool) -> dict[str, torch.Tensor]:
+        with torch.enable_grad():  # forces are -dE/dr even during validation
+            return model(batch, compute_forces=True, compute_stress=self._wants_stress(batch), training=training)
+
+    # ----------------------------------------------------------------------------- steps
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        predictions = self.predict_batch(self.potential, batch, training=True)
+        loss, terms = self.loss_fn(predictions, batch)
+        self.accumulators["train"].update(predictions, batch)
+        batch_size = batch.num_graphs
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        for name, term in terms.items():
+            self.log(f"train/{name}_loss", term, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=batch_size)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.potential)
+
+    def _evaluation_step(self, split: str, batch) -> None:
+        predictions = self.predict_batch(self.evaluation_model(), batch, training=False)
+        loss, _ = self.loss_fn(predictions, batch)
+        self.accumulators[split].update(predictions, batch)
+        self.log(f"{split}/loss", loss.detach(), on_epoch=True, batch_size=batch.num_graphs, sync_dist=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluation_step("val", batch)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluation_step("test", batch)
+
+    # ----------------------------------------------------------------------------- epoch metrics
+    def _log_epoch_metrics(self, split: str) -> None:
+        metrics = self.accumulators[split].compute(split)  # already summed over DDP ranks
+        self.accumulators[split].reset()
+        for name, value in metrics.items():
+            self.log(name, value, prog_bar=name == f"{split}/forces_mae" and split == "val", sync_dist=False)
+
+    def on_train_epoch_start(self) -> None:
+        self.accumulators["train"].reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self.accumulators["val"].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.accumulators["test"].reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    # ----------------------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        config = dict(self.optimizer_config)
+        if "betas" in config:
+            config["betas"] = tuple(config["betas"])
+        optimizer = torch.optim.AdamW(self.potential.parameters(), **config)
+        scheduler_config = dict(self.scheduler_config)
+        name = scheduler_config.pop("name", "constant")
+        warmup_steps = scheduler_config.get("warmup_steps", 0)
+        if name == "cosine":
+            total_steps = self.trainer.estimated_stepping_batches
+            schedule = WarmupCosine(warmup_steps, total_steps, scheduler_config.get("min_factor", 0.01))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        if name == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer,
+                factor=scheduler_config.get("factor", 0.5),
+                patience=scheduler_config.get("patience", 5),
+                min_lr=scheduler_config.get("min_lr", 0.0),
+            )
+            monitor = scheduler_config.get("monitor", "val/loss")
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": monitor}}
+        if name == "constant":
+            if not warmup_steps:
+                return optimizer
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LinearWarmup(warmup_steps))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        raise ValueError(f"unknown scheduler {name!r}; expected 'cosine', 'plateau' or 'constant'")
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Random-number-generator states, so that a resumed run draws the same random numbers.
+
+        Stored as tensors and built-in types only, so the checkpoint loads with ``weights_only=True``.
+        """
+        name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached_gaussian)),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if states is None:
+            return
+        torch.set_rng_state(states["torch"])
+        name, keys, position, has_gauss, cached_gaussian = states["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+        random.setstate(states["python"])
