@@ -1,0 +1,194 @@
+"""Facet-style backbone: spline radial functions, Gaunt (grid-product) messages and grid-MLP node layers.
+
+After Facet (2025, arXiv:2509.08418), whose two published ideas are (i) learnable splines of the
+interatomic distance in place of radial MLPs and (ii) an equivariant node layer that projects
+features onto a spherical grid and applies an ordinary MLP there. The public abstract does not
+fix every detail; the layer below is our own reading, documented in docs/facet.md.
+
+Node features h_i are C channels of spherical signals of degree <= lmax, stored as
+coefficients (n, K, C), K = (lmax + 1)^2, irreps 0e + 1o + 2e + ... per channel
+(see mlip.nn.spherical_grid). One interaction layer t:
+
+    edge matrix      T_ij[a, b] = Σ_c G[a, b, c] Y_c(r̂_ij)             (E, K, K), shared by all channels
+    radial weights   w_in, w_out = spline_t(r_ij)                        (E, lmax+1, C) each
+    message          m_ij = w_out[l(a)] ⊙ Σ_b T_ij[a, b] (w_in[l(b)] ⊙ W_up h_j)[b]
+    aggregation      M_i = Σ_j m_ij / avg_num_neighbors
+    node update      a_i = W_msg M_i + W_self h_i  (channel mixing per degree l)
+                     h_i <- h_i + GridMLP(a_i / sqrt(1 + |a_i|^2 / C))
+
+G is the Gaunt tensor, i.e. the exact grid product of the neighbour's signal with the edge
+direction's spherical harmonics (the channel-wise tensor product restricted to the couplings a
+product of functions on the sphere has), T_ij costs O(K^3) per edge independent of C, and
+the per-channel work is one batched (K x K) @ (K x C) product. The soft normalisation keeps the
+grid amplitude O(1), which bounds the aliasing error of the grid MLP (docs/facet.md).
+
+Outputs: scalars = the l = 0 coefficients of every layer, concatenated (n, C · num_layers);
+vectors = the l = 1 coefficients of the last layer (n, C, 3), Cartesian (x, y, z).
+"""
+
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+
+from mlip.models.backbones.base import Backbone, BackboneInputs, NodeFeatures
+from mlip.nn.spherical_grid import Float64Buffers, GridMLP, degree_of_coefficient, gaunt_tensor, num_coefficients
+from mlip.nn.spline import SplineRadial
+
+
+def default_grid_resolution(lmax: int) -> int:
+    """Polar nodes n_β of the grid MLP that keep the rotation-equivariance error below 1e-6 at
+    unit grid amplitude (measured by scripts/equivariance_vs_grid.py, table in docs/facet.md)."""
+    return 3 * lmax + 6
+
+
+class DegreeWiseLinear(torch.nn.Module):
+    """Channel mixing with one (C_in, C_out) matrix per degree l: (n, K, C_in) -> (n, K, C_out). Equivariant."""
+
+    def __init__(self, lmax: int, in_channels: int, out_channels: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(lmax + 1, in_channels, out_channels) / in_channels**0.5)
+        self.register_buffer("degree", degree_of_coefficient(lmax), persistent=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("nkc,kcd->nkd", features, self.weight[self.degree])
+
+
+class FacetInteraction(Float64Buffers):
+    """One message-passing layer followed by a residual grid-MLP node update (see module docstring)."""
+
+    float64_buffers = ("gaunt",)
+
+    def __init__(
+        self,
+        lmax: int,
+        num_channels: int,
+        cutoff: float,
+        num_spline_knots: int,
+        grid_resolution: int,
+        mlp_hidden_factor: int,
+        avg_num_neighbors: float,
+    ):
+        super().__init__()
+        self.lmax = lmax
+        self.num_channels = num_channels
+        self.avg_num_neighbors = float(avg_num_neighbors)
+        self.register_buffer("degree", degree_of_coefficient(lmax), persistent=False)
+        # Gaunt tensor (fully symmetric) flattened to (K_edge, K_out * K_in): T_ij = Y_ij @ gaunt -> (E, K_out, K_in)
+        gaunt = gaunt_tensor(lmax, lmax, lmax)
+        self.register_buffer("gaunt", gaunt.reshape(num_coefficients(lmax), -1), persistent=False)
+        self.radial = SplineRadial(cutoff, 2 * (lmax + 1) * num_channels, num_spline_knots)
+        self.linear_up = DegreeWiseLinear(lmax, num_channels, num_channels)
+        self.linear_message = DegreeWiseLinear(lmax, num_channels, num_channels)
+        self.linear_self = DegreeWiseLinear(lmax, num_channels, num_channels)
+        self.node_mlp = GridMLP(lmax, num_channels, mlp_hidden_factor * num_channels, num_channels, grid_resolution)
+
+    def forward(
+        self, features: torch.Tensor, edge_index: torch.Tensor, edge_harmonics: torch.Tensor, edge_lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """features (n, K, C), edge_harmonics (E, K), edge_lengths (E,) Å -> updated features (n, K, C)."""
+        sender, receiver = edge_index[0], edge_index[1]
+        num_edges = edge_lengths.shape[0]
+        weights_in, weights_out = self.radial(edge_lengths).view(num_edges, 2, self.lmax + 1, self.num_channels).unbind(1)
+        neighbour = self.linear_up(features)[sender] * weights_in[:, self.degree]  # (E, K, C)
+        edge_matrix = (edge_harmonics @ self.gaunt.to(edge_harmonics.dtype)).view(num_edges, self.gaunt.shape[0], -1)  # (E, K, K)
+        messages = torch.bmm(edge_matrix, neighbour) * weights_out[:, self.degree]  # (E, K, C)
+        aggregated = torch.zeros_like(features).index_add_(0, receiver, messages) / self.avg_num_neighbors
+        update = self.linear_message(aggregated) + self.linear_self(features)  # (n, K, C)
+        # invariant soft normalisation: grid RMS over channels stays below one
+        mean_square = update.square().sum(dim=1).mean(dim=1, keepdim=True).unsqueeze(1)  # (n, 1, 1)
+        return features + self.node_mlp(update / torch.sqrt(1.0 + mean_square))
+
+
+class FacetBackbone(Backbone):
+    """Facet-style equivariant backbone (see module docstring and docs/facet.md).
+
+    Args:
+        num_elements: size of the model's element list (species index range).
+        cutoff: radial cutoff in Å; splines vanish with two derivatives there.
+        condition_dim: width of `node_condition` (charge/spin embedding); 0 = none.
+        num_channels: C, channels of every degree.
+        lmax: largest degree of node features and edge spherical harmonics.
+        num_layers: interaction layers.
+        num_spline_knots: knot intervals of each spline on [0, cutoff].
+        grid_resolution: polar nodes n_β of the grid MLP (G = 2 n_β^2 points); None = `default_grid_resolution(lmax)`.
+        mlp_hidden_factor: hidden width of the grid MLP = factor x C.
+        avg_num_neighbors: normalisation of the neighbour sum (dataset statistic).
+    """
+
+    def __init__(
+        self,
+        num_elements: int,
+        cutoff: float,
+        condition_dim: int = 0,
+        num_channels: int = 64,
+        lmax: int = 2,
+        num_layers: int = 2,
+        num_spline_knots: int = 16,
+        grid_resolution: int | None = None,
+        mlp_hidden_factor: int = 2,
+        avg_num_neighbors: float = 1.0,
+    ):
+        super().__init__()
+        if lmax < 1:
+            raise ValueError(f"FacetBackbone: lmax must be >= 1 (vector features need l = 1), got {lmax}")
+        if num_layers < 1 or num_channels < 1:
+            raise ValueError(f"FacetBackbone: num_layers and num_channels must be >= 1, got {num_layers}, {num_channels}")
+        if avg_num_neighbors <= 0:
+            raise ValueError(f"FacetBackbone: avg_num_neighbors must be positive, got {avg_num_neighbors}")
+        self.grid_resolution = int(grid_resolution) if grid_resolution is not None else default_grid_resolution(lmax)
+        # resolved constructor arguments: Potential stores them to rebuild the model from a checkpoint
+        self.config = {
+            "_target_": f"{type(self).__module__}.{type(self).__qualname__}",
+            "num_elements": int(num_elements),
+            "cutoff": float(cutoff),
+            "condition_dim": int(condition_dim),
+            "num_channels": int(num_channels),
+            "lmax": int(lmax),
+            "num_layers": int(num_layers),
+            "num_spline_knots": int(num_spline_knots),
+            "grid_resolution": self.grid_resolution,
+            "mlp_hidden_factor": int(mlp_hidden_factor),
+            "avg_num_neighbors": float(avg_num_neighbors),
+        }
+        self.num_elements = int(num_elements)
+        self.cutoff = float(cutoff)
+        self.lmax = int(lmax)
+        self.num_channels = int(num_channels)
+        self.condition_dim = int(condition_dim)
+        self.num_scalar_features = self.num_channels * int(num_layers)
+        self.num_vector_features = self.num_channels
+        self.species_embedding = torch.nn.Embedding(num_elements, num_channels)
+        self.condition_embedding = torch.nn.Linear(condition_dim, num_channels) if condition_dim > 0 else None
+        self.edge_harmonics = o3.SphericalHarmonics(
+            o3.Irreps.spherical_harmonics(lmax), normalize=True, normalization="component"
+        )
+        self.layers = torch.nn.ModuleList(
+            FacetInteraction(
+                self.lmax, self.num_channels, self.cutoff, num_spline_knots, self.grid_resolution,
+                mlp_hidden_factor, avg_num_neighbors,
+            )
+            for _ in range(num_layers)
+        )
+
+    def initial_features(self, species: torch.Tensor, node_condition: torch.Tensor | None) -> torch.Tensor:
+        """(n, K, C): species embedding (+ linear map of the condition) in the l = 0 slot, zeros elsewhere."""
+        scalars = self.species_embedding(species)  # (n, C)
+        if node_condition is not None:
+            if self.condition_embedding is None:
+                raise ValueError("FacetBackbone: got node_condition but was built with condition_dim=0")
+            scalars = scalars + self.condition_embedding(node_condition)
+        features = scalars.new_zeros(species.shape[0], num_coefficients(self.lmax), self.num_channels)
+        features[:, 0] = scalars
+        return features
+
+    def forward(self, inputs: BackboneInputs) -> NodeFeatures:
+        edge_lengths = inputs.edge_vectors.norm(dim=-1)  # (E,) Å
+        edge_harmonics = self.edge_harmonics(inputs.edge_vectors)  # (E, K)
+        features = self.initial_features(inputs.species, inputs.node_condition)
+        scalars = []
+        for layer in self.layers:
+            features = layer(features, inputs.edge_index, edge_harmonics, edge_lengths)
+            scalars.append(features[:, 0])
+        vectors = features[:, 1:4].transpose(1, 2)  # (n, C, 3): e3nn's l = 1 block is (x, y, z)
+        return NodeFeatures(scalars=torch.cat(scalars, dim=-1), vectors=vectors)
