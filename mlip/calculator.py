@@ -1,0 +1,315 @@
+"""ASE calculator for a trained `mlip` potential.
+
+    from mlip.calculator import MLIPCalculator
+    atoms.calc = MLIPCalculator("model.pt")          # an export written by mlip-train, or a Potential
+    atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+
+What it adds on top of `Potential.forward`:
+
+* a neighbour list with a skin, reused across MD / relaxation steps. The list is built with
+  cutoff + skin and rebuilt only when an atom moved more than skin/2 since the last build, or
+  the cell, pbc or atomic numbers changed. Each step the stored pairs are filtered to those
+  strictly inside the cutoff, so results are the same as with a fresh list (up to summation order);
+* charge and spin from ``atoms.info["charge"]`` / ``atoms.info["spin"]`` (OMol25 convention:
+  total charge in e, multiplicity 2S+1), with defaults 0 / 1;
+* batched evaluation of many structures (`predict_batch`) for throughput;
+* clear errors for empty Atoms, elements the model was not trained on, and a structure without
+  a charge given to a model that was trained on charged structures.
+
+Stress is computed for cells with pbc and nonzero volume (in the same backward pass as the
+forces); asking for stress of a non-periodic structure raises `PropertyNotImplementedError`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.data import chemical_symbols
+from ase.stress import full_3x3_to_voigt_6_stress
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+class MLIPInputError(ValueError):
+    """A structure the calculator cannot evaluate with this model (the message says why)."""
+
+
+def load_potential(model_or_path) -> torch.nn.Module:
+    """A `Potential` as given, or loaded with `mlip.load` from an export path."""
+    if isinstance(model_or_path, torch.nn.Module):
+        return model_or_path
+    if isinstance(model_or_path, (str, os.PathLike)):
+        import mlip
+
+        return mlip.load(os.fspath(model_or_path))
+    raise TypeError(f"MLIPCalculator: expected a Potential or a path to an exported model, got {type(model_or_path).__name__}")
+
+
+def model_elements(model) -> list[int]:
+    """Atomic numbers the model knows (its `elements` attribute may hold numbers or symbols)."""
+    elements = []
+    for element in model.elements:
+        if isinstance(element, str):
+            elements.append(chemical_symbols.index(element))
+        else:
+            elements.append(int(element))
+    return elements
+
+
+def model_trained_on_charged_structures(model) -> bool:
+    """True if the model conditions on charge and its training data held a nonzero total charge.
+
+    Read from the potential's `charge_spin_conditioning` flag and the `charges` seen in training that the
+    export stores in the model's statistics (`statistics.charges` or `statistics["charges"]`).
+    """
+    if not getattr(model, "charge_spin_conditioning", False):
+        return False
+    statistics = getattr(model, "statistics", None)
+    if statistics is None:
+        return False
+    charges = statistics.get("charges") if isinstance(statistics, dict) else getattr(statistics, "charges", None)
+    if charges is None:
+        return False
+    return bool(np.any(np.asarray(charges) != 0))
+
+
+class MLIPCalculator(Calculator):
+    """ASE calculator wrapping an `mlip` `Potential` (or the path of an exported one).
+
+    Args:
+        model_or_path: a `Potential` module or a path accepted by `mlip.load`.
+        device: torch device, e.g. "cpu" or "cuda".
+        dtype: "float64" (default; what MD energy conservation wants) or "float32" (faster).
+        skin: neighbour-list skin in Å; 0 rebuilds the list every call.
+        default_charge: total charge (e) used when ``atoms.info`` has no "charge". Left as None it
+            means 0, except for a model trained on charged structures, where a missing charge is
+            an error (pass default_charge=0 explicitly to accept 0).
+        default_spin: multiplicity 2S+1 used when ``atoms.info`` has no "spin".
+        compile: wrap the model in `torch.compile` (dynamic shapes). Off by default: see docs/calculator.md.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+
+    def __init__(
+        self,
+        model_or_path,
+        device: str = "cpu",
+        dtype: str = "float64",
+        skin: float = 0.5,
+        default_charge: int | None = None,
+        default_spin: int = 1,
+        compile: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if dtype not in _DTYPES:
+            raise ValueError(f"MLIPCalculator: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if skin < 0:
+            raise ValueError(f"MLIPCalculator: skin must be >= 0 Å, got {skin}")
+        self.device = torch.device(device)
+        self.dtype = _DTYPES[dtype]
+        self.model = load_potential(model_or_path).to(device=self.device, dtype=self.dtype).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.cutoff = float(self.model.cutoff)
+        self.skin = float(skin)
+        self.elements = model_elements(self.model)
+        self.charged_model = model_trained_on_charged_structures(self.model)
+        self.default_charge = default_charge
+        self.default_spin = int(default_spin)
+        self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
+        self._neighbours: _SkinNeighbourList | None = None
+        self.neighbour_list_builds = 0  # how many times a neighbour list was built (for tests / tuning)
+
+    # ----------------------------------------------------------------------------------------
+    # input checks
+    # ----------------------------------------------------------------------------------------
+
+    def check_atoms(self, atoms: Atoms) -> None:
+        """Raise `MLIPInputError` for empty Atoms or elements outside the model's element list."""
+        if len(atoms) == 0:
+            raise MLIPInputError("MLIPCalculator: the Atoms object is empty (0 atoms); there is nothing to evaluate")
+        unknown = sorted(set(int(z) for z in atoms.numbers) - set(self.elements))
+        if unknown:
+            names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
+            known = " ".join(chemical_symbols[z] for z in self.elements)
+            raise MLIPInputError(f"MLIPCalculator: element(s) {names} not in the model's training elements [{known}]")
+
+    def charge_and_spin(self, atoms: Atoms) -> tuple[int, int]:
+        """Total charge (e) and multiplicity 2S+1 of `atoms`, from atoms.info or the defaults."""
+        if "charge" in atoms.info:
+            charge = int(atoms.info["charge"])
+        elif self.default_charge is not None:
+            charge = int(self.default_charge)
+        elif self.charged_model:
+            raise MLIPInputError(
+                "MLIPCalculator: this model was trained on charged structures, but atoms.info has no 'charge'. "
+                "Set atoms.info['charge'] (total charge in e) or create the calculator with default_charge=0."
+            )
+        else:
+            charge = 0
+        spin = int(atoms.info.get("spin", self.default_spin))
+        if spin < 1:
+            raise MLIPInputError(f"MLIPCalculator: spin multiplicity 2S+1 must be >= 1, got atoms.info['spin'] = {spin}")
+        return charge, spin
+
+    # ----------------------------------------------------------------------------------------
+    # single structure (the ASE interface)
+    # ----------------------------------------------------------------------------------------
+
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+        """ASE's changes (positions, cell, ...) plus a change of atoms.info charge or spin."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and not changes:
+            for key in ("charge", "spin"):
+                if atoms.info.get(key) != self.atoms.info.get(key):
+                    changes.append(key)
+        return changes
+
+    def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        self.check_atoms(atoms)
+        want_stress = has_volume(atoms)
+        if "stress" in properties and not want_stress:
+            raise PropertyNotImplementedError(
+                "MLIPCalculator: stress needs a periodic structure with a cell of nonzero volume"
+            )
+        charge, spin = self.charge_and_spin(atoms)
+        if self._neighbours is None or self._neighbours.needs_rebuild(atoms):
+            self._neighbours = _SkinNeighbourList(atoms, self.cutoff, self.skin)
+            self.neighbour_list_builds += 1
+        edge_index, shifts = self._neighbours.edges_within(atoms, self.cutoff)
+        graph = self._graph(atoms, edge_index, shifts, charge, spin)
+        output = self._evaluate(graph, want_stress)
+        self.results = _results_of_graph(output, 0, slice(0, len(atoms)), want_stress)
+
+    def _graph(self, atoms: Atoms, edge_index: np.ndarray, shifts: np.ndarray, charge: int, spin: int):
+        from torch_geometric.data import Batch, Data
+
+        data = Data(
+            pos=torch.as_tensor(atoms.positions, dtype=self.dtype),
+            z=torch.as_tensor(atoms.numbers, dtype=torch.long),
+            cell=torch.as_tensor(atoms.cell.array, dtype=self.dtype).reshape(1, 3, 3),
+            pbc=torch.as_tensor(atoms.pbc, dtype=torch.bool).reshape(1, 3),
+            edge_index=torch.as_tensor(edge_index, dtype=torch.long),
+            shifts=torch.as_tensor(shifts, dtype=self.dtype),
+            charge=torch.tensor([charge], dtype=torch.long),
+            spin=torch.tensor([spin], dtype=torch.long),
+        )
+        return Batch.from_data_list([data])
+
+    def _evaluate(self, batch, compute_stress: bool) -> dict[str, np.ndarray]:
+        batch = batch.to(self.device)
+        output = self._forward(batch, compute_forces=True, compute_stress=compute_stress)
+        return {key: value.detach().cpu().to(torch.float64).numpy() for key, value in output.items() if torch.is_tensor(value)}
+
+    # ----------------------------------------------------------------------------------------
+    # many structures
+    # ----------------------------------------------------------------------------------------
+
+    def predict_batch(self, structures: Sequence[Atoms], max_atoms_per_batch: int = 2000) -> list[dict]:
+        """Energy, forces (and stress for periodic cells) of many structures, several per forward pass.
+
+        Returns one dict per structure with ASE-style results: "energy", "free_energy" (eV),
+        "forces" (n, 3) eV/Å, "energies" (n,) eV per atom, and "stress" (6,) Voigt eV/Å³ for
+        structures with a periodic cell. Batches hold up to `max_atoms_per_batch` atoms. Fresh
+        neighbour lists are built (no skin), so the calculator's MD state is untouched.
+        """
+        from mlip.data.graph import neighbour_list
+
+        results: list[dict] = []
+        pending: list[tuple] = []  # (atoms, Data) of the batch being assembled
+        pending_atoms = 0
+        for index, atoms in enumerate(structures):
+            try:
+                self.check_atoms(atoms)
+                charge, spin = self.charge_and_spin(atoms)
+            except MLIPInputError as error:
+                raise MLIPInputError(f"structure {index}: {error}") from None
+            edge_index, shifts = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff)
+            data = self._graph(atoms, np.asarray(edge_index), np.asarray(shifts), charge, spin).get_example(0)
+            if pending and pending_atoms + len(atoms) > max_atoms_per_batch:
+                results.extend(self._predict_pending(pending))
+                pending, pending_atoms = [], 0
+            pending.append((atoms, data))
+            pending_atoms += len(atoms)
+        if pending:
+            results.extend(self._predict_pending(pending))
+        return results
+
+    def _predict_pending(self, pending: list[tuple]) -> list[dict]:
+        from torch_geometric.data import Batch
+
+        batch = Batch.from_data_list([data for _, data in pending])
+        with_stress = [has_volume(atoms) for atoms, _ in pending]
+        output = self._evaluate(batch, compute_stress=any(with_stress))
+        results, start = [], 0
+        for graph_index, (atoms, _) in enumerate(pending):
+            atom_slice = slice(start, start + len(atoms))
+            results.append(_results_of_graph(output, graph_index, atom_slice, with_stress[graph_index]))
+            start += len(atoms)
+        return results
+
+
+def has_volume(atoms: Atoms) -> bool:
+    """True for a structure with some periodicity and a cell of nonzero volume (stress is defined)."""
+    return bool(atoms.pbc.any()) and abs(float(np.linalg.det(atoms.cell.array))) > 1e-9
+
+
+def _results_of_graph(output: dict[str, np.ndarray], graph_index: int, atom_slice: slice, with_stress: bool) -> dict:
+    energy = float(output["energy"][graph_index])
+    results = {"energy": energy, "free_energy": energy, "forces": output["forces"][atom_slice].copy()}
+    if "node_energy" in output:
+        results["energies"] = output["node_energy"][atom_slice].copy()
+    if with_stress:
+        results["stress"] = full_3x3_to_voigt_6_stress(output["stress"][graph_index])
+    return results
+
+
+class _SkinNeighbourList:
+    """Pairs within cutoff + skin of one configuration, reusable while no atom moved more than skin/2.
+
+    If no atom moved more than skin/2, no pair can have closed in from beyond cutoff + skin to
+    inside the cutoff, so the stored pairs, filtered by their current length, are exactly the
+    pairs inside the cutoff.
+    """
+
+    def __init__(self, atoms: Atoms, cutoff: float, skin: float):
+        from mlip.data.graph import neighbour_list
+
+        self.skin = skin
+        self.reference_positions = atoms.positions.copy()
+        self.cell = atoms.cell.array.copy()
+        self.pbc = atoms.pbc.copy()
+        self.numbers = atoms.numbers.copy()
+        edge_index, shifts = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff + skin)
+        self.edge_index = _to_numpy(edge_index).astype(np.int64).reshape(2, -1)  # (2, E) [0]=j, [1]=i
+        self.shifts = _to_numpy(shifts).astype(np.float64).reshape(-1, 3)  # (E, 3) integer multiples
+
+    def needs_rebuild(self, atoms: Atoms) -> bool:
+        if len(atoms) != len(self.numbers) or not np.array_equal(atoms.numbers, self.numbers):
+            return True
+        if not np.array_equal(atoms.pbc, self.pbc) or not np.array_equal(atoms.cell.array, self.cell):
+            return True
+        displacement = np.linalg.norm(atoms.positions - self.reference_positions, axis=1)
+        return bool(displacement.max() > 0.5 * self.skin)
+
+    def edges_within(self, atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+        """Stored pairs whose current length is < `cutoff` Å: edge_index (2, E'), shifts (E', 3)."""
+        senders, receivers = self.edge_index
+        vectors = atoms.positions[senders] - atoms.positions[receivers] + self.shifts @ atoms.cell.array
+        inside = np.einsum("ij,ij->i", vectors, vectors) < cutoff * cutoff
+        return self.edge_index[:, inside], self.shifts[inside]
+
+
+def _to_numpy(array) -> np.ndarray:
+    if torch.is_tensor(array):
+        return array.detach().cpu().numpy()
+    return np.asarray(array)

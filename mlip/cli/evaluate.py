@@ -1,0 +1,95 @@
+"""`mlip-eval`: error tables and parity plots for one model or a whole model zoo.
+
+    mlip-eval MODEL [MODEL ...] --data test.h5 [more.h5 | test.extxyz ...] --out eval/
+
+MODEL is an exported model (anything `mlip.load` reads) or a folder of them. The test sets are
+mlip HDF5 files or anything ASE reads with labels (extxyz). Writes eval/metrics.md,
+eval/metrics.csv and eval/parity_<model>.png, and prints the Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from mlip.evaluation import evaluate, markdown_table, parity_plot, read_test_set, write_csv, write_text
+
+MODEL_SUFFIXES = (".pt", ".pth", ".mlip", ".ckpt")
+
+
+def find_models(paths: list[str]) -> list[Path]:
+    """The model files named, with every model file of each named folder (sorted)."""
+    models: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(child for child in path.iterdir() if child.is_file() and child.suffix in MODEL_SUFFIXES)
+            if not found:
+                raise SystemExit(f"mlip-eval: no model files ({', '.join(MODEL_SUFFIXES)}) in folder {path}")
+            models.extend(found)
+        elif path.exists():
+            models.append(path)
+        else:
+            raise SystemExit(f"mlip-eval: model {path} does not exist")
+    return models
+
+
+def read_test_sets(paths: list[str]):
+    """Structures of all test sets; unlabelled subsets are named after their file."""
+    structures = []
+    for path in paths:
+        if not os.path.exists(path):
+            raise SystemExit(f"mlip-eval: test set {path} does not exist")
+        for structure in read_test_set(path):
+            if not structure.subset:
+                structure.subset = Path(path).stem
+            structures.append(structure)
+    if not structures:
+        raise SystemExit(f"mlip-eval: the test sets {paths} hold no structures")
+    return structures
+
+
+def model_names(models: list[Path]) -> list[str]:
+    """File stems, made unique with the parent folder where two stems clash."""
+    stems = [model.stem for model in models]
+    return [f"{model.parent.name}/{model.stem}" if stems.count(model.stem) > 1 else model.stem for model in models]
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="mlip-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", help="exported model files and/or folders of them")
+    parser.add_argument("--data", nargs="+", required=True, help="test sets: mlip HDF5 (.h5) or extxyz")
+    parser.add_argument("--out", default="eval", help="output folder (default: eval)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    parser.add_argument("--max-atoms-per-batch", type=int, default=2000)
+    parser.add_argument("--no-plots", action="store_true", help="skip the parity plots")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    arguments = parse_arguments(argv)
+    from mlip.calculator import MLIPCalculator
+
+    models = find_models(arguments.models)
+    structures = read_test_sets(arguments.data)
+    output = Path(arguments.out)
+    output.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for model, name in zip(models, model_names(models)):
+        calculator = MLIPCalculator(str(model), device=arguments.device, dtype=arguments.dtype, default_charge=0)
+        evaluation = evaluate(calculator, structures, name, max_atoms_per_batch=arguments.max_atoms_per_batch)
+        rows.extend(evaluation.rows())
+        if not arguments.no_plots:
+            parity_plot(evaluation, output / f"parity_{name.replace('/', '_')}.png")
+    table = markdown_table(rows)
+    write_text(table, output / "metrics.md")
+    write_csv(rows, output / "metrics.csv")
+    print(table)
+    print(f"wrote {output / 'metrics.md'}, {output / 'metrics.csv'}" + ("" if arguments.no_plots else " and parity plots"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

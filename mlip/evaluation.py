@@ -1,0 +1,247 @@
+"""Evaluate trained potentials on labelled test sets: error tables and parity plots.
+
+Used by `mlip-eval` (mlip/cli/evaluate.py) and the quickstart notebook.
+
+Metrics, over the structures that carry the label (missing labels are skipped, never zero):
+
+* energy per atom: |E_pred - E_ref| / n_atoms, meV/atom;
+* forces: every Cartesian component of every atom, meV/Å;
+* stress: all 9 components of the (3, 3) tensor, meV/Å³ (periodic structures only).
+
+Each is reported as MAE and RMSE, per subset and over all structures ("all").
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from ase import Atoms
+
+from mlip.data.structure import Structure
+
+METRIC_COLUMNS = [
+    ("energy_mae", "E MAE (meV/atom)"),
+    ("energy_rmse", "E RMSE (meV/atom)"),
+    ("forces_mae", "F MAE (meV/Å)"),
+    ("forces_rmse", "F RMSE (meV/Å)"),
+    ("stress_mae", "S MAE (meV/Å³)"),
+    ("stress_rmse", "S RMSE (meV/Å³)"),
+]
+ALL_SUBSETS = "all"
+
+
+# --------------------------------------------------------------------------------------------
+# test sets
+# --------------------------------------------------------------------------------------------
+
+
+def read_test_set(path: str | os.PathLike) -> list[Structure]:
+    """All structures of an mlip HDF5 file (.h5/.hdf5) or of any file ASE reads (extxyz, ...)."""
+    path = os.fspath(path)
+    if path.endswith((".h5", ".hdf5")):
+        from mlip.data.reader import StructureReader
+
+        reader = StructureReader(path)
+        return [reader.read(index) for index in range(len(reader))]
+    import ase.io
+
+    return [structure_from_atoms(atoms, path, index) for index, atoms in enumerate(ase.io.read(path, index=":"))]
+
+
+def structure_from_atoms(atoms: Atoms, source: str = "", index: int = 0) -> Structure:
+    """A labelled `Structure` from an ASE Atoms read from a file (labels from its calculator)."""
+    from ase.stress import voigt_6_to_full_3x3_stress
+
+    results = atoms.calc.results if atoms.calc is not None else {}
+    stress = results.get("stress")
+    if stress is not None:
+        stress = np.asarray(stress, dtype=np.float64)
+        stress = voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress.reshape(3, 3)
+    return Structure(
+        numbers=atoms.numbers,
+        positions=atoms.positions,
+        cell=atoms.cell.array if atoms.pbc.any() else None,
+        pbc=atoms.pbc,
+        energy=results.get("energy"),
+        forces=results.get("forces"),
+        stress=stress,
+        charge=int(atoms.info.get("charge", 0)),
+        spin=int(atoms.info.get("spin", 1)),
+        id=str(atoms.info.get("id", f"{os.path.basename(source)}:{index}")),
+        subset=str(atoms.info.get("subset", atoms.info.get("config_type", ""))),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# predictions and errors
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ParityData:
+    """Reference and predicted values of one quantity, with the subset of each value."""
+
+    reference: list = field(default_factory=list)
+    predicted: list = field(default_factory=list)
+    subsets: list = field(default_factory=list)
+
+    def add(self, reference: np.ndarray, predicted: np.ndarray, subset: str) -> None:
+        reference, predicted = np.ravel(reference), np.ravel(predicted)
+        self.reference.append(reference)
+        self.predicted.append(predicted)
+        self.subsets.append(np.full(reference.shape, subset, dtype=object))
+
+    def arrays(self, subset: str = ALL_SUBSETS) -> tuple[np.ndarray, np.ndarray]:
+        if not self.reference:
+            return np.zeros(0), np.zeros(0)
+        reference, predicted = np.concatenate(self.reference), np.concatenate(self.predicted)
+        if subset != ALL_SUBSETS:
+            chosen = np.concatenate(self.subsets) == subset
+            reference, predicted = reference[chosen], predicted[chosen]
+        return reference, predicted
+
+
+@dataclass
+class Evaluation:
+    """Predictions of one model on one test set (energies per atom in eV/atom)."""
+
+    model_name: str
+    energy_per_atom: ParityData = field(default_factory=ParityData)
+    forces: ParityData = field(default_factory=ParityData)
+    stress: ParityData = field(default_factory=ParityData)
+    subset_counts: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def rows(self) -> list[dict]:
+        """One table row for all structures, then one per subset (sorted); errors in meV units."""
+        subsets = [ALL_SUBSETS] + sorted(name for name in self.subset_counts if name != ALL_SUBSETS)
+        rows = []
+        for subset in subsets:
+            count = sum(self.subset_counts.values()) if subset == ALL_SUBSETS else self.subset_counts[subset]
+            row = {"model": self.model_name, "subset": subset or "(none)", "n_structures": count}
+            for name, parity in (("energy", self.energy_per_atom), ("forces", self.forces), ("stress", self.stress)):
+                reference, predicted = parity.arrays(subset)
+                row[f"{name}_mae"], row[f"{name}_rmse"] = mae_rmse(1000.0 * (predicted - reference))
+            if subset == ALL_SUBSETS:
+                row["structures_per_s"] = count / self.seconds if self.seconds > 0 else float("nan")
+            rows.append(row)
+        return rows
+
+
+def mae_rmse(errors: np.ndarray) -> tuple[float, float]:
+    """Mean absolute error and root-mean-square error; NaN when there is nothing to average."""
+    errors = np.asarray(errors, dtype=np.float64)
+    if errors.size == 0:
+        return float("nan"), float("nan")
+    return float(np.mean(np.abs(errors))), float(np.sqrt(np.mean(errors**2)))
+
+
+def evaluate(calculator, structures: list[Structure], model_name: str, max_atoms_per_batch: int = 2000) -> Evaluation:
+    """Predict every structure with `calculator` (an `MLIPCalculator`) and collect parity data."""
+    from ase.stress import voigt_6_to_full_3x3_stress
+
+    atoms_list = [structure.to_atoms() for structure in structures]
+    for atoms in atoms_list:
+        atoms.calc = None
+    start = time.perf_counter()
+    predictions = calculator.predict_batch(atoms_list, max_atoms_per_batch=max_atoms_per_batch)
+    evaluation = Evaluation(model_name=model_name, seconds=time.perf_counter() - start)
+    for structure, prediction in zip(structures, predictions):
+        subset = structure.subset
+        evaluation.subset_counts[subset] = evaluation.subset_counts.get(subset, 0) + 1
+        if structure.energy is not None:
+            evaluation.energy_per_atom.add(
+                np.array(structure.energy / structure.n_atoms), np.array(prediction["energy"] / structure.n_atoms), subset
+            )
+        if structure.forces is not None:
+            evaluation.forces.add(structure.forces, prediction["forces"], subset)
+        if structure.stress is not None and "stress" in prediction:
+            evaluation.stress.add(structure.stress, voigt_6_to_full_3x3_stress(prediction["stress"]), subset)
+    return evaluation
+
+
+# --------------------------------------------------------------------------------------------
+# output: Markdown, CSV, parity plots
+# --------------------------------------------------------------------------------------------
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The error table in Markdown (a '-' where a label is missing from the test set)."""
+    header = ["model", "subset", "structures"] + [title for _, title in METRIC_COLUMNS] + ["structures/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["model"], row["subset"], str(row["n_structures"])]
+        cells += [_format_number(row[key]) for key, _ in METRIC_COLUMNS]
+        cells.append(_format_number(row.get("structures_per_s", float("nan")), digits=1))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _format_number(value: float, digits: int = 2) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
+    """The error table as CSV (empty cells where a label is missing), written atomically."""
+    columns = ["model", "subset", "n_structures"] + [key for key, _ in METRIC_COLUMNS] + ["structures_per_s"]
+    temporary = f"{os.fspath(path)}.tmp"
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: _csv_value(row.get(key)) for key in columns})
+    os.replace(temporary, path)
+
+
+def _csv_value(value):
+    if isinstance(value, float) and not np.isfinite(value):
+        return ""
+    return value
+
+
+def write_text(text: str, path: str | os.PathLike) -> None:
+    temporary = f"{os.fspath(path)}.tmp"
+    with open(temporary, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def parity_plot(evaluation: Evaluation, path: str | os.PathLike) -> None:
+    """A PNG with one parity panel per available quantity (energy/atom, forces, stress), coloured by subset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("Energy (eV/atom)", evaluation.energy_per_atom),
+        ("Force components (eV/Å)", evaluation.forces),
+        ("Stress components (eV/Å³)", evaluation.stress),
+    ]
+    panels = [(title, parity) for title, parity in panels if parity.reference]
+    figure, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 4.0), squeeze=False)
+    subsets = sorted(name for name in evaluation.subset_counts)
+    for axis, (title, parity) in zip(axes[0], panels):
+        for subset in subsets:
+            reference, predicted = parity.arrays(subset) if len(subsets) > 1 else parity.arrays()
+            if reference.size:
+                axis.scatter(reference, predicted, s=4, alpha=0.6, label=subset or "(none)")
+        reference, predicted = parity.arrays()
+        low, high = float(min(reference.min(), predicted.min())), float(max(reference.max(), predicted.max()))
+        axis.plot([low, high], [low, high], color="black", linewidth=0.8)
+        mae, _ = mae_rmse(predicted - reference)
+        axis.set_title(f"{title}\nMAE {mae:.3g}")
+        axis.set_xlabel("reference")
+        axis.set_ylabel("predicted")
+        if len(subsets) > 1:
+            axis.legend(fontsize=7, markerscale=2)
+    figure.suptitle(evaluation.model_name)
+    figure.tight_layout()
+    temporary = f"{os.fspath(path)}.tmp.png"
+    figure.savefig(temporary, dpi=110)
+    plt.close(figure)
+    os.replace(temporary, path)
