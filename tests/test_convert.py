@@ -392,9 +392,12 @@ def test_older_mace_layout_with_virials_only(tmp_path):
         group["charges"] = "None"
         group["config_type"] = "Default"
         group["weight"] = 1.0
+        group["energy_weight"] = 1.0
+        group["forces_weight"] = 0.0  # zero-filled forces: MACE's way of saying "absent"
     (silicon,) = list(read_mace_hdf5(source))
     assert silicon.energy == pytest.approx(-5.4)
     np.testing.assert_allclose(silicon.stress, -virials / 24.0)
+    assert silicon.forces is None
     assert silicon.partial_charges is None and silicon.subset == ""
 
 
@@ -540,3 +543,19 @@ def test_cli_in_a_subprocess_converts_and_summarises(tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert "structures" in completed.stdout and "atoms" in completed.stdout
     assert len(read_back(output)) == 3
+
+
+def test_mlip_files_can_be_merged_and_relabelled(tmp_path):
+    rng = np.random.default_rng(16)
+    source = tmp_path / "a.xyz"
+    ase.io.write(source, labelled_frames(rng), format="extxyz")
+    first = tmp_path / "first.h5"
+    convert(source, first, energy_key="REF_energy", forces_key="REF_forces", stress_key="REF_stress")
+    assert detect_format(first) == "mlip"
+    merged = tmp_path / "merged.h5"
+    assert main([str(first), str(first), "-o", str(merged), "--subset", "again", "-q"]) == 0
+    originals, copies = read_back(first), read_back(merged)
+    assert len(copies) == 6 and {s.subset for s in copies} == {"again"}
+    for original, copy in zip(originals * 2, copies):
+        np.testing.assert_allclose(copy.positions, original.positions)
+        assert copy.energy == original.energy

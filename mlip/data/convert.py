@@ -784,8 +784,10 @@ def read_mace_hdf5(path: str | os.PathLike, *, subset: str | None = None) -> Ite
     ``cell``, ``pbc``, ``weight``, ``config_type`` and the labels, either in a ``properties``
     subgroup (current MACE: ``energy``, ``forces``, ``stress``, ``virials``, ``charges``,
     ``total_charge``, ``total_spin``, ...) or directly in the group (older MACE). A missing label
-    is the string ``"None"``. Stress is taken as is (MACE uses ASE's eV/Å³ and sign); when only
-    virials are given, stress = -virials / volume. ``config_type`` becomes the subset (MACE's
+    is the string ``"None"``; a label whose weight (``property_weights/<name>``, older
+    ``<name>_weight``) is 0 is also treated as missing, since MACE zero-fills absent labels
+    that way. Stress is taken as is (MACE uses ASE's eV/Å³ and sign); when only virials are
+    given, stress = -virials / volume. ``config_type`` becomes the subset (MACE's
     placeholder ``"Default"`` becomes the empty subset) unless ``subset`` is given. Batches and
     configurations are read in numeric order; the id is ``"<file name>:<index>"``.
     """
@@ -820,15 +822,24 @@ def _structure_from_mace_group(group, structure_id: str, subset: str | None) -> 
         return container[name][()] if name in container else None
 
     properties = group["properties"] if "properties" in group else group
+    weights = group["property_weights"] if "property_weights" in group else None
+
+    def label(name: str) -> Any:
+        """A label, or None if absent or given zero weight (MACE's mark of a filled-in label)."""
+        weight = value(name, weights) if weights is not None else value(f"{name}_weight")
+        if not _is_missing(weight) and float(np.asarray(weight).reshape(-1)[0]) == 0.0:
+            return None
+        return value(name, properties)
+
     numbers = _atomic_numbers(value("atomic_numbers"), "atomic_numbers")
     n_atoms = numbers.shape[0]
     positions = _per_atom_vectors(value("positions"), n_atoms, "positions")
     if positions is None:
         raise _FieldError("positions", "missing")
     cell, pbc = _cell_and_pbc(value("cell"), None if _is_missing(value("pbc")) else value("pbc"))
-    stress = _stress_tensor(value("stress", properties), "stress")
+    stress = _stress_tensor(label("stress"), "stress")
     if stress is None:
-        virials = _stress_tensor(value("virials", properties), "virials")
+        virials = _stress_tensor(label("virials"), "virials")
         if virials is not None:
             if cell is None:
                 raise _FieldError("virials", "virials of a non-periodic structure cannot give a stress")
@@ -842,11 +853,11 @@ def _structure_from_mace_group(group, structure_id: str, subset: str | None) -> 
         positions=positions,
         cell=cell,
         pbc=pbc,
-        energy=_energy(value("energy", properties), "energy"),
-        forces=_per_atom_vectors(value("forces", properties), n_atoms, "forces"),
+        energy=_energy(label("energy"), "energy"),
+        forces=_per_atom_vectors(label("forces"), n_atoms, "forces"),
         stress=stress,
-        magmom=_per_atom_scalars(value("magmom", properties), n_atoms, "magmom"),
-        partial_charges=_per_atom_scalars(value("charges", properties), n_atoms, "charges"),
+        magmom=_per_atom_scalars(label("magmom"), n_atoms, "magmom"),
+        partial_charges=_per_atom_scalars(label("charges"), n_atoms, "charges"),
         charge=_integer(value("total_charge", properties), "total_charge", default=0),
         spin=_integer(value("total_spin", properties), "total_spin", default=1),
         id=structure_id,
