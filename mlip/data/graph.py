@@ -54,21 +54,23 @@ def neighbour_list(
             worker process; the ASE calculator may ask for more on large systems.
 
     Returns:
-        edge_index: (2, E) int64, row 0 = neighbour j, row 1 = centre i; sorted by centre i.
+        edge_index: (2, E) int64, row 0 = neighbour j, row 1 = centre i; sorted by centre i
+            (the order of neighbours of one centre is unspecified).
         shifts: (E, 3) int64 cell-image multiples (zero along non-periodic directions).
     """
     positions, cell, pbc = _validated_geometry(positions, cell, pbc, cutoff)
     if positions.shape[0] == 0:
         return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
 
-    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True, n_threads=n_threads)
+    calculator = vesin.NeighborList(
+        cutoff=float(cutoff), full_list=True, sorted=True, n_threads=n_threads
+    )
     centres, neighbours, shifts = calculator.compute(
         points=positions, box=cell, periodic=pbc.tolist(), quantities="ijS", copy=True
     )
     # vesin's pair (i, j, S) has vector pos[j] - pos[i] + S @ box: i is our centre (receiver).
-    order = np.argsort(centres, kind="stable")
-    edge_index = np.stack([neighbours[order], centres[order]]).astype(np.int64, copy=False)
-    return edge_index, shifts[order].astype(np.int64, copy=False)
+    edge_index = np.stack([neighbours, centres]).astype(np.int64, copy=False)
+    return edge_index, shifts.astype(np.int64, copy=False)
 
 
 def _validated_geometry(positions, cell, pbc, cutoff) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
