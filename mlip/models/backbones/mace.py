@@ -13,6 +13,7 @@ neighbours has A = 0 and therefore exactly zero features.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -32,6 +33,22 @@ def to_channels(features: torch.Tensor, irreps: o3.Irreps) -> torch.Tensor:
     """e3nn layout (n, Σ mul·(2l+1)), all muls equal to C -> (n, C, Σ (2l+1))."""
     blocks = [features[:, slice_].reshape(features.shape[0], mul, ir.dim) for (mul, ir), slice_ in zip(irreps, irreps.slices())]
     return torch.cat(blocks, dim=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def symmetric_power_basis(channel_irreps: str, correlation: int) -> tuple[o3.Irreps, torch.Tensor]:
+    """Irreps and change of basis (dim_out, d, ..., d) of the symmetric `correlation`-th power.
+
+    Computed once per (irreps, power) in float64 (e3nn's reduction is slow: ~0.3 s each).
+    """
+    formulas = {1: "i", 2: "ij=ji", 3: "ijk=jik=ikj"}
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        products = o3.ReducedTensorProducts(formulas[correlation], i=o3.Irreps(channel_irreps))
+        return products.irreps_out, products.change_of_basis.detach().clone()
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def from_channels(features: torch.Tensor) -> torch.Tensor:
@@ -68,15 +85,14 @@ class SymmetricContraction(torch.nn.Module):
         self.target_irreps = o3.Irreps(target_irreps)  # one copy per channel, e.g. 0e+1o
         self.correlation = int(correlation)
         self.num_channels = int(num_channels)
-        formulas = {1: "i", 2: "ij=ji", 3: "ijk=jik=ikj"}
-        # bases[f"{nu}_{k}"]: (paths, 2l+1, d, ..., d) for target irrep k
+        # buffer basis_{nu}_{k}: (paths, 2l+1, d, ..., d) maps A^⊗nu to the paths of target irrep k
         for nu in range(1, self.correlation + 1):
-            products = o3.ReducedTensorProducts(formulas[nu], i=self.channel_irreps)
-            change_of_basis = products.change_of_basis.to(torch.get_default_dtype())
+            irreps_out, change_of_basis = symmetric_power_basis(str(self.channel_irreps), nu)
+            change_of_basis = change_of_basis.to(torch.get_default_dtype())
             for k, (_, target_ir) in enumerate(self.target_irreps):
                 rows = [
                     change_of_basis[slice_].reshape(mul, ir.dim, *change_of_basis.shape[1:])
-                    for (mul, ir), slice_ in zip(products.irreps_out, products.irreps_out.slices())
+                    for (mul, ir), slice_ in zip(irreps_out, irreps_out.slices())
                     if ir == target_ir
                 ]
                 if not rows:

@@ -1,0 +1,160 @@
+"""MACE-like backbone and its parts: radial functions, symmetric contraction, body order, equivariance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from e3nn import o3
+
+from mlip.models.backbones import BACKBONES, BackboneInputs, MACEBackbone
+from mlip.models.backbones.mace import SymmetricContraction, channelwise_irreps, to_channels
+from mlip.nn.radial import BesselBasis, PolynomialEnvelope, RadialEmbedding
+
+CUTOFF = 3.0
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """Build and run in float64 (e3nn bakes its Clebsch-Gordan constants in the default dtype)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def tiny_backbone(**overrides) -> MACEBackbone:
+    kwargs = dict(num_elements=3, cutoff=CUTOFF, condition_dim=0, num_channels=8, lmax=1, correlation=3,
+                  num_layers=2, radial_mlp=[16], avg_num_neighbors=3.0)
+    kwargs.update(overrides)
+    return MACEBackbone(**kwargs)
+
+
+def random_inputs(num_atoms: int = 6, num_elements: int = 3, node_condition=None) -> BackboneInputs:
+    positions = torch.randn(num_atoms, 3) * 1.2
+    pairs = [(j, i) for i in range(num_atoms) for j in range(num_atoms) if i != j]
+    edge_index = torch.tensor(pairs).T
+    return BackboneInputs(
+        species=torch.randint(0, num_elements, (num_atoms,)),
+        edge_index=edge_index,
+        edge_vectors=positions[edge_index[0]] - positions[edge_index[1]],
+        batch=torch.zeros(num_atoms, dtype=torch.long),
+        num_graphs=1,
+        node_condition=node_condition,
+    )
+
+
+def with_vectors(inputs: BackboneInputs, vectors: torch.Tensor) -> BackboneInputs:
+    return BackboneInputs(inputs.species, inputs.edge_index, vectors, inputs.batch, inputs.num_graphs,
+                          inputs.node_condition)
+
+
+# ------------------------------------------------------------------------------ radial parts
+def test_envelope_and_its_first_two_derivatives_vanish_at_the_cutoff():
+    envelope = PolynomialEnvelope(CUTOFF, p=5)
+    r = torch.tensor([CUTOFF - 1e-9], requires_grad=True)
+    value = envelope(r)
+    (first,) = torch.autograd.grad(value.sum(), r, create_graph=True)
+    (second,) = torch.autograd.grad(first.sum(), r)
+    assert abs(float(value.detach())) < 1e-12 and abs(float(first.detach())) < 1e-12 and abs(float(second)) < 1e-6
+    assert float(envelope(torch.tensor([0.0]))) == 1.0
+    assert float(envelope(torch.tensor([CUTOFF * 1.5]))) == 0.0
+    inside = envelope(torch.linspace(0, CUTOFF, 50))
+    assert bool(((inside >= 0) & (inside <= 1)).all()) and bool((inside[1:] <= inside[:-1] + 1e-15).all())
+
+
+def test_bessel_basis_matches_its_formula():
+    bessel = BesselBasis(CUTOFF, num_basis=4)
+    r = torch.tensor([0.7, 2.1])
+    n = torch.arange(1, 5)
+    expected = (2 / CUTOFF) ** 0.5 * torch.sin(n * torch.pi * r[:, None] / CUTOFF) / r[:, None]
+    torch.testing.assert_close(bessel(r), expected)
+    assert RadialEmbedding(CUTOFF, 4)(torch.tensor([CUTOFF, 4.0])).abs().max() == 0
+
+
+# ----------------------------------------------------------------------- symmetric contraction
+@pytest.mark.parametrize("correlation", [1, 2, 3])
+def test_symmetric_contraction_is_equivariant(correlation):
+    channel_irreps = o3.Irreps("0e+1o+2e") if correlation < 3 else o3.Irreps("0e+1o")  # (lmax 2, ν=3 is slow)
+    target = channel_irreps
+    contraction = SymmetricContraction(channel_irreps, target, num_channels=4, num_elements=2, correlation=correlation)
+    atomic_basis = torch.randn(5, 4, channel_irreps.dim)
+    species = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 0, 1]), 2).double()
+    rotation = o3.rand_matrix() * -1.0  # rotation composed with inversion
+    d_in = channel_irreps.D_from_matrix(rotation)
+    d_out = o3.Irreps([(4, ir) for _, ir in target]).D_from_matrix(rotation)  # output: 4 channels per irrep
+    rotated_output = contraction(atomic_basis @ d_in.T, species)
+    torch.testing.assert_close(rotated_output, contraction(atomic_basis, species) @ d_out.T, atol=1e-10, rtol=0)
+
+
+def test_body_order_rises_with_correlation():
+    """One layer, centre 0 with neighbours 1 and 2: correlation 1 is a sum of pair terms, 3 is not."""
+    vectors = torch.tensor([[1.1, 0.2, -0.3], [-0.4, 1.3, 0.5]])  # r_1 - r_0, r_2 - r_0 (Å)
+    species = torch.tensor([0, 1, 2])
+
+    def centre_features(backbone, neighbours):
+        edge_index = torch.tensor([[j for j in neighbours], [0] * len(neighbours)], dtype=torch.long)
+        edge_vectors = vectors[[j - 1 for j in neighbours]].reshape(-1, 3)
+        inputs = BackboneInputs(species, edge_index, edge_vectors, torch.zeros(3, dtype=torch.long), 1)
+        return backbone(inputs).scalars[0]
+
+    for correlation, additive in [(1, True), (3, False)]:
+        backbone = tiny_backbone(num_layers=1, correlation=correlation)
+        both = centre_features(backbone, [1, 2])
+        pair_sum = centre_features(backbone, [1]) + centre_features(backbone, [2])
+        assert float(centre_features(backbone, []).abs().max()) == 0.0
+        difference = float((both - pair_sum).abs().max())
+        assert (difference < 1e-12) if additive else (difference > 1e-4), (correlation, difference)
+
+
+# -------------------------------------------------------------------------------- backbone
+@pytest.mark.parametrize("lmax,correlation", [(1, 3), (2, 2)])
+def test_backbone_scalars_invariant_and_vectors_equivariant(lmax, correlation):
+    backbone = tiny_backbone(lmax=lmax, correlation=correlation)
+    inputs = random_inputs()
+    features = backbone(inputs)
+    assert features.scalars.shape == (6, 2 * 8) and features.vectors.shape == (6, 8, 3)
+    for rotation in (o3.rand_matrix(), -o3.rand_matrix()):
+        moved = backbone(with_vectors(inputs, inputs.edge_vectors @ rotation.T))
+        torch.testing.assert_close(moved.scalars, features.scalars, atol=1e-10, rtol=0)
+        torch.testing.assert_close(moved.vectors, features.vectors @ rotation.T, atol=1e-10, rtol=0)
+    assert float(features.vectors.abs().max()) > 1e-6
+
+
+def test_node_condition_enters_the_features():
+    backbone = tiny_backbone(condition_dim=4)
+    inputs = random_inputs(node_condition=torch.zeros(6, 4))
+    plain = backbone(inputs).scalars
+    inputs.node_condition = torch.ones(6, 4)
+    conditioned = backbone(inputs).scalars
+    assert float((plain - conditioned).abs().max()) > 1e-6
+    with pytest.raises(ValueError, match="condition_dim=0"):
+        tiny_backbone(condition_dim=0)(inputs)
+
+
+def test_channel_layout_round_trip():
+    irreps = channelwise_irreps(3, 2)
+    assert str(irreps) == "3x0e+3x1o+3x2e"
+    features = torch.arange(irreps.dim, dtype=torch.float64).reshape(1, -1)
+    channels = to_channels(features, irreps)  # (1, 3, 9)
+    assert channels.shape == (1, 3, 9)
+    assert channels[0, 1].tolist()[:4] == [1.0, 6.0, 7.0, 8.0]  # channel 1: its 0e then its 1o block
+
+
+def test_invalid_hyperparameters_are_rejected():
+    with pytest.raises(ValueError, match="correlation"):
+        tiny_backbone(correlation=4)
+    with pytest.raises(ValueError, match="one multiplicity"):
+        tiny_backbone(hidden_irreps="8x0e+4x1o")
+    with pytest.raises(ValueError, match="lmax"):
+        tiny_backbone(lmax=1, hidden_irreps="8x0e+8x1o+8x2e")
+
+
+def test_registry_and_config_rebuild_the_same_backbone():
+    backbone = tiny_backbone()
+    assert BACKBONES["mace"] is MACEBackbone
+    config = {key: value for key, value in backbone.config.items() if key != "_target_"}
+    rebuilt = MACEBackbone(**config)
+    rebuilt.load_state_dict(backbone.state_dict())
+    inputs = random_inputs()
+    torch.testing.assert_close(rebuilt(inputs).scalars, backbone(inputs).scalars)
