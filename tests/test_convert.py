@@ -221,7 +221,7 @@ def test_aselmdb_round_trip_in_row_id_order(tmp_path, info_as):
     assert main([str(source), "-o", str(output), "-q"]) == 0
     structures = read_back(output)
     assert [s.id for s in structures] == [f"shard0.aselmdb:{i}" for i in range(1, 13)]
-    for structure, atoms in zip(structures, molecules):
+    for structure, atoms in zip(structures, molecules, strict=True):
         np.testing.assert_array_equal(structure.numbers, atoms.numbers)
         np.testing.assert_allclose(structure.positions, atoms.positions)
         assert structure.energy == pytest.approx(atoms.get_potential_energy())
@@ -261,8 +261,10 @@ def test_aselmdb_reads_plain_list_rows_and_skips_bookkeeping_keys(tmp_path):
 
 def pymatgen_structure_dict(atoms: Atoms, cartesian: bool = True) -> dict:
     sites = []
-    for symbol, xyz, abc in zip(atoms.get_chemical_symbols(), atoms.positions, atoms.get_scaled_positions()):
-        site = {"species": [{"element": symbol, "occu": 1}], "abc": abc.tolist(), "label": symbol, "properties": {}}
+    symbols, fractional = atoms.get_chemical_symbols(), atoms.get_scaled_positions()
+    for symbol, xyz, abc in zip(symbols, atoms.positions, fractional, strict=True):
+        site = {"species": [{"element": symbol, "occu": 1}], "abc": abc.tolist(), "label": symbol,
+                "properties": {}}
         if cartesian:
             site["xyz"] = xyz.tolist()
         sites.append(site)
@@ -308,7 +310,7 @@ def test_mptrj_round_trip_converts_kbar_stress_to_ase_sign_and_picks_energy(tmp_
     structures = read_back(output)
     frames = [content["mp-1"]["mp-1-0-0"], content["mp-1"]["mp-1-0-1"], content["mp-22"]["mp-22-3-7"]]
     assert [s.id for s in structures] == ["mp-1/mp-1-0-0", "mp-1/mp-1-0-1", "mp-22/mp-22-3-7"]
-    for structure, atoms, frame in zip(structures, crystals, frames):
+    for structure, atoms, frame in zip(structures, crystals, frames, strict=True):
         np.testing.assert_array_equal(structure.numbers, [3, 3, 8, 26])
         np.testing.assert_allclose(structure.positions, atoms.positions, atol=1e-10)  # xyz or abc @ cell
         np.testing.assert_allclose(structure.cell, atoms.cell.array)
@@ -556,6 +558,6 @@ def test_mlip_files_can_be_merged_and_relabelled(tmp_path):
     assert main([str(first), str(first), "-o", str(merged), "--subset", "again", "-q"]) == 0
     originals, copies = read_back(first), read_back(merged)
     assert len(copies) == 6 and {s.subset for s in copies} == {"again"}
-    for original, copy in zip(originals * 2, copies):
+    for original, copy in zip(originals * 2, copies, strict=True):
         np.testing.assert_allclose(copy.positions, original.positions)
         assert copy.energy == original.energy

@@ -1,7 +1,7 @@
 """Readers of foreign dataset formats, and `convert`, which streams them into mlip's HDF5 schema.
 
 Every reader is a generator of `Structure` objects: it never holds more than one structure (or
-one MPTrj material) in memory, so converting a 100 GB dataset needs no more RAM than a small one.
+one MPtrj material) in memory, so converting a dataset larger than memory works.
 
 Formats:
 
@@ -470,7 +470,6 @@ def read_aselmdb(
     row's ``data``; key-value pairs are searched too. The id is ``"<file name>:<row id>"``.
     """
     import lmdb
-    from ase.io.jsonio import decode
 
     keys = _label_keys(
         energy_key=energy_key, forces_key=forces_key, stress_key=stress_key,
@@ -488,25 +487,27 @@ def read_aselmdb(
         with environment.begin(write=False) as transaction:
             for index, row_id in enumerate(_aselmdb_row_ids(transaction, path)):
                 structure_id = f"{path.name}:{row_id}"
-                try:
-                    row = decode(zlib.decompress(transaction.get(str(row_id).encode("ascii"))).decode("utf-8"))
-                except (zlib.error, UnicodeDecodeError, json.JSONDecodeError, TypeError) as error:
-                    raise MLIPDataError(
-                        f"row {row_id} is not zlib-compressed JSON ({error})",
-                        path, index=index, structure_id=structure_id, field="row",
-                    ) from None
-                if not isinstance(row, Mapping):
-                    raise MLIPDataError(
-                        f"row {row_id} is not a JSON object", path, index=index,
-                        structure_id=structure_id, field="row",
-                    )
                 with _located(path, index, structure_id):
+                    row = _decode_aselmdb_row(transaction.get(str(row_id).encode("ascii")))
                     structure = _structure_from_row(
                         row, row.get("data"), row.get("key_value_pairs"), keys, structure_id, subset
                     )
                 yield _validated(structure, path, index)
     finally:
         environment.close()
+
+
+def _decode_aselmdb_row(value: bytes) -> Mapping:
+    """One stored row: zlib-compressed JSON, arrays ASE-encoded or as plain lists."""
+    from ase.io.jsonio import decode
+
+    try:
+        row = decode(zlib.decompress(value).decode("utf-8"))
+    except (zlib.error, UnicodeDecodeError, ValueError, TypeError) as error:
+        raise _FieldError("row", f"not zlib-compressed JSON ({error})") from None
+    if not isinstance(row, Mapping):
+        raise _FieldError("row", f"not a JSON object but {type(row).__name__}")
+    return row
 
 
 def _aselmdb_row_ids(transaction, path: Path) -> list[int]:
