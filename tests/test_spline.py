@@ -28,6 +28,12 @@ def test_matches_scipy_bspline():
         np.testing.assert_allclose(ours[:, output], reference, atol=1e-12)
 
 
+def test_gemm_and_gather_evaluations_agree():
+    spline = make_spline(num_outputs=4)
+    r = torch.linspace(0.0, CUTOFF + 1.0, 257, dtype=torch.float64)
+    assert torch.allclose(spline(r), spline.forward_by_gather(r), atol=1e-13, rtol=0)
+
+
 def derivatives(spline, r):
     """Value, first and second derivative of output 0 at distances r, by autograd."""
     r = r.clone().requires_grad_(True)
@@ -73,6 +79,7 @@ def test_gradcheck_and_double_backward_float64():
     r = torch.tensor([0.1, 0.77, 1.9, 2.6, 3.3, 4.2, 4.95], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda d: spline(d), (r,))
     assert torch.autograd.gradgradcheck(lambda d: spline(d), (r,))
+    assert torch.autograd.gradgradcheck(lambda d: spline.forward_by_gather(d), (r,))
     # gradients with respect to the coefficients, too
     coefficients = spline.coefficients.detach().clone().requires_grad_(True)
     evaluate = lambda c: torch.func.functional_call(spline, {"coefficients": c}, (r.detach(),))  # noqa: E731

@@ -1,0 +1,242 @@
+"""Measure what the Facet building blocks cost and how equivariant they are.
+
+1. Grid-MLP rotation-equivariance error vs grid resolution (float64, random rotations):
+   relative error |f(D x) - D f(x)| / |D f(x)| for lmax = 1, 2, 3 at grid amplitude 1 and 2
+   (the spherical RMS of every input channel; FacetBackbone normalises its grid input to <= 1).
+2. Rotation error of a whole FacetBackbone potential (energy and forces) vs grid resolution.
+3. Cost of the radial functions per edge batch, forward + backward (float32): cubic-spline
+   table lookup (mlip.nn.spline) vs Bessel basis + radial MLP (mlip.nn.radial + mlip.nn.mlp).
+4. Optional: forward + forces of a FacetBackbone vs MACEBackbone potential on a periodic cell.
+
+All timings are medians of interleaved repetitions inside one run, so relative numbers survive
+a loaded machine; absolute numbers do not. Usage:
+
+    python scripts/equivariance_vs_grid.py [--quick] [--skip-models]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from e3nn import o3
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mlip.models.backbones.facet import FacetBackbone, default_grid_resolution
+from mlip.nn.mlp import MLP
+from mlip.nn.radial import RadialEmbedding
+from mlip.nn.spherical_grid import GridMLP, num_coefficients, spherical_signal_irreps
+from mlip.nn.spline import SplineRadial
+
+
+def grid_mlp_error(lmax: int, resolution: int, amplitude: float, rotations: list[torch.Tensor]) -> float:
+    torch.manual_seed(0)
+    channels = 32
+    layer = GridMLP(lmax, channels, 2 * channels, channels, resolution).double()
+    coefficients = torch.randn(16, num_coefficients(lmax), channels, dtype=torch.float64)
+    coefficients *= amplitude / math.sqrt(num_coefficients(lmax))
+    errors = []
+    for rotation in rotations:
+        wigner = spherical_signal_irreps(lmax).D_from_matrix(rotation)
+        rotate = lambda x: torch.einsum("ij,njc->nic", wigner, x)  # noqa: E731
+        reference = rotate(layer(coefficients))
+        errors.append(((layer(rotate(coefficients)) - reference).norm() / reference.norm()).item())
+    return max(errors)
+
+
+def grid_table(resolutions_of_lmax: dict[int, list[int]], rotations) -> None:
+    print("## Grid-MLP relative equivariance error (float64, max over", len(rotations), "rotations)")
+    print()
+    print("| lmax | n_beta | grid points | error, amplitude 1 | error, amplitude 2 |")
+    print("|---|---|---|---|---|")
+    for lmax, resolutions in resolutions_of_lmax.items():
+        for resolution in resolutions:
+            marker = " (default)" if resolution == default_grid_resolution(lmax) else ""
+            errors = [grid_mlp_error(lmax, resolution, amplitude, rotations) for amplitude in (1.0, 2.0)]
+            print(f"| {lmax} | {resolution}{marker} | {2 * resolution**2} | {errors[0]:.1e} | {errors[1]:.1e} |")
+    print()
+
+
+def random_cluster(num_atoms: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (n, 3) Å with atoms >= 0.9 Å apart, and species (n,)."""
+    rng = np.random.default_rng(seed)
+    positions: list[np.ndarray] = []
+    while len(positions) < num_atoms:
+        candidate = rng.uniform(-2.5, 2.5, size=3)
+        if all(np.linalg.norm(candidate - p) > 0.9 for p in positions):
+            positions.append(candidate)
+    return torch.tensor(np.array(positions)), torch.tensor(rng.integers(0, 3, size=num_atoms))
+
+
+def model_energy_and_forces(backbone, positions, species, cutoff):
+    positions = positions.clone().requires_grad_(True)
+    distances = (positions[None] - positions[:, None]).norm(dim=-1)
+    centre, neighbour = torch.nonzero((distances < cutoff) & (distances > 0), as_tuple=True)
+    edge_index = torch.stack([neighbour, centre])
+    from mlip.models.backbones.base import BackboneInputs
+
+    inputs = BackboneInputs(
+        species=species,
+        edge_index=edge_index,
+        edge_vectors=positions[neighbour] - positions[centre],
+        batch=torch.zeros(len(species), dtype=torch.long),
+        num_graphs=1,
+    )
+    energy = backbone(inputs).scalars.sum()
+    (gradient,) = torch.autograd.grad(energy, positions)
+    return energy.detach(), -gradient
+
+
+def model_table(resolutions: list[int], rotations) -> None:
+    cutoff = 4.0
+    positions, species = random_cluster(12, seed=1)
+    print("## FacetBackbone rotation error vs grid resolution (float64, lmax=2, C=16, 2 layers,")
+    print("## energy = sum of output scalars, 12-atom cluster, max over rotations)")
+    print()
+    print("| n_beta | energy rel. error | force rel. error |")
+    print("|---|---|---|")
+    for resolution in resolutions:
+        torch.manual_seed(0)
+        backbone = FacetBackbone(
+            3, cutoff, num_channels=16, lmax=2, num_layers=2, grid_resolution=resolution, avg_num_neighbors=6.0
+        ).double()
+        energy, forces = model_energy_and_forces(backbone, positions, species, cutoff)
+        energy_errors, force_errors = [], []
+        for rotation in rotations:
+            rotated_energy, rotated_forces = model_energy_and_forces(backbone, positions @ rotation.T, species, cutoff)
+            energy_errors.append(abs((rotated_energy - energy).item() / energy.item()))
+            expected = forces @ rotation.T
+            force_errors.append(((rotated_forces - expected).norm() / expected.norm()).item())
+        marker = " (default)" if resolution == default_grid_resolution(2) else ""
+        print(f"| {resolution}{marker} | {max(energy_errors):.1e} | {max(force_errors):.1e} |")
+    print()
+
+
+def median_time(function, repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def radial_cost(num_edges: int, num_outputs: int, repeats: int) -> None:
+    torch.manual_seed(0)
+    cutoff = 5.0
+    spline = SplineRadial(cutoff, num_outputs, num_intervals=16)
+    bessel = RadialEmbedding(cutoff, num_basis=8)
+    mlp = MLP(8, [64, 64, 64], num_outputs, bias=False)  # MACE-sized radial MLP
+    distances = torch.empty(num_edges).uniform_(0.8, cutoff)
+
+    def run(radial, create_graph: bool):
+        r = distances.clone().requires_grad_(True)
+        weights = radial(r)
+        loss = (weights * torch.linspace(-1, 1, num_outputs)).sum()
+        if create_graph:  # force training: dE/dr with graph, then backward through it
+            (gradient,) = torch.autograd.grad(loss, r, create_graph=True)
+            gradient.square().sum().backward()
+        else:
+            loss.backward()
+
+    contenders = {
+        "cubic spline, basis GEMM (SplineRadial.forward)": spline,
+        "cubic spline, table gather (forward_by_gather)": spline.forward_by_gather,
+        "Bessel(8) + MLP [64, 64, 64]": lambda r: mlp(bessel(r)),
+    }
+    print(f"## Radial functions: {num_edges} edges -> {num_outputs} outputs, float32, median of {repeats}")
+    print("## (splines: 16 knot intervals on [0, 5] Å)")
+    print()
+    print("| radial | forward + backward (ms) | + double backward (ms) | parameters |")
+    print("|---|---|---|---|")
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    double: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):  # interleave contenders so load changes hit both
+        for name, radial in contenders.items():
+            times[name].append(median_time(lambda: run(radial, False), 1))
+            double[name].append(median_time(lambda: run(radial, True), 1))
+    spline_parameters = sum(p.numel() for p in spline.parameters())
+    parameters = dict.fromkeys(contenders, spline_parameters)
+    parameters["Bessel(8) + MLP [64, 64, 64]"] = sum(p.numel() for p in mlp.parameters())
+    for name in contenders:
+        print(
+            f"| {name} | {1e3 * statistics.median(times[name]):.2f} | {1e3 * statistics.median(double[name]):.2f} "
+            f"| {parameters[name]} |"
+        )
+    print()
+
+
+def backbone_cost(repeats: int) -> None:
+    """Potential forward + forces on one periodic cell, Facet vs MACE backbones with matched width."""
+    from ase.build import bulk
+    from torch_geometric.data import Batch
+
+    from mlip.data.graph import atoms_to_graph
+    from mlip.models.potential import build_potential
+
+    cutoff = 5.0
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((2, 2, 2))
+    atoms.rattle(0.05, seed=0)
+    data = Batch.from_data_list([atoms_to_graph(atoms, cutoff)])
+    average = data.edge_index.shape[1] / len(atoms)
+    models = {
+        "facet (C=32, lmax=2, 2 layers)": {
+            "_target_": "mlip.models.backbones.facet.FacetBackbone", "num_channels": 32, "lmax": 2, "num_layers": 2,
+        },
+        "mace (C=32, lmax=2, correlation 3, 2 layers)": {
+            "_target_": "mlip.models.backbones.mace.MACEBackbone", "num_channels": 32, "lmax": 2, "num_layers": 2,
+            "correlation": 3,
+        },
+    }
+    potentials = {}
+    for name, backbone in models.items():
+        torch.manual_seed(0)
+        config = {"backbone": backbone, "cutoff": cutoff, "elements": [14], "atomic_energies": [0.0]}
+        potentials[name] = build_potential(config, statistics={"avg_num_neighbors": average})
+    print(f"## Potential forward + forces, float32: Si cell with {len(atoms)} atoms, {data.edge_index.shape[1]} edges")
+    print()
+    print("| backbone | time (ms) | parameters |")
+    print("|---|---|---|")
+    samples: dict[str, list[float]] = {name: [] for name in potentials}
+    for _ in range(repeats):
+        for name, potential in potentials.items():
+            samples[name].append(median_time(lambda: potential(data, compute_forces=True), 1))
+    for name, potential in potentials.items():
+        count = sum(p.numel() for p in potential.parameters())
+        print(f"| {name} | {1e3 * statistics.median(samples[name]):.1f} | {count} |")
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer resolutions and repetitions")
+    parser.add_argument("--skip-models", action="store_true", help="skip the backbone timing (section 4)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(1234)
+    rotations = [o3.rand_matrix(dtype=torch.float64) for _ in range(2 if args.quick else 4)]
+    if args.quick:
+        resolutions = {lmax: [lmax + 1, default_grid_resolution(lmax)] for lmax in (1, 2, 3)}
+    else:
+        resolutions = {lmax: list(range(lmax + 1, default_grid_resolution(lmax) + 7, 2)) for lmax in (1, 2, 3)}
+        for lmax, values in resolutions.items():
+            resolutions[lmax] = sorted(set(values) | {default_grid_resolution(lmax)})
+    grid_table(resolutions, rotations)
+    model_table([3, 5, 8, default_grid_resolution(2)], rotations)
+    torch.set_default_dtype(torch.float32)
+    repeats = 5 if args.quick else 15
+    radial_cost(num_edges=20000, num_outputs=2 * 3 * 64, repeats=repeats)
+    if not args.skip_models:
+        backbone_cost(repeats=3 if args.quick else 7)
+    print("(timings: one thread, interleaved repetitions; the machine was shared and loaded)")
+
+
+if __name__ == "__main__":
+    main()
