@@ -142,7 +142,7 @@ def test_read_many_matches_single_reads_in_requested_order(tmp_path, rng):
     for k, structure in enumerate(structures):
         structure.id = f"m{k}"
     path = tmp_path / "many.h5"
-    write_structures(path, structures, chunk_structures=3, chunk_atoms=5)
+    write_structures(path, structures, chunk_structures=3, chunk_atoms=5, buffer_structures=4)
 
     reader = StructureReader(path)
     order = [7, 3, 4, 5, 19, 0, 4, -1]
@@ -156,17 +156,17 @@ def test_read_many_matches_single_reads_in_requested_order(tmp_path, rng):
 
 def test_writer_streams_with_a_bounded_buffer(tmp_path, rng):
     path = tmp_path / "stream.h5"
-    with StructureWriter(path, chunk_structures=8) as writer:
+    with StructureWriter(path, chunk_structures=4, buffer_structures=8) as writer:
         for _ in range(30):
             writer.write(random_molecule(rng, numbers=(1, 1)))
-            assert len(writer._buffer) < 8  # flushed to disk once a chunk is full
+            assert len(writer._buffer) < 8  # flushed to disk whenever the buffer fills
     assert len(StructureReader(path)) == 30
 
 
 def test_failed_write_leaves_no_file_and_no_temporary(tmp_path, rng):
     path = tmp_path / "aborted.h5"
     with pytest.raises(RuntimeError, match="converter crashed"):
-        with StructureWriter(path, chunk_structures=2) as writer:
+        with StructureWriter(path, chunk_structures=2, buffer_structures=2) as writer:
             for _ in range(5):  # some chunks already flushed to the temporary file
                 writer.write(random_molecule(rng))
             raise RuntimeError("converter crashed")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -36,6 +38,21 @@ _STREAM_ROWS = 1 << 20
 _CHUNK_CACHE_BYTES = 4 << 20
 #: Fields kept in memory as compact per-structure arrays (read once on open).
 _CACHED_STRUCTURE_FIELDS = ("charge", "spin")
+#: `read` fetches aligned blocks of this many structures and keeps the last `_CACHED_BLOCKS`.
+_READ_AHEAD = 32
+_CACHED_BLOCKS = 2
+#: Blocks with more atoms than this are not read ahead (huge structures are read alone).
+_MAX_BLOCK_ATOMS = 1 << 16
+
+
+@dataclass
+class _Columns:
+    """Raw dataset rows of consecutive structures, starting at structure ``start``."""
+
+    start: int
+    atom_start: int
+    atoms: dict  # field name -> per-atom rows (or None if the field is absent from the file)
+    structures: dict  # field name -> per-structure rows
 
 
 class StructureReader:
@@ -53,6 +70,7 @@ class StructureReader:
         self._handle: h5py.File | None = None
         self._handle_pid: int | None = None
         self._datasets: dict[str, h5py.Dataset] = {}  # open datasets keep their chunk caches
+        self._blocks: OrderedDict[int, _Columns] = OrderedDict()  # recently read blocks of rows
         self._subset_codes: np.ndarray | None = None
         self._subset_names: tuple[str, ...] | None = None
         self._element_masks: np.ndarray | None = None
@@ -80,6 +98,7 @@ class StructureReader:
             self._handle = self._open()
             self._handle_pid = os.getpid()
             self._datasets = {}
+            self._blocks = OrderedDict()
         return self._handle
 
     def _dataset(self, path: str) -> h5py.Dataset | None:
@@ -108,12 +127,14 @@ class StructureReader:
         self._handle = None
         self._handle_pid = None
         self._datasets = {}
+        self._blocks = OrderedDict()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_handle"] = None
         state["_handle_pid"] = None
         state["_datasets"] = {}
+        state["_blocks"] = OrderedDict()
         return state
 
     def __enter__(self) -> StructureReader:
@@ -280,9 +301,26 @@ class StructureReader:
     # ---------------------------------------------------------------- reading structures
 
     def read(self, index: int) -> Structure:
-        """The structure at ``index`` (negative indices count from the end)."""
+        """The structure at ``index`` (negative indices count from the end).
+
+        Reads the aligned block of `_READ_AHEAD` structures around ``index`` with one slice
+        per dataset and keeps it, so sequential or strided access costs one HDF5 read per
+        dataset per block rather than per structure.
+        """
         index = self._normalise_index(index)
-        return self._read_run(index, index + 1)[0]
+        block_start = index - index % _READ_AHEAD
+        block = self._blocks.get(block_start)
+        if block is None:
+            block_stop = min(block_start + _READ_AHEAD, self.n_structures)
+            if self.offsets[block_stop] - self.offsets[block_start] > _MAX_BLOCK_ATOMS:
+                return self._assemble_from(self._read_columns(index, index + 1, index), index)
+            block = self._read_columns(block_start, block_stop, index)
+            self._blocks[block_start] = block
+            while len(self._blocks) > _CACHED_BLOCKS:
+                self._blocks.popitem(last=False)
+        else:
+            self._blocks.move_to_end(block_start)
+        return self._assemble_from(block, index)
 
     def __getitem__(self, index: int) -> Structure:
         return self.read(index)
@@ -316,20 +354,29 @@ class StructureReader:
 
     def _read_run(self, start: int, stop: int) -> list[Structure]:
         """Structures start..stop-1 with one slice read per dataset."""
+        columns = self._read_columns(start, stop, start)
+        return [self._assemble_from(columns, index) for index in range(start, stop)]
+
+    def _read_columns(self, start: int, stop: int, reported_index: int) -> _Columns:
+        """Raw rows of every dataset for structures start..stop-1 (errors name ``reported_index``)."""
         atom_start, atom_stop = int(self.offsets[start]), int(self.offsets[stop])
-        atom_columns = {field.name: self._read_slice(field, atom_start, atom_stop, start) for field in ATOM_FIELDS}
+        atom_columns = {
+            field.name: self._read_slice(field, atom_start, atom_stop, reported_index) for field in ATOM_FIELDS
+        }
         structure_columns = {
-            field.name: self._read_slice(field, start, stop, start)
+            field.name: self._read_slice(field, start, stop, reported_index)
             for field in STRUCTURE_FIELDS
             if field.name not in _CACHED_STRUCTURE_FIELDS
         }
-        structures = []
-        for row, index in enumerate(range(start, stop)):
-            first, last = int(self.offsets[index]) - atom_start, int(self.offsets[index + 1]) - atom_start
-            atoms = {name: None if column is None else column[first:last] for name, column in atom_columns.items()}
-            scalars = {name: None if column is None else column[row] for name, column in structure_columns.items()}
-            structures.append(self._assemble(index, atoms, scalars))
-        return structures
+        return _Columns(start, atom_start, atom_columns, structure_columns)
+
+    def _assemble_from(self, columns: _Columns, index: int) -> Structure:
+        row = index - columns.start
+        first = int(self.offsets[index]) - columns.atom_start
+        last = int(self.offsets[index + 1]) - columns.atom_start
+        atoms = {name: None if column is None else column[first:last] for name, column in columns.atoms.items()}
+        scalars = {name: None if column is None else column[row] for name, column in columns.structures.items()}
+        return self._assemble(index, atoms, scalars)
 
     def _read_slice(self, field, start: int, stop: int, first_structure: int) -> np.ndarray | None:
         dataset = self._dataset(field.path)

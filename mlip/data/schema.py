@@ -29,6 +29,7 @@ SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 
 MAX_ATOMIC_NUMBER = 118
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 ATOMS_GROUP = "atoms"
 STRUCTURES_GROUP = "structures"
@@ -197,7 +198,7 @@ def validate_structure(structure: Structure, index: int, source: str) -> None:
     n_atoms = numbers.shape[0]
     if n_atoms == 0:
         fail("numbers", "structure has no atoms")
-    if not np.issubdtype(numbers.dtype, np.integer):
+    if numbers.dtype.kind not in "iu":
         fail("numbers", f"atomic numbers must be integers, got dtype {numbers.dtype}")
     if numbers.min() < 1 or numbers.max() > MAX_ATOMIC_NUMBER:
         bad = numbers[(numbers < 1) | (numbers > MAX_ATOMIC_NUMBER)]
@@ -242,7 +243,7 @@ def _check_float_array(value, shape: tuple[int, ...], name: str, fail, required:
     array = np.asarray(value)
     if array.shape != shape:
         fail(name, f"wrong shape: expected {shape}, got {array.shape}")
-    if not np.issubdtype(array.dtype, np.number):
+    if array.dtype.kind not in "iuf":
         fail(name, f"expected numbers, got dtype {array.dtype}")
     if not np.isfinite(array).all():
         fail(name, "contains NaN or inf (use None for a missing label)")
@@ -266,5 +267,5 @@ def _check_periodic_cell(cell, pbc: np.ndarray, fail) -> None:
 def _check_integer(value, name: str, fail) -> None:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         fail(name, f"expected an integer, got {value!r}")
-    if not np.iinfo(np.int32).min <= value <= np.iinfo(np.int32).max:
+    if not _INT32_MIN <= value <= _INT32_MAX:
         fail(name, f"{value} does not fit the stored int32")

@@ -36,8 +36,10 @@ from mlip.data.schema import (
 )
 from mlip.data.structure import Structure
 
-DEFAULT_CHUNK_STRUCTURES = 4096
-DEFAULT_CHUNK_ATOMS = 16384
+DEFAULT_CHUNK_STRUCTURES = 256
+DEFAULT_CHUNK_ATOMS = 1024
+DEFAULT_BUFFER_STRUCTURES = 4096
+DEFAULT_BUFFER_ATOMS = 1 << 17
 _STRING_DTYPE = h5py.string_dtype("utf-8")
 
 
@@ -51,10 +53,13 @@ class StructureWriter:
             where the data comes from.
         compression: "gzip", "lzf" or None.
         compression_opts: gzip level (default 4); ignored for lzf.
-        chunk_structures: rows per HDF5 chunk of the per-structure datasets, and the number of
-            structures buffered in memory before they are flushed to disk.
-        chunk_atoms: rows per HDF5 chunk of the per-atom datasets; the buffer is also flushed
-            when it holds this many atoms.
+        chunk_structures: rows per HDF5 chunk of the per-structure datasets. Small chunks make
+            random access cheap (a read decompresses whole chunks); the default suits
+            shuffled training.
+        chunk_atoms: rows per HDF5 chunk of the per-atom datasets.
+        buffer_structures, buffer_atoms: the in-memory buffer is flushed to disk when it holds
+            this many structures or atoms (bounds memory; larger buffers mean fewer, bigger
+            HDF5 writes).
         overwrite: replace an existing file at ``path`` (only once writing succeeded).
     """
 
@@ -69,12 +74,14 @@ class StructureWriter:
         compression_opts: int | None = None,
         chunk_structures: int = DEFAULT_CHUNK_STRUCTURES,
         chunk_atoms: int = DEFAULT_CHUNK_ATOMS,
+        buffer_structures: int = DEFAULT_BUFFER_STRUCTURES,
+        buffer_atoms: int = DEFAULT_BUFFER_ATOMS,
         overwrite: bool = False,
     ) -> None:
         if compression not in ("gzip", "lzf", None):
             raise ValueError(f"compression must be 'gzip', 'lzf' or None, got {compression!r}")
-        if chunk_structures < 1 or chunk_atoms < 1:
-            raise ValueError("chunk_structures and chunk_atoms must be positive")
+        if min(chunk_structures, chunk_atoms, buffer_structures, buffer_atoms) < 1:
+            raise ValueError("chunk and buffer sizes must be positive")
         self.path = Path(path)
         self.overwrite = overwrite
         self._attributes = {
@@ -86,6 +93,8 @@ class StructureWriter:
         self._compression_opts = (4 if compression_opts is None else compression_opts) if compression == "gzip" else None
         self._chunk_structures = int(chunk_structures)
         self._chunk_atoms = int(chunk_atoms)
+        self._buffer_structures = int(buffer_structures)
+        self._buffer_atoms = int(buffer_atoms)
         self._file: h5py.File | None = None
         self._temporary_path: Path | None = None
         self._buffer: list[Structure] = []
@@ -172,7 +181,7 @@ class StructureWriter:
         validate_structure(structure, self.n_written, str(self.path))
         self._buffer.append(structure)
         self._buffered_atoms += structure.n_atoms
-        if len(self._buffer) >= self._chunk_structures or self._buffered_atoms >= self._chunk_atoms:
+        if len(self._buffer) >= self._buffer_structures or self._buffered_atoms >= self._buffer_atoms:
             self._flush()
 
     def write_many(self, structures: Iterable[Structure]) -> int:
