@@ -40,14 +40,23 @@ class MLIPInputError(ValueError):
     """A structure the calculator cannot evaluate with this model (the message says why)."""
 
 
-def load_potential(model_or_path) -> torch.nn.Module:
-    """A `Potential` as given, or loaded with `mlip.load` from an export path."""
+def load_potential(model_or_path) -> tuple[torch.nn.Module, dict | None]:
+    """The `Potential` (as given, or loaded with `mlip.load`) and its training statistics, if known.
+
+    Statistics are the export's ``statistics`` entry (`DatasetStatistics.to_dict()`), or a
+    `statistics` attribute of a given module; None when neither exists.
+    """
     if isinstance(model_or_path, torch.nn.Module):
-        return model_or_path
+        statistics = getattr(model_or_path, "statistics", None)
+        if statistics is not None and not isinstance(statistics, dict):
+            statistics = statistics.to_dict()
+        return model_or_path, statistics
     if isinstance(model_or_path, (str, os.PathLike)):
         import mlip
+        from mlip.export import read_export
 
-        return mlip.load(os.fspath(model_or_path))
+        path = os.fspath(model_or_path)
+        return mlip.load(path), read_export(path).get("statistics")
     raise TypeError(f"MLIPCalculator: expected a Potential or a path to an exported model, got {type(model_or_path).__name__}")
 
 
@@ -62,21 +71,16 @@ def model_elements(model) -> list[int]:
     return elements
 
 
-def model_trained_on_charged_structures(model) -> bool:
+def trained_on_charged_structures(model, statistics: dict | None) -> bool:
     """True if the model conditions on charge and its training data held a nonzero total charge.
 
-    Read from the potential's `charge_spin_conditioning` flag and the `charges` seen in training that the
-    export stores in the model's statistics (`statistics.charges` or `statistics["charges"]`).
+    Read from the potential's `charge_spin_conditioning` flag and the training statistics'
+    ``charge_counts`` ({total charge: number of structures}).
     """
-    if not getattr(model, "charge_spin_conditioning", False):
+    if not getattr(model, "charge_spin_conditioning", False) or not statistics:
         return False
-    statistics = getattr(model, "statistics", None)
-    if statistics is None:
-        return False
-    charges = statistics.get("charges") if isinstance(statistics, dict) else getattr(statistics, "charges", None)
-    if charges is None:
-        return False
-    return bool(np.any(np.asarray(charges) != 0))
+    charge_counts = statistics.get("charge_counts") or {}
+    return any(int(charge) != 0 and int(count) > 0 for charge, count in charge_counts.items())
 
 
 class MLIPCalculator(Calculator):
@@ -114,13 +118,14 @@ class MLIPCalculator(Calculator):
             raise ValueError(f"MLIPCalculator: skin must be >= 0 Å, got {skin}")
         self.device = torch.device(device)
         self.dtype = _DTYPES[dtype]
-        self.model = load_potential(model_or_path).to(device=self.device, dtype=self.dtype).eval()
+        model, self.statistics = load_potential(model_or_path)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.cutoff = float(self.model.cutoff)
         self.skin = float(skin)
         self.elements = model_elements(self.model)
-        self.charged_model = model_trained_on_charged_structures(self.model)
+        self.charged_model = trained_on_charged_structures(self.model, self.statistics)
         self.default_charge = default_charge
         self.default_spin = int(default_spin)
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
@@ -191,9 +196,10 @@ class MLIPCalculator(Calculator):
         self.results = _results_of_graph(output, 0, slice(0, len(atoms)), want_stress)
 
     def _graph(self, atoms: Atoms, edge_index: np.ndarray, shifts: np.ndarray, charge: int, spin: int):
-        from torch_geometric.data import Batch, Data
+        """One structure as a graph with the fields of docs/design.md (no labels); a Potential takes it as is."""
+        from torch_geometric.data import Data
 
-        data = Data(
+        return Data(
             pos=torch.as_tensor(atoms.positions, dtype=self.dtype),
             z=torch.as_tensor(atoms.numbers, dtype=torch.long),
             cell=torch.as_tensor(atoms.cell.array, dtype=self.dtype).reshape(1, 3, 3),
@@ -203,7 +209,6 @@ class MLIPCalculator(Calculator):
             charge=torch.tensor([charge], dtype=torch.long),
             spin=torch.tensor([spin], dtype=torch.long),
         )
-        return Batch.from_data_list([data])
 
     def _evaluate(self, batch, compute_stress: bool) -> dict[str, np.ndarray]:
         batch = batch.to(self.device)
@@ -234,7 +239,7 @@ class MLIPCalculator(Calculator):
             except MLIPInputError as error:
                 raise MLIPInputError(f"structure {index}: {error}") from None
             edge_index, shifts = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff)
-            data = self._graph(atoms, np.asarray(edge_index), np.asarray(shifts), charge, spin).get_example(0)
+            data = self._graph(atoms, np.asarray(edge_index), np.asarray(shifts), charge, spin)
             if pending and pending_atoms + len(atoms) > max_atoms_per_batch:
                 results.extend(self._predict_pending(pending))
                 pending, pending_atoms = [], 0

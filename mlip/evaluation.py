@@ -226,10 +226,10 @@ def parity_plot(evaluation: Evaluation, path: str | os.PathLike) -> None:
     figure, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 4.0), squeeze=False)
     subsets = sorted(name for name in evaluation.subset_counts)
     for axis, (title, parity) in zip(axes[0], panels):
-        for subset in subsets:
+        for colour, subset in enumerate(subsets):  # a subset keeps its colour across panels
             reference, predicted = parity.arrays(subset) if len(subsets) > 1 else parity.arrays()
             if reference.size:
-                axis.scatter(reference, predicted, s=4, alpha=0.6, label=subset or "(none)")
+                axis.scatter(reference, predicted, s=4, alpha=0.6, color=f"C{colour % 10}", label=subset or "(none)")
         reference, predicted = parity.arrays()
         low, high = float(min(reference.min(), predicted.min())), float(max(reference.max(), predicted.max()))
         axis.plot([low, high], [low, high], color="black", linewidth=0.8)

@@ -208,7 +208,7 @@ def test_empty_atoms_is_a_clear_error(potential):
 
 def test_missing_charge_for_a_charged_model_is_a_clear_error():
     potential = tiny_potential()
-    potential.statistics = {"charges": [-1, 0, 1]}  # what mlip.load attaches: charges seen in training
+    potential.statistics = {"charge_counts": {"-1": 4, "0": 10, "1": 3}}  # as in an export's statistics
     atoms = rattled_molecule()
     atoms.calc = MLIPCalculator(potential)
     with pytest.raises(MLIPInputError, match=r"atoms.info has no 'charge'"):

@@ -62,6 +62,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", nargs="+", required=True, help="test sets: mlip HDF5 (.h5) or extxyz")
     parser.add_argument("--out", default="eval", help="output folder (default: eval)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is fastest for small systems)")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--max-atoms-per-batch", type=int, default=2000)
     parser.add_argument("--no-plots", action="store_true", help="skip the parity plots")
@@ -70,6 +71,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
+    if arguments.threads:
+        import torch
+
+        torch.set_num_threads(arguments.threads)
     from mlip.calculator import MLIPCalculator
 
     models = find_models(arguments.models)

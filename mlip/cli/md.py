@@ -52,6 +52,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--trajectory-interval", type=int, default=10)
     parser.add_argument("--json", help="write the report as JSON")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is fastest for small systems)")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin, Å")
     parser.add_argument("--seed", type=int, default=0)
@@ -60,6 +61,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
+    if arguments.threads:
+        import torch
+
+        torch.set_num_threads(arguments.threads)
     from mlip.calculator import MLIPCalculator
     from mlip.md import InstabilityCriteria, run_md
 
