@@ -155,6 +155,14 @@ class HDF5Dataset(Dataset):
         files = ", ".join(str(path) for path in self.paths)
         return f"HDF5Dataset([{files}], n_structures={len(self)}, cutoff={self.cutoff})"
 
+    @property
+    def global_indices(self) -> np.ndarray:
+        """(len,) int64 positions of this dataset's structures in the concatenation of all files.
+
+        Identifies a selection exactly, whatever chain of filters, splits and subsets made it.
+        """
+        return self._selection
+
     def locate(self, index: int) -> tuple[Path, int]:
         """(file, index inside that file) of structure ``index`` of this dataset."""
         file_number, local_index = self._locate(index)
