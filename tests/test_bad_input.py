@@ -200,6 +200,29 @@ def test_dataset_of_wrong_length_is_reported(good_file):
     assert_names(caught.value, good_file, None, "energy")
 
 
+def test_dataset_of_wrong_dtype_is_reported(good_file):
+    with h5py.File(good_file, "r+") as file:
+        del file["atoms/positions"]
+        file["atoms/positions"] = np.zeros((9, 3), dtype="S4")
+    with pytest.raises(MLIPDataError) as caught:
+        StructureReader(good_file)
+    assert_names(caught.value, good_file, None, "positions")
+    assert "dtype" in str(caught.value)
+
+
+def test_unknown_element_in_a_file_names_the_structure(good_file):
+    with h5py.File(good_file, "r+") as file:
+        file["atoms/numbers"][6] = 0  # an atom of structure 1
+    reader = StructureReader(good_file)
+    reader.read(0)
+    with pytest.raises(MLIPDataError) as caught:
+        reader.read(1)
+    assert_names(caught.value, good_file, 1, "numbers", "quartz-3")
+    with pytest.raises(MLIPDataError) as caught:
+        reader.elements
+    assert_names(caught.value, good_file, 1, "numbers")
+
+
 def test_inconsistent_offsets_name_the_structure(good_file):
     with h5py.File(good_file, "r+") as file:
         file["structures/offsets"][1] = 0  # structure 0 would have no atoms

@@ -43,6 +43,8 @@ _READ_AHEAD = 32
 _CACHED_BLOCKS = 2
 #: Blocks with more atoms than this are not read ahead (huge structures are read alone).
 _MAX_BLOCK_ATOMS = 1 << 16
+#: NumPy dtype kinds accepted on reading, per schema dtype (strings may be variable or fixed length).
+_DTYPE_KINDS = {"int16": "iu", "int32": "iu", "int64": "iu", "float64": "f", "bool": "b", "str": "OSU"}
 
 
 @dataclass
@@ -75,11 +77,19 @@ class StructureReader:
         self._subset_names: tuple[str, ...] | None = None
         self._element_masks: np.ndarray | None = None
 
+        try:
+            self._load_index()
+        finally:
+            # Leave no handle open in the constructing process: forked workers then start clean.
+            self.close()
+
+    def _load_index(self) -> None:
+        """Check the file and read the compact per-structure arrays."""
         file = self._file()
         self.schema_version = check_header(file.attrs, str(self.path))
         self.attrs = _decode_attributes(file.attrs, str(self.path))
-        self.n_structures = int(self.attrs["n_structures"])
-        self.n_total_atoms = int(self.attrs["n_atoms"])
+        self.n_structures = self._count_attribute("n_structures")
+        self.n_total_atoms = self._count_attribute("n_atoms")
         self._check_layout(file)
         self.offsets = self._read_whole(OFFSETS_PATH).astype(np.int64, copy=False)
         self._check_offsets()
@@ -87,8 +97,12 @@ class StructureReader:
         self.charge = self._read_whole("structures/charge").astype(np.int32, copy=False)
         self.spin = self._read_whole("structures/spin").astype(np.int32, copy=False)
         self.masks = {field.name: self._read_mask(field) for field in LABEL_FIELDS}
-        # Leave no handle open in the constructing process: forked workers then start clean.
-        self.close()
+
+    def _count_attribute(self, name: str) -> int:
+        value = self.attrs[name]
+        if isinstance(value, (bool, float)) or not isinstance(value, int) or value < 0:
+            raise MLIPDataError(f"expected a non-negative integer, got {value!r}", self.path, field=name)
+        return value
 
     # ---------------------------------------------------------------- handle management
 
@@ -150,12 +164,13 @@ class StructureReader:
         for field in FIELDS:
             if field.optional and field.path not in file and field.mask_path not in file:
                 continue  # label absent from the whole file: read as missing everywhere
-            self._check_dataset(file, field.path, (n_rows[field.group], *field.shape_tail), field.name)
+            shape = (n_rows[field.group], *field.shape_tail)
+            self._check_dataset(file, field.path, shape, field.name, _DTYPE_KINDS[field.dtype])
             if field.optional:
-                self._check_dataset(file, field.mask_path, (self.n_structures,), field.mask_name)
-        self._check_dataset(file, OFFSETS_PATH, (self.n_structures + 1,), "offsets")
+                self._check_dataset(file, field.mask_path, (self.n_structures,), field.mask_name, "b")
+        self._check_dataset(file, OFFSETS_PATH, (self.n_structures + 1,), "offsets", "iu")
 
-    def _check_dataset(self, file: h5py.File, path: str, shape: tuple[int, ...], name: str) -> None:
+    def _check_dataset(self, file: h5py.File, path: str, shape: tuple[int, ...], name: str, kinds: str) -> None:
         if path not in file:
             raise MLIPDataError(f"dataset /{path} is missing", self.path, field=name)
         dataset = file[path]
@@ -168,6 +183,8 @@ class StructureReader:
                 self.path,
                 field=name,
             )
+        if dataset.dtype.kind not in kinds:
+            raise MLIPDataError(f"dataset /{path} has dtype {dataset.dtype}, not the schema's", self.path, field=name)
 
     def _check_offsets(self) -> None:
         offsets = self.offsets
@@ -409,6 +426,15 @@ class StructureReader:
                 )
             return np.array(value, dtype=np.float64)
 
+        numbers = atoms["numbers"].astype(np.int64)
+        if numbers.min() < 1 or numbers.max() > MAX_ATOMIC_NUMBER:
+            raise MLIPDataError(
+                "unknown element (atomic number outside 1..118)",
+                self.path,
+                index=index,
+                structure_id=structure_id,
+                field="numbers",
+            )
         positions = np.array(atoms["positions"], dtype=np.float64)
         if not np.isfinite(positions).all():
             raise MLIPDataError("contains NaN or inf", self.path, index=index, structure_id=structure_id, field="positions")
@@ -416,7 +442,7 @@ class StructureReader:
         pbc = np.array(scalars["pbc"], dtype=bool)
         energy = label("energy", scalars["energy"])
         return Structure(
-            numbers=atoms["numbers"].astype(np.int64),
+            numbers=numbers,
             positions=positions,
             cell=None if (not pbc.any() and not cell.any()) else cell,
             pbc=pbc,
