@@ -221,6 +221,8 @@ def test_batch_equals_individual_structures(potential, molecule, crystal):
     torch.testing.assert_close(together["energy"], torch.cat([s["energy"] for s in singles]), atol=1e-10, rtol=0)
     torch.testing.assert_close(together["forces"], torch.cat([s["forces"] for s in singles]), atol=1e-10, rtol=0)
     torch.testing.assert_close(together["stress"][1], singles[1]["stress"][0], atol=1e-10, rtol=0)
+    with torch.no_grad():  # forces are still -dE/dr under no_grad (validation, MD)
+        torch.testing.assert_close(potential(batch)["forces"], together["forces"], atol=1e-12, rtol=0)
 
 
 def test_unknown_element_is_a_clear_error(potential):
@@ -274,10 +276,11 @@ def test_build_potential_from_statistics_and_rebuild_from_config(molecule):
     }
     statistics = {"elements": ELEMENTS, "atomic_energies": ATOMIC_ENERGIES, "scale": 2.0, "shift": 0.5,
                   "avg_num_neighbors": 5.5}
-    built = build_potential(config, statistics).double()
+    built = build_potential(config, statistics, dtype=torch.float64)
+    assert built.atomic_energies.dtype == torch.float64
     assert built.backbone.config["avg_num_neighbors"] == 5.5
     assert built.config["atomic_energies"] == [ATOMIC_ENERGIES[z] for z in ELEMENTS]
-    rebuilt = Potential.from_config(built.config).double()
+    rebuilt = Potential.from_config(built.config, dtype=torch.float64)
     rebuilt.load_state_dict(built.state_dict())
     expected = built(graph(molecule))["energy"]
     torch.testing.assert_close(rebuilt(graph(molecule))["energy"], expected, atol=1e-12, rtol=0)

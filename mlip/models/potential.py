@@ -13,6 +13,7 @@ config dict plus dataset statistics (what checkpoints use to rebuild a model).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 from collections.abc import Mapping, Sequence
@@ -141,13 +142,17 @@ class Potential(torch.nn.Module):
         return torch.nn.Linear(backbone.num_scalar_features, 3)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Potential:
-        """Rebuild from `potential.config` (a fully resolved dict, e.g. stored in a checkpoint)."""
+    def from_config(cls, config: Mapping[str, Any], dtype: torch.dtype | None = None) -> Potential:
+        """Rebuild from `potential.config` (a fully resolved dict, e.g. stored in a checkpoint).
+
+        `dtype` (e.g. torch.float64): build in that precision (see `build_potential`).
+        """
         config = dict(config)
         if not config.get("backbone"):
             raise ValueError("Potential.from_config: config has no `backbone` entry (a dict with `_target_`)")
-        backbone = build_backbone(config.pop("backbone"))
-        return cls(backbone=backbone, **config)
+        with default_dtype(dtype):
+            potential = cls(backbone=build_backbone(config.pop("backbone")), **config)
+        return potential if dtype is None else potential.to(dtype)
 
     # --------------------------------------------------------------------------------- forward
     def species(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
@@ -289,7 +294,23 @@ def _statistic(statistics, key: str, default=None):
     return getattr(statistics, key, default)
 
 
-def build_potential(config: Mapping[str, Any], statistics=None) -> Potential:
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype | None):
+    """Temporarily set torch's default dtype (None: leave it). e3nn computes its Clebsch-Gordan
+    constants in the default dtype at construction, so a float64 model must be *built* in float64
+    (converting a float32-built model with `.double()` leaves ~1e-7 equivariance errors)."""
+    if dtype is None:
+        yield
+        return
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_potential(config: Mapping[str, Any], statistics=None, dtype: torch.dtype | None = None) -> Potential:
     """Build a `Potential` from a model config and (optionally) dataset statistics.
 
     `config`: {"backbone": {"_target_": ..., hyperparameters...}, "cutoff": Å, optional
@@ -299,6 +320,7 @@ def build_potential(config: Mapping[str, Any], statistics=None) -> Potential:
     `avg_num_neighbors`. The backbone's `num_elements`, `cutoff` and `condition_dim` always come
     from the potential; `avg_num_neighbors` from statistics unless the backbone config sets it.
     The resolved config is `potential.config`; `Potential.from_config` rebuilds the same model.
+    `dtype` (e.g. torch.float64) builds the model in that precision (see `default_dtype`).
     """
     config = dict(config)
     backbone_config = dict(config.pop("backbone"))
@@ -318,8 +340,10 @@ def build_potential(config: Mapping[str, Any], statistics=None) -> Potential:
     accepts_average = "avg_num_neighbors" in inspect.signature(backbone_class(backbone_config)).parameters
     if accepts_average and backbone_config.get("avg_num_neighbors") is None:
         average = _statistic(statistics, "avg_num_neighbors")
-        if average is not None:
+        if average is not None and average > 0:  # 0 for a data set of isolated atoms
             backbone_config["avg_num_neighbors"] = float(average)
         else:
             backbone_config.pop("avg_num_neighbors", None)
-    return Potential(backbone=build_backbone(backbone_config), **config)
+    with default_dtype(dtype):
+        potential = Potential(backbone=build_backbone(backbone_config), **config)
+    return potential if dtype is None else potential.to(dtype)
