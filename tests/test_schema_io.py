@@ -217,3 +217,28 @@ def test_empty_file_is_valid(tmp_path):
     assert write_structures(path, []) == 0
     reader = StructureReader(path)
     assert len(reader) == 0 and reader.elements.size == 0
+
+
+def test_streaming_passes_agree_with_structures_across_slices(tmp_path, rng, monkeypatch):
+    """Element sets and subset codes are computed slice by slice; slices cut structures apart."""
+    import mlip.data.reader as reader_module
+
+    element_choices = [(1, 8), (6, 1, 1, 1), (26,), (14, 8, 8), (79, 3)]
+    structures = []
+    for k in range(40):
+        numbers = element_choices[k % len(element_choices)]
+        structure = random_molecule(rng, numbers=numbers, spread=3.0)
+        structure.subset = ["zeta", "alpha", "mid"][k % 3]
+        structures.append(structure)
+    path = tmp_path / "stream.h5"
+    write_structures(path, structures)
+    monkeypatch.setattr(reader_module, "_STREAM_ROWS", 7)  # slices of 7 atoms / 7 structures
+
+    reader = StructureReader(path)
+    assert reader.subset_names == ("alpha", "mid", "zeta")
+    assert [reader.subset_names[code] for code in reader.subset_codes] == [s.subset for s in structures]
+    for index, structure in enumerate(structures):
+        np.testing.assert_array_equal(
+            reader_module.bitmask_to_numbers(reader.element_masks[index]), np.unique(structure.numbers)
+        )
+    np.testing.assert_array_equal(reader.elements, [1, 3, 6, 8, 14, 26, 79])

@@ -270,11 +270,12 @@ class StructureReader:
             unique_labels, inverse = np.unique(labels.astype(str), return_inverse=True)
             chunk_codes = np.array([codes_by_name.setdefault(str(name), len(codes_by_name)) for name in unique_labels])
             codes[start:stop] = chunk_codes[inverse.reshape(-1)]
-        names_in_code_order = sorted(codes_by_name, key=codes_by_name.get)
-        order = np.argsort(names_in_code_order)  # re-number so that codes follow sorted names
-        recode = np.empty(len(order), dtype=np.int32)
-        recode[order] = np.arange(len(order), dtype=np.int32)
-        return (recode[codes] if len(order) else codes), tuple(sorted(names_in_code_order))
+        # Re-number so that the codes follow the sorted names.
+        names = sorted(codes_by_name)
+        recode = np.empty(len(names), dtype=np.int32)
+        for sorted_code, name in enumerate(names):
+            recode[codes_by_name[name]] = sorted_code
+        return (recode[codes] if names else codes), tuple(names)
 
     @property
     def element_masks(self) -> np.ndarray:
