@@ -45,9 +45,9 @@ def grid_mlp_error(lmax: int, resolution: int, amplitude: float, rotations: list
     errors = []
     for rotation in rotations:
         wigner = spherical_signal_irreps(lmax).D_from_matrix(rotation)
-        rotate = lambda x: torch.einsum("ij,njc->nic", wigner, x)  # noqa: E731
-        reference = rotate(layer(coefficients))
-        errors.append(((layer(rotate(coefficients)) - reference).norm() / reference.norm()).item())
+        reference = torch.einsum("ij,njc->nic", wigner, layer(coefficients))
+        rotated_input = torch.einsum("ij,njc->nic", wigner, coefficients)
+        errors.append(((layer(rotated_input) - reference).norm() / reference.norm()).item())
     return max(errors)
 
 
@@ -160,8 +160,8 @@ def radial_cost(num_edges: int, num_outputs: int, repeats: int) -> None:
     double: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):  # interleave contenders so load changes hit both
         for name, radial in contenders.items():
-            times[name].append(median_time(lambda: run(radial, False), 1))
-            double[name].append(median_time(lambda: run(radial, True), 1))
+            times[name].append(median_time(lambda radial=radial: run(radial, False), 1))
+            double[name].append(median_time(lambda radial=radial: run(radial, True), 1))
     spline_parameters = sum(p.numel() for p in spline.parameters())
     parameters = dict.fromkeys(contenders, spline_parameters)
     parameters["Bessel(8) + MLP [64, 64, 64]"] = sum(p.numel() for p in mlp.parameters())
@@ -202,15 +202,25 @@ def backbone_cost(repeats: int) -> None:
         potentials[name] = build_potential(config, statistics={"avg_num_neighbors": average})
     print(f"## Potential forward + forces, float32: Si cell with {len(atoms)} atoms, {data.edge_index.shape[1]} edges")
     print()
-    print("| backbone | time (ms) | parameters |")
-    print("|---|---|---|")
-    samples: dict[str, list[float]] = {name: [] for name in potentials}
+    print("| backbone | energy + forces (ms) | training step, force loss backward (ms) | parameters |")
+    print("|---|---|---|---|")
+
+    def training_step(potential):
+        outputs = potential(data, compute_forces=True, training=True)
+        (outputs["energy"].square().sum() + outputs["forces"].square().sum()).backward()
+
+    inference: dict[str, list[float]] = {name: [] for name in potentials}
+    training: dict[str, list[float]] = {name: [] for name in potentials}
     for _ in range(repeats):
         for name, potential in potentials.items():
-            samples[name].append(median_time(lambda: potential(data, compute_forces=True), 1))
+            inference[name].append(median_time(lambda potential=potential: potential(data, compute_forces=True), 1))
+            training[name].append(median_time(lambda potential=potential: training_step(potential), 1))
     for name, potential in potentials.items():
         count = sum(p.numel() for p in potential.parameters())
-        print(f"| {name} | {1e3 * statistics.median(samples[name]):.1f} | {count} |")
+        print(
+            f"| {name} | {1e3 * statistics.median(inference[name]):.1f} "
+            f"| {1e3 * statistics.median(training[name]):.1f} | {count} |"
+        )
     print()
 
 
@@ -220,6 +230,7 @@ def main() -> None:
     parser.add_argument("--skip-models", action="store_true", help="skip the backbone timing (section 4)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)  # e3nn's Wigner matrices follow the default dtype
     torch.manual_seed(1234)
     rotations = [o3.rand_matrix(dtype=torch.float64) for _ in range(2 if args.quick else 4)]
     if args.quick:

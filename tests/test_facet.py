@@ -33,7 +33,7 @@ def float64():
 
 def make_potential(seed: int = 0, **backbone_options) -> Potential:
     torch.manual_seed(seed)
-    options = dict(num_channels=4, lmax=2, num_layers=2, num_spline_knots=6, avg_num_neighbors=3.0)
+    options = {"num_channels": 4, "lmax": 2, "num_layers": 2, "num_spline_knots": 6, "avg_num_neighbors": 3.0}
     options.update(backbone_options)
     backbone = FacetBackbone(num_elements=len(ELEMENTS), cutoff=CUTOFF, condition_dim=CONDITION_DIM, **options)
     potential = Potential(backbone, ELEMENTS, [0.0] * len(ELEMENTS), cutoff=CUTOFF, condition_dim=CONDITION_DIM)

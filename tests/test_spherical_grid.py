@@ -109,7 +109,7 @@ def test_grid_product_matches_gaunt_contraction_and_is_exactly_equivariant():
     assert torch.allclose(result, expected, atol=1e-12)
     # the product of two signals, evaluated anywhere, is the product of their values
     direction = torch.randn(7, 3)
-    sh = lambda lmax_: o3.spherical_harmonics(list(range(lmax_ + 1)), direction, True, "component")  # noqa: E731
+    sh = lambda lmax_: o3.spherical_harmonics(list(range(lmax_ + 1)), direction, True, "component")
     values = torch.einsum("pa,nac->npc", sh(lmax), first) * torch.einsum("pb,nbc->npc", sh(lmax), second)
     assert torch.allclose(torch.einsum("pk,nkc->npc", sh(2 * lmax), result), values, atol=1e-11)
     for rotation in (o3.rand_matrix(), -o3.rand_matrix()):  # proper and improper

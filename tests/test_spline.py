@@ -82,7 +82,7 @@ def test_gradcheck_and_double_backward_float64():
     assert torch.autograd.gradgradcheck(lambda d: spline.forward_by_gather(d), (r,))
     # gradients with respect to the coefficients, too
     coefficients = spline.coefficients.detach().clone().requires_grad_(True)
-    evaluate = lambda c: torch.func.functional_call(spline, {"coefficients": c}, (r.detach(),))  # noqa: E731
+    evaluate = lambda c: torch.func.functional_call(spline, {"coefficients": c}, (r.detach(),))
     assert torch.autograd.gradcheck(evaluate, (coefficients,))
 
 

@@ -32,7 +32,13 @@ import torch
 from e3nn import o3
 
 from mlip.models.backbones.base import Backbone, BackboneInputs, NodeFeatures
-from mlip.nn.spherical_grid import Float64Buffers, GridMLP, degree_of_coefficient, gaunt_tensor, num_coefficients
+from mlip.nn.spherical_grid import (
+    Float64Buffers,
+    GridMLP,
+    degree_of_coefficient,
+    gaunt_tensor,
+    num_coefficients,
+)
 from mlip.nn.spline import SplineRadial
 
 
