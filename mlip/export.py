@@ -82,7 +82,7 @@ def export_model(
         "config": _plain(config),
         "training": training_info,
         "mlip_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
     path = Path(path)
     atomic_torch_save(payload, path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 from ase.build import bulk
 from ase.calculators.emt import EMT
@@ -93,8 +94,41 @@ def tiny_overrides(paths: list[str], run_dir: Path, **extra) -> list[str]:
         "runs_dir": str(run_dir.parent),
         "name": run_dir.name,
         "progress_bar": "none",
+        "num_threads": 1,
         "trainer.log_every_n_steps": 1,
         "scheduler.warmup_steps": 5,
     }
     overrides.update(extra)
     return [f"{key}={value}" for key, value in overrides.items()]
+
+
+def compose_config(overrides: list[str]):
+    """The `mlip-train` config composed with Hydra's compose API (no run directory, no cwd change)."""
+    from hydra import compose, initialize_config_dir
+
+    from mlip.train.build import config_dir, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """Rows of <run dir>/logs/metrics.csv with the empty cells dropped and numbers parsed."""
+    import csv
+
+    with open(run_dir / "logs" / "metrics.csv", newline="") as handle:
+        return [{key: float(value) for key, value in row.items() if value != ""} for row in csv.DictReader(handle)]
+
+
+class RecordStructureIds(pl.Callback):
+    """Callback used by the DDP test: every rank appends "<epoch> <structure id>" for each training
+    structure it sees to ``<directory>/rank<k>.txt``."""
+
+    def __init__(self, directory: str):
+        self.directory = Path(directory)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        path = self.directory / f"rank{trainer.global_rank}.txt"
+        with open(path, "a") as handle:
+            handle.writelines(f"{trainer.current_epoch} {sid}\n" for sid in batch.structure_id)

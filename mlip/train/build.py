@@ -184,7 +184,20 @@ def _metrics(trainer: pl.Trainer) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- the run
 def train(config: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Train (or resume) the run described by ``config`` in ``run_dir``; returns its results."""
+    """Train (or resume) the run described by ``config`` in ``run_dir``; returns its results.
+
+    ``config.num_threads`` (if set) applies to torch's intra-op threads for the duration of the run.
+    """
+    previous_threads = torch.get_num_threads()
+    if config.get("num_threads"):
+        torch.set_num_threads(int(config.num_threads))
+    try:
+        return _train(config, run_dir)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(config: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(config.seed, workers=True)
@@ -205,6 +218,7 @@ def train(config: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the EMA copy stays in eval mode
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
 
     results = {"global_step": trainer.global_step, "epoch": trainer.current_epoch, "resumed_from": resume_from}

@@ -1,0 +1,201 @@
+"""Training: loss masking, metrics, EMA, atomic checkpoints, an end-to-end run and the export round trip."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+import mlip
+from mlip.data.dataset import HDF5Dataset
+from mlip.data.graph import structure_to_graph
+from mlip.export import read_export
+from mlip.models.potential import Potential
+from mlip.train.build import train
+from mlip.train.checkpoint import atomic_torch_save, find_resume_checkpoint
+from mlip.train.ema import ExponentialMovingAverage
+from mlip.train.losses import PotentialLoss
+from mlip.train.metrics import ErrorAccumulator
+from train_helpers import cluster_structures, compose_config, crystal_structures, read_metrics, tiny_overrides, write_emt_data
+
+CUTOFF = 4.0
+
+
+# ------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def emt_files(tmp_path_factory) -> list[str]:
+    return write_emt_data(tmp_path_factory.mktemp("emt"), n_clusters=24, n_crystals=24)
+
+
+@pytest.fixture(scope="module")
+def trained_run(emt_files, tmp_path_factory) -> Path:
+    """One short training run shared by the end-to-end checks (about 10 s on a loaded 2-core machine)."""
+    run_dir = tmp_path_factory.mktemp("runs") / "e2e"
+    overrides = tiny_overrides(
+        emt_files, run_dir, **{"trainer.max_epochs": 12, "optimizer.lr": 0.01, "ema_decay": 0.9, "data.val_fraction": 0.2}
+    )
+    train(compose_config(overrides), run_dir)
+    return run_dir
+
+
+def mixed_batch(with_labels: dict[str, list[bool]]) -> Batch:
+    """Clusters + crystals with labels removed where ``with_labels[name][k]`` is False."""
+    structures = cluster_structures(2, seed=3) + crystal_structures(2, seed=4)
+    for name, present in with_labels.items():
+        for structure, keep in zip(structures, present):
+            if not keep:
+                setattr(structure, name, None)
+    return Batch.from_data_list([structure_to_graph(s, CUTOFF) for s in structures])
+
+
+def fake_predictions(batch: Batch, offset: float) -> dict[str, torch.Tensor]:
+    """Labels + ``offset`` everywhere (NaN labels stay NaN, as a model would not produce)."""
+    return {
+        "energy": torch.nan_to_num(batch.energy) + offset,
+        "forces": torch.nan_to_num(batch.forces) + offset,
+        "stress": torch.nan_to_num(batch.stress) + offset,
+    }
+
+
+# ------------------------------------------------------------------------------ loss and metrics
+def test_loss_ignores_missing_labels():
+    batch = mixed_batch({"energy": [True, False, True, True], "forces": [False, True, True, True]})
+    assert torch.isnan(batch.energy).sum() == 1 and torch.isnan(batch.forces).any()
+    predictions = {key: value.requires_grad_(True) for key, value in fake_predictions(batch, 0.0).items()}
+    loss, terms = PotentialLoss({"energy": 1.0, "forces": 1.0, "stress": 1.0})(predictions, batch)
+    assert loss.item() == 0.0  # perfect on every labelled entry; NaNs of missing labels never leak in
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in predictions.values())
+
+
+def test_loss_weights_and_per_atom_energy():
+    batch = mixed_batch({"stress": [False, False, True, False]})
+    offset = 0.1
+    loss, terms = PotentialLoss({"energy": 2.0, "forces": 3.0, "stress": 5.0})(fake_predictions(batch, offset), batch)
+    n_atoms = torch.bincount(batch.batch).double()
+    expected_energy = ((offset / n_atoms) ** 2).mean()  # energy error per atom
+    assert terms["energy"].item() == pytest.approx(expected_energy.item(), rel=1e-5)
+    assert terms["forces"].item() == pytest.approx(offset**2, rel=1e-5)
+    assert terms["stress"].item() == pytest.approx(offset**2, rel=1e-5)
+    assert loss.item() == pytest.approx(2 * expected_energy.item() + 3 * offset**2 + 5 * offset**2, rel=1e-5)
+
+
+def test_huber_loss_is_linear_for_large_errors():
+    batch = mixed_batch({})
+    huber = PotentialLoss({"energy": 0.0, "forces": 1.0, "stress": 0.0}, kind="huber", huber_delta=0.01)
+    _, small = huber(fake_predictions(batch, 1.0), batch)
+    _, large = huber(fake_predictions(batch, 2.0), batch)
+    assert large["forces"].item() / small["forces"].item() == pytest.approx((2.0 - 0.005) / (1.0 - 0.005), rel=1e-4)
+
+
+def test_metrics_per_subset_in_mev():
+    batch = mixed_batch({"forces": [True, False, True, True]})
+    predictions = fake_predictions(batch, 0.0)
+    predictions["forces"] = predictions["forces"].clone()
+    predictions["forces"][batch.batch == 2] += 0.003  # 3 meV/Å on every component of the first crystal
+    accumulator = ErrorAccumulator()
+    accumulator.update(predictions, batch)
+    metrics = accumulator.compute("val")
+    n_crystal_atoms = int((batch.batch >= 2).sum())
+    n_first_crystal = int((batch.batch == 2).sum())
+    assert metrics["val/crystal/forces_mae"] == pytest.approx(3.0 * n_first_crystal / n_crystal_atoms, rel=1e-4)
+    assert metrics["val/crystal/forces_rmse"] == pytest.approx(3.0 * math.sqrt(n_first_crystal / n_crystal_atoms), rel=1e-4)
+    assert metrics["val/cluster/forces_mae"] == 0.0
+    labelled_atoms = n_crystal_atoms + int((batch.batch == 0).sum())  # cluster 1 has no forces
+    assert metrics["val/forces_mae"] == pytest.approx(3.0 * n_first_crystal / labelled_atoms, rel=1e-4)
+    assert "val/cluster/stress_mae" not in metrics  # clusters have no stress labels
+
+
+# ------------------------------------------------------------------------------ EMA and checkpoints
+def test_ema_tracks_weights_with_warmup():
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = ExponentialMovingAverage(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # decay_0 = min(0.5, 1/10) = 0.1 -> 0.9
+    assert ema.averaged.weight.item() == pytest.approx(0.9)
+    for _ in range(20):
+        ema.update(model)
+    assert ema.averaged.weight.item() == pytest.approx(1.0, abs=1e-5)
+    assert not ema.averaged.weight.requires_grad
+    assert int(ema.state_dict()["num_updates"]) == 21
+
+
+def test_atomic_save_keeps_previous_file_when_writing_fails(tmp_path):
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("simulated crash while writing")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        atomic_torch_save({"step": 2, "bad": Unpicklable()}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert os.listdir(tmp_path) == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_find_resume_checkpoint(tmp_path):
+    assert find_resume_checkpoint("auto", tmp_path) is None
+    (tmp_path / "last.ckpt").write_bytes(b"x")
+    assert find_resume_checkpoint("auto", tmp_path) == str(tmp_path / "last.ckpt")
+    assert find_resume_checkpoint("never", tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        find_resume_checkpoint(str(tmp_path / "nope.ckpt"), tmp_path)
+
+
+# ------------------------------------------------------------------------------ end to end
+def test_training_lowers_validation_force_error(trained_run):
+    validations = [row for row in read_metrics(trained_run) if "val/forces_mae" in row]
+    assert len(validations) == 12
+    first, best = validations[0]["val/forces_mae"], min(row["val/forces_mae"] for row in validations)
+    assert best < 0.6 * first, f"validation force MAE went from {first:.1f} to only {best:.1f} meV/Å"
+    logged = {name for row in read_metrics(trained_run) for name in row}
+    assert {"val/cluster/forces_mae", "val/crystal/stress_mae", "train/forces_mae", "train/loss_step", "lr"} <= logged
+
+
+def test_run_directory_holds_config_statistics_checkpoints_and_results(trained_run):
+    for name in ("config.yaml", "statistics.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "best_model.pt"):
+        assert (trained_run / name).is_file(), name
+    results = json.loads((trained_run / "results.json").read_text())
+    n_train = 48 - round(0.2 * 48) - round(0.1 * 48)  # 33: statistics come from the training split only
+    assert results["global_step"] == 12 * math.ceil(n_train / 4)
+    assert results["test"]["test/forces_mae"] > 0
+    statistics = json.loads((trained_run / "statistics.json").read_text())
+    assert statistics["elements"] == [13, 29] and statistics["n_structures"] == n_train
+
+
+def test_export_round_trip_gives_identical_predictions(trained_run, emt_files):
+    exported = read_export(trained_run / "best_model.pt")
+    assert exported["elements"] == [13, 29] and exported["cutoff"] == CUTOFF and exported["dtype"] == "float32"
+    assert exported["config"]["model"]["cutoff"] == CUTOFF and exported["statistics"]["n_structures"] == 33
+    assert exported["mlip_version"] == mlip.__version__ and exported["torch_version"] == torch.__version__
+
+    loaded = mlip.load(trained_run / "best_model.pt")
+    # the same EMA weights straight from the best Lightning checkpoint
+    checkpoint = torch.load(trained_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
+    prefix = "ema.averaged."
+    reference = Potential.from_config(exported["potential_config"])
+    reference.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
+    reference.eval()
+
+    batch = Batch.from_data_list([HDF5Dataset(emt_files, cutoff=CUTOFF)[i] for i in (0, 1, 30, 31)])
+    expected = reference(batch, compute_forces=True, compute_stress=True)
+    actual = loaded(batch, compute_forces=True, compute_stress=True)
+    for key in ("energy", "forces"):
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0)
+    torch.testing.assert_close(actual["stress"], expected["stress"], rtol=0, atol=0, equal_nan=True)
+    # and the EMA weights differ from the raw training weights, so the export really took the EMA copy
+    raw = {k[len("potential."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("potential.")}
+    assert any(not torch.equal(raw[name], value) for name, value in loaded.state_dict().items())
+
+
+def test_load_rejects_a_lightning_checkpoint(trained_run):
+    with pytest.raises(ValueError, match="not an exported mlip model"):
+        mlip.load(trained_run / "checkpoints" / "last.ckpt")
