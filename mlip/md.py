@@ -39,6 +39,7 @@ class MDReport:
     simulated_time_ps: float
     energy_drift_meV_per_atom_per_ps: float  # slope of E_total(t), linear least squares
     max_energy_deviation_meV_per_atom: float  # max |E_total(t) - E_total(0)|
+    potential_energy_std_meV_per_atom: float  # fluctuation of E_pot, the scale to judge the two above against
     mean_temperature_K: float
     steps_per_second: float
     atom_steps_per_second: float
@@ -54,7 +55,8 @@ class MDReport:
             f"{self.ensemble.upper()} {self.n_atoms} atoms, {self.n_steps_run}/{self.n_steps_requested} steps "
             f"of {self.timestep_fs:g} fs ({self.simulated_time_ps:.4g} ps): "
             f"drift {self.energy_drift_meV_per_atom_per_ps:+.4g} meV/atom/ps, "
-            f"max |dE| {self.max_energy_deviation_meV_per_atom:.4g} meV/atom, "
+            f"max |dE| {self.max_energy_deviation_meV_per_atom:.4g} meV/atom "
+            f"(E_pot std {self.potential_energy_std_meV_per_atom:.4g}), "
             f"<T> {self.mean_temperature_K:.1f} K, {self.steps_per_second:.1f} steps/s "
             f"({self.atom_steps_per_second:.3g} atom-steps/s), {status}"
         )
@@ -198,11 +200,13 @@ def run_md(
         writer = Trajectory(trajectory, "w", atoms)
         dynamics.attach(writer.write, interval=trajectory_interval)
 
-    times_ps, total_energies, temperatures = [], [], []
+    times_ps, potential_energies, total_energies, temperatures = [], [], [], []
 
     def record(step: int) -> float:
-        energy = atoms.get_potential_energy() + atoms.get_kinetic_energy()
+        potential_energy = atoms.get_potential_energy()
+        energy = potential_energy + atoms.get_kinetic_energy()
         times_ps.append(step * timestep_fs / 1000.0)
+        potential_energies.append(potential_energy)
         total_energies.append(energy)
         temperatures.append(atoms.get_temperature())
         return energy
@@ -235,6 +239,7 @@ def run_md(
         simulated_time_ps=steps_run * timestep_fs / 1000.0,
         energy_drift_meV_per_atom_per_ps=energy_drift(np.asarray(times_ps)[finite], energies[finite], n_atoms),
         max_energy_deviation_meV_per_atom=float(np.max(np.abs(energies[finite] - energies[0])) * 1000.0 / n_atoms),
+        potential_energy_std_meV_per_atom=float(np.std(np.asarray(potential_energies)[finite]) * 1000.0 / n_atoms),
         mean_temperature_K=float(np.mean(np.asarray(temperatures)[finite])),
         steps_per_second=steps_per_second,
         atom_steps_per_second=steps_per_second * n_atoms,

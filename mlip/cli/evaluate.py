@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     output.mkdir(parents=True, exist_ok=True)
     rows = []
     for model, name in zip(models, model_names(models)):
-        calculator = MLIPCalculator(str(model), device=arguments.device, dtype=arguments.dtype, default_charge=0)
+        calculator = MLIPCalculator(str(model), device=arguments.device, dtype=arguments.dtype)
         evaluation = evaluate(calculator, structures, name, max_atoms_per_batch=arguments.max_atoms_per_batch)
         rows.extend(evaluation.rows())
         if not arguments.no_plots:

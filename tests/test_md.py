@@ -1,0 +1,178 @@
+"""MD with a trained potential: energy conservation, instability detection, and the mlip-md CLI.
+
+`trained_sample_model` trains a tiny MACE model on the shipped sample data (data/*.h5) through
+the real training pipeline (Hydra config + Lightning) for a few seconds and exports it; test_eval
+reuses the same model (one training per test session).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+
+from mlip.calculator import MLIPCalculator
+from mlip.data.reader import StructureReader
+from mlip.md import InstabilityCriteria, InstabilityDetector, energy_drift, run_md
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DATA_DIR = Path(os.environ.get("MLIP_SAMPLE_DATA_DIR", REPO / "data"))  # override: data made elsewhere
+SAMPLE_DATA = [SAMPLE_DATA_DIR / "molecules.h5", SAMPLE_DATA_DIR / "crystals.h5"]
+_TRAINED_MODELS: dict[str, Path] = {}  # one tiny model per test session, shared with test_eval
+
+
+def trained_sample_model(tmp_path_factory) -> Path:
+    """Path of a tiny MACE model trained ~10-20 s on the shipped sample data and exported."""
+    if "sample" in _TRAINED_MODELS:
+        return _TRAINED_MODELS["sample"]
+    from hydra import compose, initialize_config_dir
+    from train_helpers import tiny_overrides
+
+    from mlip.train.build import config_dir, register_resolvers, train
+
+    missing = [str(path) for path in SAMPLE_DATA if not path.is_file()]
+    assert not missing, f"shipped sample data missing: {missing}"
+    run_dir = tmp_path_factory.mktemp("trained") / "tiny"
+    overrides = tiny_overrides(
+        [str(path) for path in SAMPLE_DATA], run_dir,
+        **{"trainer.max_epochs": 6, "trainer.max_time": "00:00:00:20", "logger": "none", "data.batch_size": 8},
+    )
+    register_resolvers()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            results = train(compose("train", overrides=overrides), run_dir)
+    finally:
+        torch.set_num_threads(threads)
+    assert results["best_model"], f"training wrote no best_model.pt in {run_dir}"
+    _TRAINED_MODELS["sample"] = Path(results["best_model"])
+    return _TRAINED_MODELS["sample"]
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory) -> Path:
+    return trained_sample_model(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def first_neutral_molecule():
+    reader = StructureReader(SAMPLE_DATA[0])
+    for index in range(len(reader)):
+        structure = reader.read(index)
+        if structure.charge == 0 and structure.spin == 1 and structure.n_atoms >= 3:
+            atoms = structure.to_atoms()
+            atoms.calc = None
+            return atoms
+    raise AssertionError("no neutral closed-shell molecule with >= 3 atoms in the sample data")
+
+
+def test_energy_drift_is_the_slope_per_atom():
+    times = np.linspace(0.0, 2.0, 21)  # ps
+    energies = -100.0 + 0.004 * times + 1e-4 * np.sin(40 * times)  # eV, 4 meV/ps over 2 atoms
+    assert energy_drift(times, energies, n_atoms=2) == pytest.approx(2.0, abs=0.05)
+
+
+def test_nve_with_a_trained_model_conserves_energy(trained_model):
+    """Velocity Verlet, 0.5 fs, 0.1 ps at 300 K on a sample molecule in float64.
+
+    The total energy must stay flat against the potential energy it exchanges with the kinetic
+    energy: its largest deviation below 5 % of the potential energy's standard deviation, and a
+    drift below 1 meV/atom/ps. A non-smooth surface (or wrong forces) fails both by far.
+    """
+    atoms = first_neutral_molecule()
+    atoms.calc = MLIPCalculator(trained_model, dtype="float64")
+    report = run_md(atoms, ensemble="nve", temperature_K=300.0, timestep_fs=0.5, n_steps=200, check_interval=5)
+    assert report.stable, report.instability
+    assert report.potential_energy_std_meV_per_atom > 1.0  # the molecule really moves
+    assert report.max_energy_deviation_meV_per_atom < 0.05 * report.potential_energy_std_meV_per_atom, report.summary()
+    assert abs(report.energy_drift_meV_per_atom_per_ps) < 1.0, report.summary()
+    assert atoms.calc.neighbour_list_builds < 200 // 5  # the skin list is reused across steps
+
+
+def test_nvt_holds_the_temperature(trained_model):
+    atoms = first_neutral_molecule()
+    atoms.calc = MLIPCalculator(trained_model)
+    report = run_md(atoms, ensemble="nvt", temperature_K=600.0, timestep_fs=0.5, n_steps=200, friction_per_fs=0.05)
+    assert report.stable, report.instability
+    assert 200.0 < report.mean_temperature_K < 1200.0  # a few-atom system fluctuates a lot
+
+
+def test_instability_detector_flags_collapse_stretch_heat_and_nan():
+    atoms = molecule("CH3OH")
+    detector = InstabilityDetector(atoms, InstabilityCriteria(min_distance=0.5, max_bond_stretch=2.0, max_temperature_K=5000))
+    assert detector.check(atoms) == ""
+    collapsed = atoms.copy()
+    collapsed.positions[1] = collapsed.positions[0] + [0.3, 0.0, 0.0]
+    assert "apart" in detector.check(collapsed)
+    stretched = atoms.copy()
+    stretched.positions[0] += [3.0, 0.0, 0.0]  # C pulled 3 Å away from its bonded neighbours
+    assert "stretched" in detector.check(stretched)
+    hot = atoms.copy()
+    hot.set_momenta(np.full((len(hot), 3), 1.0))
+    assert "temperature" in detector.check(hot)
+    broken = atoms.copy()
+    broken.positions[2, 1] = np.nan
+    assert "non-finite" in detector.check(broken)
+
+
+def test_run_md_stops_at_a_blow_up():
+    """A Lennard-Jones surface with σ far above the bond lengths blows the molecule apart at once."""
+    from ase.calculators.lj import LennardJones
+
+    atoms = molecule("CH3OH")
+    atoms.calc = LennardJones(sigma=2.5, epsilon=1.0, rc=6.0)
+    report = run_md(atoms, ensemble="nve", temperature_K=300.0, timestep_fs=0.5, n_steps=500, check_interval=5)
+    assert not report.stable
+    assert report.n_steps_run < report.n_steps_requested
+    assert "at step" in report.instability
+
+
+def test_periodic_instability_check_uses_image_shifts():
+    """Bonds across the cell boundary keep their length when atoms are wrapped."""
+    from ase.build import bulk
+
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    detector = InstabilityDetector(atoms)
+    assert detector.bond_i.size > 0
+    shifted = atoms.copy()
+    shifted.positions += 0.7
+    shifted.wrap()
+    assert detector.check(shifted) == ""
+
+
+def test_mlip_md_cli_writes_report_and_trajectory(trained_model, tmp_path, capsys):
+    from ase.io import read
+
+    from mlip.cli.md import main
+
+    report_path, trajectory_path = tmp_path / "md.json", tmp_path / "md.traj"
+    exit_code = main([
+        str(trained_model), str(SAMPLE_DATA[1]), "--index", "0", "--ensemble", "nvt",
+        "--steps", "20", "--timestep", "1.0", "--json", str(report_path), "--trajectory", str(trajectory_path),
+        "--trajectory-interval", "5", "--threads", "1",
+    ])
+    assert exit_code == 0
+    assert "atom-steps/s" in capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    assert report["n_steps_run"] == 20 and report["stable"] and report["ensemble"] == "nvt"
+    assert len(read(trajectory_path, index=":")) == 5  # steps 0, 5, 10, 15, 20 minus the first attach call? see below
+
+
+def test_mlip_md_cli_rejects_an_index_out_of_range(trained_model):
+    from mlip.cli.md import main
+
+    with pytest.raises(SystemExit, match="out of range"):
+        main([str(trained_model), str(SAMPLE_DATA[1]), "--index", "100000"])
