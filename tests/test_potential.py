@@ -62,12 +62,12 @@ def graph(structure: Structure, dtype=torch.float64):
     return Batch.from_data_list([structure_to_graph(structure, CUTOFF, dtype)])
 
 
-def transformed(structure: Structure, matrix: np.ndarray, translation=np.zeros(3)) -> Structure:
-    """Apply r -> matrix r + translation to positions and the cell."""
+def transformed(structure: Structure, matrix: np.ndarray, translation=(0.0, 0.0, 0.0)) -> Structure:
+    """Apply r -> matrix r + translation (Å) to positions and the cell."""
     cell = None if structure.cell is None else structure.cell @ matrix.T
     return Structure(
         numbers=structure.numbers,
-        positions=structure.positions @ matrix.T + translation,
+        positions=structure.positions @ matrix.T + np.asarray(translation),
         cell=cell,
         pbc=structure.pbc,
         charge=structure.charge,

@@ -1,6 +1,12 @@
 """Models: the physical `Potential` wrapper and its backbones."""
 
-from mlip.models.backbones import BACKBONES, Backbone, BackboneInputs, MACEBackbone, NodeFeatures
+from mlip.models.backbones import (
+    BACKBONES,
+    Backbone,
+    BackboneInputs,
+    MACEBackbone,
+    NodeFeatures,
+)
 from mlip.models.conditioning import ChargeSpinEmbedding
 from mlip.models.potential import Potential, build_backbone, build_potential
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -33,7 +34,7 @@ class MLP(torch.nn.Sequential):
             raise ValueError(f"MLP: unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
         widths = [int(in_features), *[int(h) for h in hidden], int(out_features)]
         layers: list[torch.nn.Module] = []
-        for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for index, (width_in, width_out) in enumerate(itertools.pairwise(widths)):
             layers.append(torch.nn.Linear(width_in, width_out, bias=bias))
             if index < len(widths) - 2:
                 layers.append(ACTIVATIONS[activation]())

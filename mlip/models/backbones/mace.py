@@ -35,7 +35,7 @@ def to_channels(features: torch.Tensor, irreps: o3.Irreps) -> torch.Tensor:
     return torch.cat(blocks, dim=-1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def symmetric_power_basis(channel_irreps: str, correlation: int) -> tuple[o3.Irreps, torch.Tensor]:
     """Irreps and change of basis (dim_out, d, ..., d) of the symmetric `correlation`-th power.
 
