@@ -194,4 +194,4 @@ def test_memory_stays_flat_while_iterating_a_large_file(tmp_path):
     assert structure.id == str(sample[-1])
     gc.collect()
     growth = rss_megabytes() - before
-    assert growth < 30, f"RSS grew by {growth:.1f} MB over {len(sample)} reads"
+    assert growth < 20, f"RSS grew by {growth:.1f} MB over {len(sample)} reads"

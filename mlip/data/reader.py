@@ -34,8 +34,8 @@ from mlip.data.structure import Structure
 
 #: Atoms per read in the streaming passes over the whole file (element sets, subset labels).
 _STREAM_ROWS = 1 << 20
-#: Per-dataset HDF5 chunk cache; holds a few decompressed chunks of the default chunk size.
-_CHUNK_CACHE_BYTES = 4 << 20
+#: Per-dataset HDF5 chunk cache (bytes). Reads go block by block, so a few chunks suffice.
+_CHUNK_CACHE_BYTES = 1 << 20
 #: Fields kept in memory as compact per-structure arrays (read once on open).
 _CACHED_STRUCTURE_FIELDS = ("charge", "spin")
 #: `read` fetches aligned blocks of this many structures and keeps the last `_CACHED_BLOCKS`.
