@@ -12,7 +12,12 @@ from ase.build import bulk, molecule
 from scipy.spatial.transform import Rotation
 from torch_geometric.data import Batch
 
-from mlip.data.graph import atoms_to_graph, edge_vectors, neighbour_list, structure_to_graph
+from mlip.data.graph import (
+    atoms_to_graph,
+    edge_vectors,
+    neighbour_list,
+    structure_to_graph,
+)
 from mlip.data.structure import Structure
 
 # ---------------------------------------------------------------------------- reference
@@ -151,7 +156,7 @@ def test_mixed_periodicity_matches_brute_force(pbc, zero_non_periodic_rows):
     positions[:, 2] += rng.normal(scale=8.0, size=5)  # atoms far outside the cell height
     if zero_non_periodic_rows:
         cell[~np.asarray(pbc)] = 0.0
-    edge_index, shifts = neighbour_list(positions, cell, pbc, cutoff=4.5)
+    _edge_index, shifts = neighbour_list(positions, cell, pbc, cutoff=4.5)
     assert (shifts[:, ~np.asarray(pbc)] == 0).all()
     assert_same_pairs(positions, cell, pbc, cutoff=4.5)
 
@@ -188,15 +193,15 @@ def test_edges_are_sorted_by_centre_and_come_in_both_directions():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(cell=None, pbc=True), "needs a cell"),
-        (dict(cell=np.zeros((3, 3)), pbc=True), "linearly dependent"),
-        (dict(cell=np.array([[1.0, 0, 0], [2.0, 0, 0], [0, 0, 1.0]]), pbc=True), "dependent"),
-        (dict(cell=np.eye(3), pbc=True, cutoff=0.0), "cutoff"),
-        (dict(cell=np.eye(3), pbc=True, positions=np.full((2, 3), np.nan)), "NaN"),
+        ({"cell": None, "pbc": True}, "needs a cell"),
+        ({"cell": np.zeros((3, 3)), "pbc": True}, "linearly dependent"),
+        ({"cell": np.array([[1.0, 0, 0], [2.0, 0, 0], [0, 0, 1.0]]), "pbc": True}, "dependent"),
+        ({"cell": np.eye(3), "pbc": True, "cutoff": 0.0}, "cutoff"),
+        ({"cell": np.eye(3), "pbc": True, "positions": np.full((2, 3), np.nan)}, "NaN"),
     ],
 )
 def test_bad_geometry_raises_a_clear_error(kwargs, message):
-    arguments = dict(positions=np.zeros((2, 3)), cutoff=3.0) | kwargs
+    arguments = {"positions": np.zeros((2, 3)), "cutoff": 3.0} | kwargs
     with pytest.raises(ValueError, match=message):
         neighbour_list(**arguments)
 

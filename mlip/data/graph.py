@@ -26,7 +26,7 @@ from torch_geometric.data import Data
 
 from mlip.data.structure import Structure
 
-__all__ = ["neighbour_list", "structure_to_graph", "atoms_to_graph", "edge_vectors"]
+__all__ = ["atoms_to_graph", "edge_vectors", "neighbour_list", "structure_to_graph"]
 
 
 # --------------------------------------------------------------------------------------------

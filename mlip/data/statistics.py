@@ -37,7 +37,7 @@ import numpy as np
 from mlip.data.graph import neighbour_list
 from mlip.data.structure import Structure
 
-__all__ = ["DatasetStatistics", "compute_statistics", "STATISTICS_VERSION"]
+__all__ = ["STATISTICS_VERSION", "DatasetStatistics", "compute_statistics"]
 
 logger = logging.getLogger(__name__)
 
