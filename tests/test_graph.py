@@ -271,6 +271,13 @@ def test_bad_structure_error_names_the_structure():
         structure_to_graph(structure, cutoff=3.0)
 
 
+def test_label_of_the_wrong_shape_names_structure_and_field():
+    structure = Structure([1, 1], np.zeros((2, 3)) + [[0, 0, 0], [0, 0, 0.74]],
+                          forces=np.zeros((3, 3)), id="h2-3")
+    with pytest.raises(ValueError, match=r"'h2-3': forces has shape \(3, 3\), expected \(2, 3\)"):
+        structure_to_graph(structure, cutoff=2.0)
+
+
 def test_atoms_to_graph_reads_charge_spin_and_ignores_calculator_results():
     atoms = molecule("CH3")
     atoms.info.update(charge=1, spin=1)

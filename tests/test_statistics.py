@@ -141,6 +141,13 @@ def test_counts_per_subset_charge_and_spin():
     assert statistics.spin_counts == {1: 5, 2: 4}
 
 
+def test_cutoff_must_be_positive():
+    with pytest.raises(ValueError, match="cutoff"):
+        compute_statistics([], cutoff=None)
+    with pytest.raises(ValueError, match="cutoff"):
+        compute_statistics([], cutoff=0.0)
+
+
 def test_dict_round_trip_through_json():
     rng = np.random.default_rng(5)
     statistics = compute_statistics([random_molecule(rng, k) for k in range(5)], cutoff=3.0)

@@ -138,10 +138,16 @@ def structure_to_graph(
         except ValueError as error:
             raise ValueError(f"structure {structure.id!r}: {error}") from error
 
-    def label(values, shape) -> torch.Tensor:
+    def label(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        values = getattr(structure, name)
         if values is None:
             return torch.full(shape, float("nan"), dtype=dtype)
-        return torch.as_tensor(np.asarray(values, dtype=np.float64), dtype=dtype).reshape(shape)
+        values = np.asarray(values, dtype=np.float64)
+        if values.size != int(np.prod(shape)):
+            raise ValueError(
+                f"structure {structure.id!r}: {name} has shape {values.shape}, expected {shape}"
+            )
+        return torch.as_tensor(values, dtype=dtype).reshape(shape)
 
     return Data(
         pos=torch.as_tensor(structure.positions, dtype=dtype),
@@ -152,9 +158,9 @@ def structure_to_graph(
         shifts=torch.from_numpy(shifts).to(dtype),
         charge=torch.tensor([structure.charge], dtype=torch.long),
         spin=torch.tensor([structure.spin], dtype=torch.long),
-        energy=label(structure.energy, (1,)),
-        forces=label(structure.forces, (n_atoms, 3)),
-        stress=label(structure.stress, (1, 3, 3)),
+        energy=label("energy", (1,)),
+        forces=label("forces", (n_atoms, 3)),
+        stress=label("stress", (1, 3, 3)),
         energy_mask=torch.tensor([structure.energy is not None]),
         forces_mask=torch.tensor([structure.forces is not None]),
         stress_mask=torch.tensor([structure.stress is not None]),

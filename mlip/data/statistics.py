@@ -162,6 +162,8 @@ class StatisticsAccumulator:
     """Fixed-size running sums; `add` structures one at a time, then call `result`."""
 
     def __init__(self, cutoff: float) -> None:
+        if cutoff is None or not float(cutoff) > 0:
+            raise ValueError(f"statistics need a positive neighbour cutoff in Å, got {cutoff!r}")
         self.cutoff = float(cutoff)
         self.n_structures = 0
         self.n_atoms = 0
