@@ -13,7 +13,6 @@ from conftest import random_crystal, random_molecule
 from torch_geometric.loader import DataLoader
 
 from mlip.data.dataset import HDF5Dataset
-from mlip.data.reader import StructureReader
 from mlip.data.structure import Structure
 from mlip.data.writer import StructureWriter, write_structures
 
@@ -145,7 +144,7 @@ def test_getitem_builds_graphs_with_labels_and_masks(shards):
 def test_dataloader_with_two_workers_sees_every_structure_once(shards):
     dataset = HDF5Dataset(shards, cutoff=3.0)
     dataset.get_structure(0)  # the parent process already holds an open handle before forking
-    train, val, _ = dataset.split(0.25, seed=1)
+    train = dataset.split(0.25, seed=1).train
     seen = []
     for batch in DataLoader(train, batch_size=4, shuffle=True, num_workers=2):
         assert batch.pos.shape[0] == batch.z.shape[0] and batch.energy.shape == (batch.num_graphs,)

@@ -139,8 +139,8 @@ class HDF5Dataset(Dataset):
         if val_fraction + test_fraction >= 1.0:
             raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
         permutation = np.random.default_rng(seed).permutation(len(self))
-        n_val = int(round(val_fraction * len(self)))
-        n_test = int(round(test_fraction * len(self)))
+        n_val = round(val_fraction * len(self))
+        n_test = round(test_fraction * len(self))
         val = np.sort(permutation[:n_val])
         test = np.sort(permutation[n_val : n_val + n_test])
         train = np.sort(permutation[n_val + n_test :])
