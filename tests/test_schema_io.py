@@ -133,6 +133,7 @@ def test_reader_metadata_without_reading_atoms(tmp_path, rng):
     np.testing.assert_array_equal(reader.has_magmom, [False, True, False])
     assert reader.subset_names == ("crystal", "radical")
     np.testing.assert_array_equal(reader.subset_codes, [1, 0, 1])
+    assert [reader.read(k).subset for k in range(3)] == ["radical", "crystal", "radical"]  # from the codes
     np.testing.assert_array_equal(reader.elements, [1, 6, 8, 26])
     assert reader.attrs["n_structures"] == 3 and reader.attrs["units"]["length"] == "Angstrom"
 

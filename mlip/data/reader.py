@@ -376,15 +376,27 @@ class StructureReader:
         return [self._assemble_from(columns, index) for index in range(start, stop)]
 
     def _read_columns(self, start: int, stop: int, reported_index: int) -> _Columns:
-        """Raw rows of every dataset for structures start..stop-1 (errors name ``reported_index``)."""
+        """Raw rows of the datasets for structures start..stop-1 (errors name ``reported_index``).
+
+        Skipped (None): labels that no structure of the range has, charge and spin (kept in
+        memory), and subset labels once their codes are known.
+        """
         atom_start, atom_stop = int(self.offsets[start]), int(self.offsets[stop])
+
+        def needed(field) -> bool:
+            if field.optional:
+                return bool(self.masks[field.name][start:stop].any())
+            if field.name == "subset":
+                return self._subset_codes is None
+            return field.name not in _CACHED_STRUCTURE_FIELDS
+
         atom_columns = {
-            field.name: self._read_slice(field, atom_start, atom_stop, reported_index) for field in ATOM_FIELDS
+            field.name: self._read_slice(field, atom_start, atom_stop, reported_index) if needed(field) else None
+            for field in ATOM_FIELDS
         }
         structure_columns = {
-            field.name: self._read_slice(field, start, stop, reported_index)
+            field.name: self._read_slice(field, start, stop, reported_index) if needed(field) else None
             for field in STRUCTURE_FIELDS
-            if field.name not in _CACHED_STRUCTURE_FIELDS
         }
         return _Columns(start, atom_start, atom_columns, structure_columns)
 
@@ -409,6 +421,11 @@ class StructureReader:
                 index=first_structure,
                 field=field.name,
             ) from error
+
+    def _subset_label(self, index: int, stored_label) -> str:
+        if stored_label is None:  # not read: the codes are known
+            return self._subset_names[self._subset_codes[index]]
+        return str(stored_label)
 
     def _assemble(self, index: int, atoms: dict, scalars: dict) -> Structure:
         structure_id = str(scalars["id"])
@@ -455,7 +472,7 @@ class StructureReader:
             charge=int(self.charge[index]),
             spin=int(self.spin[index]),
             id=structure_id,
-            subset=str(scalars["subset"]),
+            subset=self._subset_label(index, scalars["subset"]),
         )
 
 
