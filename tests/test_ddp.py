@@ -1,0 +1,54 @@
+"""DDP on CPU: two gloo processes train on disjoint shards and finish together."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections import defaultdict
+
+from test_resume import subprocess_environment
+from train_helpers import REPO_ROOT, tiny_overrides, write_emt_data
+
+EPOCHS = 2
+BATCH_SIZE = 4
+
+
+def test_ddp_two_cpu_processes_see_disjoint_data(tmp_path):
+    paths = write_emt_data(tmp_path / "data", n_clusters=10, n_crystals=10)  # 20 - 2 val = 18 train
+    run_dir = tmp_path / "runs" / "ddp"
+    probe_dir = tmp_path / "seen"
+    probe_dir.mkdir()
+    overrides = tiny_overrides(
+        paths,
+        run_dir,
+        **{
+            "trainer": "ddp_cpu",
+            "trainer.max_epochs": EPOCHS,
+            "data.batch_size": BATCH_SIZE,
+            "data.test_fraction": 0.0,
+            "callbacks": f"[{{_target_:train_helpers.RecordStructureIds,directory:'{probe_dir}'}}]",
+        },
+    )
+    command = [sys.executable, "-m", "mlip.cli.train", *overrides]
+    finished = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_environment(),
+                              capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+
+    n_train = 20 - round(0.1 * 20)
+    seen = {rank: defaultdict(list) for rank in (0, 1)}  # rank -> epoch -> structure ids
+    for rank in (0, 1):
+        for line in (probe_dir / f"rank{rank}.txt").read_text().splitlines():
+            epoch, structure_id = line.split()
+            seen[rank][int(epoch)].append(structure_id)
+    for epoch in range(EPOCHS):
+        rank0, rank1 = seen[0][epoch], seen[1][epoch]
+        assert len(rank0) == len(rank1) == n_train // 2
+        assert not set(rank0) & set(rank1), f"epoch {epoch}: both ranks trained on {set(rank0) & set(rank1)}"
+        assert len(set(rank0) | set(rank1)) == n_train  # together they cover the training split once
+    assert seen[0][0] != seen[0][1]  # reshuffled between epochs (DistributedSampler.set_epoch)
+
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["global_step"] == EPOCHS * math.ceil(n_train / 2 / BATCH_SIZE)
+    assert (run_dir / "best_model.pt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()

@@ -1,0 +1,90 @@
+"""Hard-kill resume: `mlip-train` killed with SIGKILL mid-epoch continues from `last.ckpt` with nothing lost."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from train_helpers import REPO_ROOT, tiny_overrides, write_emt_data
+
+MAX_EPOCHS = 3
+BATCH_SIZE = 2
+
+
+def training_command(paths: list[str], run_dir: Path) -> list[str]:
+    overrides = tiny_overrides(
+        paths,
+        run_dir,
+        **{
+            "trainer.max_epochs": MAX_EPOCHS,
+            "data.batch_size": BATCH_SIZE,
+            "data.test_fraction": 0.0,
+            "checkpoint.every_n_train_steps": 4,
+            "test_after_fit": False,
+        },
+    )
+    return [sys.executable, "-m", "mlip.cli.train", *overrides]
+
+
+def subprocess_environment() -> dict[str, str]:
+    environment = dict(os.environ)
+    extra = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
+    environment["PYTHONPATH"] = os.pathsep.join(extra + [environment.get("PYTHONPATH", "")])
+    return environment
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"training exited (code {process.returncode}) before writing {path}"
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.02)
+
+
+def test_resume_after_kill_9_mid_epoch(tmp_path):
+    paths = write_emt_data(tmp_path / "data", n_clusters=16, n_crystals=16)
+    run_dir = tmp_path / "runs" / "killed"
+    command = training_command(paths, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+
+    first = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_environment(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(last, first, timeout=120)
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait()
+    assert first.returncode == -signal.SIGKILL
+
+    saved = torch.load(last, map_location="cpu", weights_only=False)  # atomic: always a whole file
+    saved_step = saved["global_step"]
+    n_train = 32 - round(0.1 * 32)
+    steps_per_epoch = math.ceil(n_train / BATCH_SIZE)
+    total_steps = MAX_EPOCHS * steps_per_epoch
+    assert 0 < saved_step < total_steps and saved_step % steps_per_epoch != 0  # killed mid-epoch
+
+    resumed = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_environment(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {last}" in resumed.stdout + resumed.stderr
+
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["resumed_from"] == str(last)
+    assert results["global_step"] == total_steps  # finished the schedule, no step lost or repeated
+
+    final = torch.load(last, map_location="cpu", weights_only=False)
+    assert final["global_step"] == total_steps and final["epoch"] == MAX_EPOCHS - 1
+    # every counter continued from the checkpoint instead of restarting from zero
+    assert int(final["state_dict"]["ema.num_updates"]) == total_steps
+    assert final["lr_schedulers"][0]["last_epoch"] == total_steps
+    adam_steps = {float(state["step"]) for state in final["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {float(total_steps)}
+    assert "rng_states" in final
