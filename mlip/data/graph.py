@@ -18,6 +18,7 @@ forces (d/dpos) and stress (a strain applied to pos and cell) flow through one f
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -80,7 +81,7 @@ def _validated_geometry(positions, cell, pbc, cutoff) -> tuple[np.ndarray, np.nd
         raise ValueError(f"positions must have shape (n_atoms, 3), got {positions.shape}")
     if not np.isfinite(positions).all():
         raise ValueError("positions contain NaN or infinite values")
-    if not (isinstance(cutoff, (int, float, np.floating)) and math.isfinite(cutoff) and cutoff > 0):
+    if not (isinstance(cutoff, numbers.Real) and math.isfinite(cutoff) and cutoff > 0):
         raise ValueError(f"cutoff must be a positive finite number of Å, got {cutoff!r}")
 
     pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
