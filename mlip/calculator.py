@@ -95,7 +95,8 @@ class MLIPCalculator(Calculator):
             means 0, except for a model trained on charged structures, where a missing charge is
             an error (pass default_charge=0 explicitly to accept 0).
         default_spin: multiplicity 2S+1 used when ``atoms.info`` has no "spin".
-        compile: wrap the model in `torch.compile` (dynamic shapes). Off by default: see docs/calculator.md.
+        compile: wrap the model in `torch.compile` (dynamic shapes); if compilation fails at the first
+            call, warn and run eagerly. Off by default: it did not help on CPU (docs/calculator.md).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
@@ -129,6 +130,7 @@ class MLIPCalculator(Calculator):
         self.default_charge = default_charge
         self.default_spin = int(default_spin)
         self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
+        self._compiled = bool(compile)
         self._neighbours: _SkinNeighbourList | None = None
         self.neighbour_list_builds = 0  # how many times a neighbour list was built (for tests / tuning)
 
@@ -212,7 +214,14 @@ class MLIPCalculator(Calculator):
 
     def _evaluate(self, batch, compute_stress: bool) -> dict[str, np.ndarray]:
         batch = batch.to(self.device)
-        output = self._forward(batch, compute_forces=True, compute_stress=compute_stress)
+        try:
+            output = self._forward(batch, compute_forces=True, compute_stress=compute_stress)
+        except Exception as error:  # noqa: BLE001 - torch.compile failures surface at the first call
+            if not self._compiled:
+                raise
+            warnings.warn(f"MLIPCalculator: torch.compile failed ({type(error).__name__}: {error}); running eagerly", stacklevel=2)
+            self._forward, self._compiled = self.model, False
+            output = self._forward(batch, compute_forces=True, compute_stress=compute_stress)
         return {key: value.detach().cpu().to(torch.float64).numpy() for key, value in output.items() if torch.is_tensor(value)}
 
     # ----------------------------------------------------------------------------------------
