@@ -107,7 +107,7 @@ def test_body_order_rises_with_correlation():
         both = centre_features(backbone, [1, 2])
         pair_sum = centre_features(backbone, [1]) + centre_features(backbone, [2])
         assert float(centre_features(backbone, []).detach().abs().max()) == 0.0
-        difference = float((both - pair_sum).abs().max())
+        difference = float((both - pair_sum).detach().abs().max())
         assert (difference < 1e-12) if additive else (difference > 1e-4), (correlation, difference)
 
 
@@ -122,7 +122,7 @@ def test_backbone_scalars_invariant_and_vectors_equivariant(lmax, correlation):
         moved = backbone(with_vectors(inputs, inputs.edge_vectors @ rotation.T))
         torch.testing.assert_close(moved.scalars, features.scalars, atol=1e-10, rtol=0)
         torch.testing.assert_close(moved.vectors, features.vectors @ rotation.T, atol=1e-10, rtol=0)
-    assert float(features.vectors.abs().max()) > 1e-6
+    assert float(features.vectors.detach().abs().max()) > 1e-6
 
 
 def test_node_condition_enters_the_features():
@@ -131,7 +131,7 @@ def test_node_condition_enters_the_features():
     plain = backbone(inputs).scalars
     inputs.node_condition = torch.ones(6, 4)
     conditioned = backbone(inputs).scalars
-    assert float((plain - conditioned).abs().max()) > 1e-6
+    assert float((plain - conditioned).detach().abs().max()) > 1e-6
     with pytest.raises(ValueError, match="condition_dim=0"):
         tiny_backbone(condition_dim=0)(inputs)
 

@@ -180,42 +180,55 @@ class Potential(torch.nn.Module):
         `stress` (G, 3, 3) eV/Å³ and `virials` (G, 3, 3) eV (= -V σ); stress and virials are NaN
         for graphs without periodicity or with a zero-volume cell. `direct_forces` (n, 3) eV/Å
         when the head is enabled. `training=True` keeps the graph of the derivatives so that
-        force/stress losses can be backpropagated.
+        energy, force and stress losses can be backpropagated; with `training=False` every
+        output is detached (no autograd graph is kept after the call).
         """
         dtype = self.atomic_energies.dtype
-        pos = batch.pos.to(dtype)
-        cell = batch.cell.to(dtype).reshape(-1, 3, 3)
-        num_graphs = cell.shape[0]
-        node_batch = batch.batch if getattr(batch, "batch", None) is not None else pos.new_zeros(pos.shape[0], dtype=torch.long)
+        pos = batch.pos.to(dtype)  # (n, 3) Å
+        cell = batch.cell.to(dtype).reshape(-1, 3, 3)  # (G, 3, 3) Å
+        node_batch = getattr(batch, "batch", None)
+        if node_batch is None:  # a single `Data`
+            node_batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
         species = self.species(batch.z)
 
         with torch.set_grad_enabled(torch.is_grad_enabled() or compute_forces or compute_stress):
             if compute_forces:
                 pos = pos.detach().requires_grad_(True)
-            positions, cell, strain = self._apply_strain(pos, cell, node_batch) if compute_stress else (pos, cell, None)
-            vectors = edge_vectors(positions, cell, batch.edge_index, batch.shifts.to(dtype), node_batch)
-            features = self.backbone(
-                BackboneInputs(
-                    species=species,
-                    edge_index=batch.edge_index,
-                    edge_vectors=vectors,
-                    batch=node_batch,
-                    num_graphs=num_graphs,
-                    node_condition=self._node_condition(batch, node_batch, num_graphs),
-                    pos=positions,
-                    cell=cell,
-                    shifts=batch.shifts.to(dtype),
-                )
-            )
+            strain = torch.zeros_like(cell, requires_grad=True) if compute_stress else None  # (G, 3, 3)
+            features = self._features(batch, species, pos, cell, strain, node_batch)
             learned = self.readout(features.scalars).squeeze(-1)  # (n,)
             node_energy = self.scale * learned + self.shift + self.atomic_energies[species]
-            energy = node_energy.new_zeros(num_graphs).index_add(0, node_batch, node_energy)
+            energy = node_energy.new_zeros(cell.shape[0]).index_add(0, node_batch, node_energy)
             outputs = {"energy": energy, "node_energy": node_energy}
             if compute_forces or compute_stress:
-                outputs.update(self._derivatives(energy, pos, strain, cell, batch, compute_forces, training))
+                forces_from = pos if compute_forces else None
+                outputs.update(self._derivatives(energy, forces_from, strain, cell, batch.pbc, training))
         if self.direct_force_head is not None:
             outputs["direct_forces"] = self._direct_forces(features)
+        if not training:  # inference: free the autograd graph
+            outputs = {key: value.detach() for key, value in outputs.items()}
         return outputs
+
+    def _features(self, batch, species, pos, cell, strain, node_batch):
+        """Run the backbone on the (optionally strained) geometry."""
+        if strain is not None:  # displacement trick: r -> r (1 + ε), cell rows a -> a (1 + ε), ε symmetric
+            symmetric = 0.5 * (strain + strain.transpose(-1, -2))
+            pos = pos + torch.einsum("ni,nij->nj", pos, symmetric[node_batch])
+            cell = cell + torch.bmm(cell, symmetric)
+        shifts = batch.shifts.to(pos.dtype)
+        return self.backbone(
+            BackboneInputs(
+                species=species,
+                edge_index=batch.edge_index,
+                edge_vectors=edge_vectors(pos, cell, batch.edge_index, shifts, node_batch),
+                batch=node_batch,
+                num_graphs=cell.shape[0],
+                node_condition=self._node_condition(batch, node_batch, cell.shape[0]),
+                pos=pos,
+                cell=cell,
+                shifts=shifts,
+            )
+        )
 
     def _node_condition(self, batch, node_batch: torch.Tensor, num_graphs: int) -> torch.Tensor | None:
         if self.conditioning is None:
@@ -227,32 +240,20 @@ class Potential(torch.nn.Module):
         return self.conditioning(charge, spin)[node_batch]  # (n, condition_dim)
 
     @staticmethod
-    def _apply_strain(pos: torch.Tensor, cell: torch.Tensor, node_batch: torch.Tensor):
-        """Displacement trick: r -> r (1 + ε), cell rows a -> a (1 + ε), ε symmetric, zero-valued."""
-        strain = torch.zeros_like(cell, requires_grad=True)  # (G, 3, 3)
-        symmetric = 0.5 * (strain + strain.transpose(-1, -2))
-        positions = pos + torch.einsum("ni,nij->nj", pos, symmetric[node_batch])
-        strained_cell = cell + torch.bmm(cell, symmetric)
-        return positions, strained_cell, strain
-
-    @staticmethod
-    def _derivatives(energy, pos, strain, cell, batch, compute_forces: bool, training: bool) -> dict[str, torch.Tensor]:
-        wrt = [pos] if compute_forces else []
-        if strain is not None:
-            wrt.append(strain)
-        if energy.requires_grad:
+    def _derivatives(energy, pos, strain, cell, pbc, training: bool) -> dict[str, torch.Tensor]:
+        """forces = -dE/dpos (if pos is given); stress = (1/V) dE/dε, virials = -dE/dε (if strain is)."""
+        wrt = [t for t in (pos, strain) if t is not None]
+        grads = [None] * len(wrt)
+        if energy.requires_grad:  # False only when nothing depends on geometry or parameters
             grads = torch.autograd.grad(energy.sum(), wrt, create_graph=training, allow_unused=True)
-        else:  # nothing depends on the geometry (and no trainable parameters): zero derivatives
-            grads = [None] * len(wrt)
         grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)]
         outputs = {}
-        if compute_forces:
+        if pos is not None:
             outputs["forces"] = -grads[0]
         if strain is not None:
-            volume = torch.linalg.det(cell).abs()  # (G,) Å³
-            periodic = batch.pbc.reshape(-1, 3).any(dim=-1).to(volume.device) & (volume > 0)
-            nan = torch.full_like(grads[-1], float("nan"))
-            dE_dstrain = torch.where(periodic[:, None, None], grads[-1], nan)
+            volume = torch.linalg.det(cell).abs()  # (G,) Å³, unstrained cell
+            periodic = pbc.reshape(-1, 3).any(dim=-1).to(volume.device) & (volume > 0)
+            dE_dstrain = torch.where(periodic[:, None, None], grads[-1], torch.full_like(grads[-1], float("nan")))
             outputs["virials"] = -dE_dstrain
             outputs["stress"] = dE_dstrain / torch.where(periodic, volume, torch.ones_like(volume))[:, None, None]
         return outputs
