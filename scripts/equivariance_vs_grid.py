@@ -6,12 +6,14 @@
 2. Rotation error of a whole FacetBackbone potential (energy and forces) vs grid resolution.
 3. Cost of the radial functions per edge batch, forward + backward (float32): cubic-spline
    table lookup (mlip.nn.spline) vs Bessel basis + radial MLP (mlip.nn.radial + mlip.nn.mlp).
-4. Optional: forward + forces of a FacetBackbone vs MACEBackbone potential on a periodic cell.
+4. Forward + forces and a training step of a FacetBackbone vs MACEBackbone potential on a periodic cell.
+5. Optional (--fit): a small trainability check, both backbones fitted to Lennard-Jones argon
+   clusters (energies + forces, 300 Adam steps); a sanity check, not an accuracy benchmark.
 
 All timings are medians of interleaved repetitions inside one run, so relative numbers survive
 a loaded machine; absolute numbers do not. Usage:
 
-    python scripts/equivariance_vs_grid.py [--quick] [--skip-models]
+    python scripts/equivariance_vs_grid.py [--quick] [--skip-models] [--fit]
 """
 
 from __future__ import annotations
@@ -224,10 +226,80 @@ def backbone_cost(repeats: int) -> None:
     print()
 
 
+def lennard_jones_batches(num_train: int, num_test: int, cutoff: float):
+    """Random 8-atom argon clusters (atoms >= 1 Å apart) labelled by ASE's smooth Lennard-Jones (σ = ε = 1)."""
+    from ase import Atoms
+    from ase.calculators.lj import LennardJones
+    from torch_geometric.data import Batch
+
+    from mlip.data.graph import atoms_to_graph
+
+    rng = np.random.default_rng(0)
+    graphs = []
+    for _ in range(num_train + num_test):
+        positions: list[np.ndarray] = []
+        while len(positions) < 8:
+            candidate = rng.uniform(-2.2, 2.2, size=3)
+            if all(np.linalg.norm(candidate - p) > 1.0 for p in positions):
+                positions.append(candidate)
+        atoms = Atoms("Ar8", positions=positions)
+        atoms.calc = LennardJones(sigma=1.0, epsilon=1.0, rc=cutoff, smooth=True)
+        graph = atoms_to_graph(atoms, cutoff)
+        graph.energy = torch.tensor([atoms.get_potential_energy()], dtype=torch.float32)
+        graph.forces = torch.tensor(atoms.get_forces(), dtype=torch.float32)
+        graphs.append(graph)
+    return Batch.from_data_list(graphs[:num_train]), Batch.from_data_list(graphs[num_train:])
+
+
+def fit_check(steps: int = 300) -> None:
+    from mlip.models.potential import build_potential
+
+    cutoff = 4.0
+    train, test = lennard_jones_batches(18, 6, cutoff)
+    models = {
+        "facet (C=16, lmax=2, 2 layers)": {
+            "_target_": "mlip.models.backbones.facet.FacetBackbone", "num_channels": 16, "lmax": 2,
+        },
+        "mace (C=16, lmax=2, correlation 3, 2 layers)": {
+            "_target_": "mlip.models.backbones.mace.MACEBackbone", "num_channels": 16, "lmax": 2, "correlation": 3,
+        },
+    }
+    print(f"## Fit check: 18 train / 6 test Lennard-Jones Ar8 clusters, {steps} full-batch Adam steps, float32")
+    print()
+    print("| backbone | final train loss | test force RMSE | test energy RMSE / atom | fit time (s) |")
+    print("|---|---|---|---|---|")
+    for name, backbone in models.items():
+        torch.manual_seed(0)
+        config = {
+            "backbone": backbone, "cutoff": cutoff, "elements": [18], "atomic_energies": [0.0],
+            "scale": float(train.forces.std()), "shift": float(train.energy.mean()) / 8,
+            "charge_spin_conditioning": False,
+        }
+        statistics_ = {"avg_num_neighbors": train.edge_index.shape[1] / train.num_nodes}
+        potential = build_potential(config, statistics=statistics_)
+        optimizer = torch.optim.Adam(potential.parameters(), lr=5e-3)
+        start = time.perf_counter()
+        for _ in range(steps):
+            outputs = potential(train, compute_forces=True, training=True)
+            energy_error = (outputs["energy"] - train.energy) / 8
+            loss = energy_error.square().mean() + (outputs["forces"] - train.forces).square().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        elapsed = time.perf_counter() - start
+        outputs = potential(test, compute_forces=True)
+        force_rmse = (outputs["forces"] - test.forces).square().mean().sqrt().item()
+        energy_rmse = ((outputs["energy"] - test.energy) / 8).square().mean().sqrt().item()
+        print(f"| {name} | {loss.item():.4f} | {force_rmse:.3f} | {energy_rmse:.4f} | {elapsed:.0f} |")
+    print(f"(LJ units: ε = 1 eV, σ = 1 Å; test force standard deviation {float(test.forces.std()):.3f})")
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer resolutions and repetitions")
     parser.add_argument("--skip-models", action="store_true", help="skip the backbone timing (section 4)")
+    parser.add_argument("--fit", action="store_true", help="also run the Lennard-Jones fit check (minutes)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)  # e3nn's Wigner matrices follow the default dtype
@@ -246,6 +318,8 @@ def main() -> None:
     radial_cost(num_edges=20000, num_outputs=2 * 3 * 64, repeats=repeats)
     if not args.skip_models:
         backbone_cost(repeats=3 if args.quick else 7)
+    if args.fit:
+        fit_check()
     print("(timings: one thread, interleaved repetitions; the machine was shared and loaded)")
 
 
