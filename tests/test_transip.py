@@ -26,7 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def make_potential(dtype=torch.float64, **backbone_overrides) -> Potential:
     torch.manual_seed(0)
-    kwargs = dict(num_elements=len(ELEMENTS), cutoff=CUTOFF, condition_dim=8, dim=16, depth=2, heads=2, num_fourier=8)
+    kwargs = {"num_elements": len(ELEMENTS), "cutoff": CUTOFF, "condition_dim": 8, "dim": 16, "depth": 2, "heads": 2,
+              "num_fourier": 8}
     kwargs.update(backbone_overrides)
     potential = Potential(TransIPBackbone(**kwargs), ELEMENTS, ATOMIC_ENERGIES, scale=1.3, shift=-0.2,
                           cutoff=CUTOFF, condition_dim=8, readout_hidden=[8])

@@ -108,7 +108,7 @@ class TransformerBlock(torch.nn.Module):
         self.attention_norm = torch.nn.LayerNorm(dim)
         self.attention = EdgeAttention(dim, heads, edge_dim)
         self.mlp_norm = torch.nn.LayerNorm(dim)
-        hidden = int(round(dim * mlp_ratio))
+        hidden = round(dim * mlp_ratio)
         self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, dim))
 
     def forward(self, tokens, edge_index, edge_features, edge_vectors, edge_envelope) -> torch.Tensor:
