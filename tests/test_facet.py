@@ -225,3 +225,22 @@ def test_config_builds_through_build_potential(molecule):
     assert torch.isfinite(predict(potential, molecule)["forces"]).all()
     rebuilt = Potential.from_config(potential.config)
     assert isinstance(rebuilt.backbone, FacetBackbone)
+
+
+def test_batched_graphs_equal_separate_graphs(potential, molecule, crystal):
+    separate = [predict(potential, structure) for structure in (molecule, crystal)]
+    data = [structure_to_graph(structure, CUTOFF, dtype=torch.float64) for structure in (molecule, crystal)]
+    together = potential(Batch.from_data_list(data))
+    assert torch.allclose(together["energy"].detach(), torch.cat([s["energy"] for s in separate]), atol=EXACT, rtol=0)
+    forces = torch.cat([s["forces"] for s in separate])
+    assert torch.allclose(together["forces"], forces, atol=EXACT, rtol=0)
+
+
+def test_float32_model_agrees_with_float64(potential, molecule):
+    reference = predict(potential, molecule)
+    single = make_potential().float()
+    outputs = single(Batch.from_data_list([structure_to_graph(molecule, CUTOFF, dtype=torch.float32)]))
+    assert outputs["energy"].dtype == torch.float32
+    relative = (outputs["energy"].double() - reference["energy"]).abs() / reference["energy"].abs()
+    assert relative.item() < 1e-5
+    assert torch.allclose(outputs["forces"].double(), reference["forces"], atol=1e-4)
