@@ -161,6 +161,7 @@ def make_integrator(atoms: Atoms, ensemble: str, timestep_fs: float, temperature
             timestep=timestep_fs * units.fs,
             temperature_K=temperature_K,
             friction=friction_per_fs / units.fs,
+            fixcm=False,
             rng=np.random.default_rng(seed),
         )
     raise ValueError(f"unknown ensemble {ensemble!r}; choose one of {ENSEMBLES}")

@@ -72,11 +72,11 @@ def first_neutral_molecule():
     reader = StructureReader(SAMPLE_DATA[0])
     for index in range(len(reader)):
         structure = reader.read(index)
-        if structure.charge == 0 and structure.spin == 1 and structure.n_atoms >= 3:
+        if structure.charge == 0 and structure.spin == 1 and structure.n_atoms >= 5:
             atoms = structure.to_atoms()
             atoms.calc = None
             return atoms
-    raise AssertionError("no neutral closed-shell molecule with >= 3 atoms in the sample data")
+    raise AssertionError("no neutral closed-shell molecule with >= 5 atoms in the sample data")
 
 
 def test_energy_drift_is_the_slope_per_atom():
@@ -86,28 +86,36 @@ def test_energy_drift_is_the_slope_per_atom():
 
 
 def test_nve_with_a_trained_model_conserves_energy(trained_model):
-    """Velocity Verlet, 0.5 fs, 0.1 ps at 300 K on a sample molecule in float64.
+    """Velocity Verlet at 300 K on a sample molecule, float64, 0.05 ps with dt = 0.5 fs and 0.25 fs.
 
-    The total energy must stay flat against the potential energy it exchanges with the kinetic
-    energy: its largest deviation below 5 % of the potential energy's standard deviation, and a
-    drift below 1 meV/atom/ps. A non-smooth surface (or wrong forces) fails both by far.
+    With forces that are the exact gradient of a smooth energy, Verlet's total energy only
+    fluctuates, by an amount that scales as dt². So: the largest deviation of the total energy
+    is below 5 % of the potential energy's fluctuation (the energy it exchanges with the kinetic
+    energy), halving dt shrinks it about 4x (we ask for > 2.5x), and the drift is below
+    1 meV/atom/ps. Forces inconsistent with the energy, or a rough surface, fail all three.
     """
-    atoms = first_neutral_molecule()
-    atoms.calc = MLIPCalculator(trained_model, dtype="float64")
-    report = run_md(atoms, ensemble="nve", temperature_K=300.0, timestep_fs=0.5, n_steps=200, check_interval=5)
-    assert report.stable, report.instability
-    assert report.potential_energy_std_meV_per_atom > 1.0  # the molecule really moves
-    assert report.max_energy_deviation_meV_per_atom < 0.05 * report.potential_energy_std_meV_per_atom, report.summary()
-    assert abs(report.energy_drift_meV_per_atom_per_ps) < 1.0, report.summary()
-    assert atoms.calc.neighbour_list_builds < 200 // 5  # the skin list is reused across steps
+    deviations = {}
+    for timestep_fs in (0.5, 0.25):
+        atoms = first_neutral_molecule()
+        atoms.calc = MLIPCalculator(trained_model, dtype="float64")
+        n_steps = int(round(50 / timestep_fs))
+        report = run_md(atoms, ensemble="nve", temperature_K=300.0, timestep_fs=timestep_fs, n_steps=n_steps, check_interval=5)
+        assert report.stable, report.instability
+        assert report.potential_energy_std_meV_per_atom > 1.0  # the molecule really moves
+        assert abs(report.energy_drift_meV_per_atom_per_ps) < 1.0, report.summary()
+        assert atoms.calc.neighbour_list_builds < n_steps // 5  # the skin list is reused across steps
+        deviations[timestep_fs] = report.max_energy_deviation_meV_per_atom
+        if timestep_fs == 0.5:
+            assert deviations[0.5] < 0.05 * report.potential_energy_std_meV_per_atom, report.summary()
+    assert deviations[0.5] > 2.5 * deviations[0.25], deviations
 
 
 def test_nvt_holds_the_temperature(trained_model):
     atoms = first_neutral_molecule()
     atoms.calc = MLIPCalculator(trained_model)
-    report = run_md(atoms, ensemble="nvt", temperature_K=600.0, timestep_fs=0.5, n_steps=200, friction_per_fs=0.05)
+    report = run_md(atoms, ensemble="nvt", temperature_K=300.0, timestep_fs=0.5, n_steps=200, friction_per_fs=0.05)
     assert report.stable, report.instability
-    assert 200.0 < report.mean_temperature_K < 1200.0  # a few-atom system fluctuates a lot
+    assert 150.0 < report.mean_temperature_K < 600.0  # a 5-atom molecule's temperature fluctuates a lot
 
 
 def test_instability_detector_flags_collapse_stretch_heat_and_nan():
@@ -168,7 +176,7 @@ def test_mlip_md_cli_writes_report_and_trajectory(trained_model, tmp_path, capsy
     assert "atom-steps/s" in capsys.readouterr().out
     report = json.loads(report_path.read_text())
     assert report["n_steps_run"] == 20 and report["stable"] and report["ensemble"] == "nvt"
-    assert len(read(trajectory_path, index=":")) == 5  # steps 0, 5, 10, 15, 20 minus the first attach call? see below
+    assert len(read(trajectory_path, index=":")) >= 4  # a frame every 5 of 20 steps
 
 
 def test_mlip_md_cli_rejects_an_index_out_of_range(trained_model):
