@@ -90,7 +90,7 @@ def equivariance_errors(
         orbit = Batch.from_data_list([graph] * num_angles)
         for _ in range(num_axes):
             axis = torch.randn(3, dtype=torch.float64, generator=generator)
-            rotations = axis_angle_rotations(axis.expand(num_angles, 3), angles).to(dtype)  # (A, 3, 3)
+            rotations = axis_angle_rotations(axis.expand(num_angles, 3), angles).to(dtype=dtype, device=graph.pos.device)
             energies, forces = _predict(model, rotate_batch(orbit, rotations))
             forces = forces.reshape(num_angles, num_atoms, 3)
             reference_forces = torch.einsum("aij,nj->ani", rotations, forces[0])  # R F(x), from θ = 0
@@ -100,9 +100,9 @@ def equivariance_errors(
             force_errors.append((forces - reference_forces).pow(2).sum(-1).mean(-1).sqrt().double())
     return EquivarianceErrors(
         angles=angles.numpy(),
-        energy_error=torch.stack(energy_errors).mean(0).numpy(),
-        energy_error_per_atom=torch.stack(per_atom_errors).mean(0).numpy(),
-        force_error=torch.stack(force_errors).mean(0).numpy(),
+        energy_error=torch.stack(energy_errors).mean(0).cpu().numpy(),
+        energy_error_per_atom=torch.stack(per_atom_errors).mean(0).cpu().numpy(),
+        force_error=torch.stack(force_errors).mean(0).cpu().numpy(),
     )
 
 
