@@ -17,15 +17,21 @@ MACECalculator. This script is its own worker in that venv (`--mace-torch-worker
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import numpy as np
+# NumPy/SciPy's BLAS on small matrices (FrechetCellFilter's matrix exponential, BFGS updates) is
+# much slower with several threads on a busy machine; set before NumPy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MACE_VENV_PYTHON = Path("/work/mace-venv/bin/python")
