@@ -5,9 +5,9 @@ Contenders (all single-threaded, full list, ordered pairs with integer image shi
   matscipy   matscipy.neighbours.neighbour_list
   ase        ase.neighborlist.primitive_neighbor_list (a common, slower reference point)
 
-Each library is called on the raw geometry (cell None -> zeros). Where it raises, the table
-says so and, for matscipy/ase, a second row times it on a "completed" cell (non-periodic
-zero rows replaced by a bounding box), which is what a caller would have to do.
+Each library is called on the raw geometry (cell None -> zeros). Where it raises, it is
+checked and timed on a "completed" cell instead (non-periodic zero rows replaced by a bounding
+box, which is what a caller would have to do) and the entry is marked "(bbox)".
 Timings are the best of several rounds, with contenders interleaved inside each round, so the
 relative numbers stay meaningful on a loaded machine.
 
