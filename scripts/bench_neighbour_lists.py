@@ -11,7 +11,10 @@ box, which is what a caller would have to do) and the entry is marked "(bbox)".
 Timings are the best of several rounds, with contenders interleaved inside each round, so the
 relative numbers stay meaningful on a loaded machine.
 
-    python scripts/bench_neighbour_lists.py [--cutoff 5.0] [--rounds 7]
+Then --fuzz random geometries (random triclinic cells, mixed pbc, zero rows, unwrapped atoms,
+random cutoffs) check each library's exact pair set against brute force.
+
+    python scripts/bench_neighbour_lists.py [--cutoff 5.0] [--rounds 7] [--fuzz 200]
 """
 
 from __future__ import annotations
@@ -147,10 +150,44 @@ def interleaved_best_times(calls: dict, rounds: int, min_seconds: float = 0.02) 
     return best
 
 
+def random_geometry(rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """A random triclinic cell (often with zero non-periodic rows), mixed pbc, unwrapped atoms."""
+    while True:
+        cell = rng.normal(size=(3, 3)) * rng.uniform(0.5, 4) + np.eye(3) * rng.uniform(0, 5)
+        if abs(np.linalg.det(cell)) > 0.5:
+            break
+    pbc = rng.random(3) < 0.6
+    if rng.random() < 0.2:
+        cell[~pbc] = 0.0
+    n_atoms = int(rng.integers(1, 8))
+    positions = rng.uniform(-1, 2, size=(n_atoms, 3)) @ cell + rng.normal(size=(n_atoms, 3))
+    return positions, cell, pbc, float(rng.uniform(1, 5))
+
+
+def fuzz(n_cases: int) -> None:
+    """Exact pair sets vs brute force on random geometries: count mismatches and errors."""
+    rng = np.random.default_rng(1)
+    tally = {name: {"exact": 0, "WRONG": 0, "error": 0} for name in CONTENDERS}
+    for _ in range(n_cases):
+        positions, cell, pbc, cutoff = random_geometry(rng)
+        reference = brute_force_pairs(positions, cell, pbc, cutoff)
+        for name, function in CONTENDERS.items():
+            try:
+                outcome = "exact" if pairs_of(function(positions, cell, pbc, cutoff)) == reference else "WRONG"
+            except Exception:  # noqa: BLE001 - counted, not fatal
+                outcome = "error"
+            tally[name][outcome] += 1
+    print(f"\n{n_cases} random geometries (mixed pbc, ~20 % with zero non-periodic cell rows):")
+    for name, counts in tally.items():
+        print(f"  {name:10s} " + ", ".join(f"{key} {value}" for key, value in counts.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cutoff", type=float, default=5.0, help="cutoff radius, Å")
     parser.add_argument("--rounds", type=int, default=7, help="timing rounds (best is kept)")
+    parser.add_argument("--fuzz", type=int, default=200,
+                        help="random geometries for the exactness check (0: skip)")
     arguments = parser.parse_args()
     cutoff = arguments.cutoff
 
@@ -188,6 +225,8 @@ def main() -> None:
         "\n'(bbox)': the library raised on the raw geometry; timed on a cell completed with a"
         " bounding box.\n'WRONG': pair set differs from brute force. Pairs = ordered (i, j, shift)."
     )
+    if arguments.fuzz:
+        fuzz(arguments.fuzz)
 
 
 if __name__ == "__main__":
