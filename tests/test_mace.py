@@ -83,12 +83,31 @@ def test_symmetric_contraction_is_equivariant(correlation):
     target = channel_irreps
     contraction = SymmetricContraction(channel_irreps, target, num_channels=4, num_elements=2, correlation=correlation)
     atomic_basis = torch.randn(5, 4, channel_irreps.dim)
-    species = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 0, 1]), 2).double()
+    species = torch.tensor([0, 1, 1, 0, 1])
     rotation = o3.rand_matrix() * -1.0  # rotation composed with inversion
     d_in = channel_irreps.D_from_matrix(rotation)
     d_out = o3.Irreps([(4, ir) for _, ir in target]).D_from_matrix(rotation)  # output: 4 channels per irrep
     rotated_output = contraction(atomic_basis @ d_in.T, species)
     torch.testing.assert_close(rotated_output, contraction(atomic_basis, species) @ d_out.T, atol=1e-10, rtol=0)
+
+
+def test_symmetric_contraction_equals_explicit_weighted_powers():
+    """The Horner evaluation equals Σ_ν Σ_p w[Z, p, c] Q_p · A^⊗ν written out with einsum."""
+    channel_irreps, target = o3.Irreps("0e+1o"), o3.Irreps("0e+1o")
+    contraction = SymmetricContraction(channel_irreps, target, num_channels=3, num_elements=2, correlation=3)
+    atomic_basis = torch.randn(4, 3, channel_irreps.dim)
+    species = torch.tensor([1, 0, 1, 1])
+    formulas = {1: "pmi,nci->ncpm", 2: "pmij,nci,ncj->ncpm", 3: "pmijk,nci,ncj,nck->ncpm"}
+    blocks = []
+    for k, (_, ir) in enumerate(target):
+        block = torch.zeros(4, 3, ir.dim)
+        for nu in (1, 2, 3):
+            basis = getattr(contraction, f"basis_{nu}_{k}")
+            weights = getattr(contraction, f"weights_{nu}_{k}")[species]  # (n, paths, C)
+            powers = torch.einsum(formulas[nu], basis, *([atomic_basis] * nu))  # (n, C, paths, m)
+            block = block + torch.einsum("ncpm,npc->ncm", powers, weights)
+        blocks.append(block.reshape(4, -1))
+    torch.testing.assert_close(contraction(atomic_basis, species), torch.cat(blocks, dim=-1), atol=1e-12, rtol=0)
 
 
 def test_body_order_rises_with_correlation():

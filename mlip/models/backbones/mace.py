@@ -101,26 +101,47 @@ class SymmetricContraction(torch.nn.Module):
                 self.register_buffer(f"basis_{nu}_{k}", basis)
                 weights = torch.randn(num_elements, basis.shape[0], num_channels) / basis.shape[0] ** 0.5
                 self.register_parameter(f"weights_{nu}_{k}", torch.nn.Parameter(weights / nu))
-        self.einsum_formulas = {
-            1: "pmi,nci->ncpm",
-            2: "pmij,nci,ncj->ncpm",
-            3: "pmijk,nci,ncj,nck->ncpm",
-        }
 
-    def forward(self, atomic_basis: torch.Tensor, species_one_hot: torch.Tensor) -> torch.Tensor:
-        """atomic_basis (n, C, d), species_one_hot (n, num_elements) -> (n, target dim · C) e3nn layout."""
+    def forward(self, atomic_basis: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """atomic_basis (n, C, d), species (n,) element indices -> (n, target dim · C) e3nn layout.
+
+        Atoms are processed element by element; per element the weights are first folded into
+        the bases and the polynomial is evaluated Horner-style,
+            B = (((W3 Q3) · A + W2 Q2) · A + W1 Q1) · A,
+        so no (n, C, paths, ...) tensor of all symmetric powers is ever formed.
+        """
+        products = atomic_basis.new_zeros(atomic_basis.shape[0], self.num_channels, self.target_irreps.dim)
+        for element in torch.unique(species).tolist():
+            atoms = torch.nonzero(species == element).squeeze(1)
+            products[atoms] = self._element_product(atomic_basis[atoms], element)
+        blocks = products.split([ir.dim for _, ir in self.target_irreps], dim=-1)
+        return torch.cat([from_channels(block) for block in blocks], dim=-1)
+
+    def _element_product(self, atomic_basis: torch.Tensor, element: int) -> torch.Tensor:
+        """atomic_basis (n_e, C, d) of atoms of one element -> (n_e, C, target dim)."""
+        num_atoms, num_channels, d = atomic_basis.shape
         outputs = []
         for k, (_, target_ir) in enumerate(self.target_irreps):
-            product = atomic_basis.new_zeros(atomic_basis.shape[0], self.num_channels, target_ir.dim)
-            for nu in range(1, self.correlation + 1):
+            partial = None  # (1 or n_e, C, m · d^(ν-1)) after folding in the order-ν term
+            for nu in range(self.correlation, 0, -1):
                 basis = getattr(self, f"basis_{nu}_{k}", None)
-                if basis is None:
-                    continue
-                weights = torch.einsum("ne,epc->npc", species_one_hot, getattr(self, f"weights_{nu}_{k}"))
-                powers = torch.einsum(self.einsum_formulas[nu], basis, *([atomic_basis] * nu))  # (n, C, paths, m)
-                product = product + torch.einsum("ncpm,npc->ncm", powers, weights)
-            outputs.append(from_channels(product))
+                if basis is not None:  # (paths, m, d^ν) · w (paths, C) -> (C, m · d^ν)
+                    weights = getattr(self, f"weights_{nu}_{k}")[element]
+                    folded = torch.einsum("px,pc->cx", basis.reshape(basis.shape[0], -1), weights)
+                    partial = folded.unsqueeze(0) if partial is None else partial + folded
+                if partial is not None:  # contract one index with A: d^ν -> d^(ν-1)
+                    partial = self._contract_last_index(partial.reshape(partial.shape[0], num_channels, -1, d), atomic_basis)
+            if partial is None:  # no power of A contains this irrep
+                partial = atomic_basis.new_zeros(num_atoms, num_channels, target_ir.dim)
+            outputs.append(partial.reshape(num_atoms, num_channels, target_ir.dim))
         return torch.cat(outputs, dim=-1)
+
+    @staticmethod
+    def _contract_last_index(tensor: torch.Tensor, atomic_basis: torch.Tensor) -> torch.Tensor:
+        """tensor (1 or n, C, M, d), atomic_basis (n, C, d) -> (n, C, M): Σ_i tensor[..., i] A[..., i]."""
+        if tensor.shape[0] == 1:  # shared by all atoms: one batched matmul per channel
+            return torch.bmm(atomic_basis.transpose(0, 1), tensor[0].transpose(1, 2)).transpose(0, 1)
+        return torch.matmul(tensor, atomic_basis.unsqueeze(-1)).squeeze(-1)
 
 
 class MACEInteraction(torch.nn.Module):
@@ -174,6 +195,7 @@ class MACEInteraction(torch.nn.Module):
     def forward(
         self,
         node_features: torch.Tensor,  # (n, irreps_in.dim)
+        species: torch.Tensor,  # (n,) element indices
         species_one_hot: torch.Tensor,  # (n, num_elements)
         edge_index: torch.Tensor,  # (2, E)
         edge_harmonics: torch.Tensor,  # (E, edge_irreps.dim)
@@ -184,7 +206,7 @@ class MACEInteraction(torch.nn.Module):
         messages = self.edge_tensor_product(up[sender], edge_harmonics, self.radial_mlp(edge_radial))
         summed = messages.new_zeros(node_features.shape[0], messages.shape[1]).index_add_(0, receiver, messages)
         atomic_basis = self.linear_message(summed / self.avg_num_neighbors)
-        product = self.product(to_channels(atomic_basis, self.message_irreps), species_one_hot)
+        product = self.product(to_channels(atomic_basis, self.message_irreps), species)
         updated = self.linear_out(product)
         if self.self_connection is not None:
             updated = updated + self.self_connection(node_features, species_one_hot)
@@ -301,7 +323,9 @@ class MACEBackbone(Backbone):
 
         layer_scalars = []
         for layer in self.layers:
-            node_features = layer(node_features, species_one_hot, inputs.edge_index, edge_harmonics, edge_radial)
+            node_features = layer(
+                node_features, inputs.species, species_one_hot, inputs.edge_index, edge_harmonics, edge_radial
+            )
             layer_scalars.append(node_features[:, : self.num_channels])  # 0e block comes first
         return NodeFeatures(scalars=torch.cat(layer_scalars, dim=-1), vectors=self._vectors(node_features))
 
