@@ -181,3 +181,13 @@ def test_registry_and_config_rebuild_the_same_backbone():
     rebuilt.load_state_dict(backbone.state_dict())
     inputs = random_inputs()
     torch.testing.assert_close(rebuilt(inputs).scalars, backbone(inputs).scalars)
+
+
+def test_scalar_only_backbone_has_no_vectors():
+    backbone = tiny_backbone(lmax=0, correlation=2)
+    inputs = random_inputs()
+    features = backbone(inputs)
+    assert backbone.num_vector_features == 0 and features.vectors is None
+    rotation = -o3.rand_matrix()
+    moved = backbone(with_vectors(inputs, inputs.edge_vectors @ rotation.T))
+    torch.testing.assert_close(moved.scalars, features.scalars, atol=1e-10, rtol=0)
