@@ -171,6 +171,8 @@ def test_invalid_hyperparameters_are_rejected():
         tiny_backbone(hidden_irreps="8x0e+4x1o")
     with pytest.raises(ValueError, match="lmax"):
         tiny_backbone(lmax=1, hidden_irreps="8x0e+8x1o+8x2e")
+    with pytest.raises(ValueError, match="natural parity"):
+        tiny_backbone(lmax=1, hidden_irreps="8x0e+8x1e")
 
 
 def test_registry_and_config_rebuild_the_same_backbone():

@@ -221,14 +221,16 @@ class MACEBackbone(Backbone):
         cutoff: radial cutoff, Å.
         condition_dim: width of the charge/spin `node_condition` (0: no conditioning input).
         num_channels: channels C of every hidden irrep (ignored if `hidden_irreps` is given).
-        lmax: max l of the edge spherical harmonics and of the hidden features.
+        lmax: max l of the edge spherical harmonics (and so of the atomic basis A); also of the
+            hidden features unless `hidden_irreps` sets fewer (MACE's usual choice is lmax=3
+            with hidden "Cx0e+Cx1o").
         correlation: body order of the product basis minus one (1..3).
         num_layers: message-passing layers.
         num_radial_basis: Bessel functions.
         radial_polynomial_p: order of the polynomial cutoff envelope.
         radial_mlp: hidden widths of the MLP mapping radial basis -> tensor-product weights.
         avg_num_neighbors: divides the neighbour sum (take it from dataset statistics).
-        hidden_irreps: e.g. "32x0e+32x1o"; all multiplicities equal, must contain 0e.
+        hidden_irreps: e.g. "32x0e+32x1o"; one multiplicity, natural parity, contains 0e, l <= lmax.
     """
 
     def __init__(
@@ -308,6 +310,8 @@ class MACEBackbone(Backbone):
             raise ValueError(f"MACEBackbone: hidden_irreps {hidden} must contain scalars 0e")
         if hidden.lmax > lmax:
             raise ValueError(f"MACEBackbone: hidden_irreps {hidden} have l > lmax={lmax}")
+        if any(ir.p != (-1) ** ir.l for _, ir in hidden):
+            raise ValueError(f"MACEBackbone: hidden_irreps {hidden} must have natural parity (0e, 1o, 2e, ...)")
 
     def forward(self, inputs: BackboneInputs) -> NodeFeatures:
         species_one_hot = torch.nn.functional.one_hot(inputs.species, self.num_elements).to(inputs.edge_vectors.dtype)
