@@ -131,9 +131,9 @@ def test_body_order_rises_with_correlation():
 
 
 # -------------------------------------------------------------------------------- backbone
-@pytest.mark.parametrize("lmax,correlation", [(1, 3), (2, 2)])
-def test_backbone_scalars_invariant_and_vectors_equivariant(lmax, correlation):
-    backbone = tiny_backbone(lmax=lmax, correlation=correlation)
+@pytest.mark.parametrize("lmax,correlation,hidden_irreps", [(1, 3, None), (2, 2, None), (2, 3, "8x0e+8x1o")])
+def test_backbone_scalars_invariant_and_vectors_equivariant(lmax, correlation, hidden_irreps):
+    backbone = tiny_backbone(lmax=lmax, correlation=correlation, hidden_irreps=hidden_irreps)
     inputs = random_inputs()
     features = backbone(inputs)
     assert features.scalars.shape == (6, 2 * 8) and features.vectors.shape == (6, 8, 3)
