@@ -98,7 +98,7 @@ class SymmetricContraction(torch.nn.Module):
                 if not rows:
                     continue
                 basis = torch.cat(rows, dim=0)
-                self.register_buffer(f"basis_{nu}_{k}", basis)
+                self.register_buffer(f"basis_{nu}_{k}", basis, persistent=False)  # derived, rebuilt exactly
                 weights = torch.randn(num_elements, basis.shape[0], num_channels) / basis.shape[0] ** 0.5
                 self.register_parameter(f"weights_{nu}_{k}", torch.nn.Parameter(weights / nu))
 
