@@ -110,10 +110,14 @@ class SymmetricContraction(torch.nn.Module):
             B = (((W3 Q3) · A + W2 Q2) · A + W1 Q1) · A,
         so no (n, C, paths, ...) tensor of all symmetric powers is ever formed.
         """
-        products = atomic_basis.new_zeros(atomic_basis.shape[0], self.num_channels, self.target_irreps.dim)
-        for element in torch.unique(species).tolist():
-            atoms = torch.nonzero(species == element).squeeze(1)
-            products[atoms] = self._element_product(atomic_basis[atoms], element)
+        elements = torch.unique(species).tolist()
+        if len(elements) == 1:  # e.g. an elemental crystal: no gather/scatter needed
+            products = self._element_product(atomic_basis, elements[0])
+        else:
+            products = atomic_basis.new_zeros(atomic_basis.shape[0], self.num_channels, self.target_irreps.dim)
+            for element in elements:
+                atoms = torch.nonzero(species == element).squeeze(1)
+                products[atoms] = self._element_product(atomic_basis[atoms], element)
         blocks = products.split([ir.dim for _, ir in self.target_irreps], dim=-1)
         return torch.cat([from_channels(block) for block in blocks], dim=-1)
 
