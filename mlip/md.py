@@ -20,9 +20,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from ase import Atoms, units
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from ase.md.velocitydistribution import Stationary, ZeroRotation
 from ase.md.verlet import VelocityVerlet
 from ase.neighborlist import natural_cutoffs
+
+try:  # ASE >= 3.29 renamed MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
+except ImportError:  # pragma: no cover - older ASE
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
 
 ENSEMBLES = ("nve", "nvt")
 
@@ -144,7 +149,7 @@ class InstabilityDetector:
 
 def initialise_velocities(atoms: Atoms, temperature_K: float, seed: int = 0) -> None:
     """Maxwell-Boltzmann velocities at `temperature_K`, without centre-of-mass motion (or rotation for molecules)."""
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=np.random.default_rng(seed))
+    thermalize_momenta(atoms, temperature_K=temperature_K, rng=np.random.default_rng(seed))
     Stationary(atoms)
     if not atoms.pbc.any():
         ZeroRotation(atoms)

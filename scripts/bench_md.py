@@ -60,10 +60,14 @@ def build_system(name: str):
 def time_md(atoms, seconds: float, min_steps: int) -> dict:
     """Atom-steps/s of VelocityVerlet with the calculator already attached to `atoms`."""
     from ase import units
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from ase.md.verlet import VelocityVerlet
 
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    try:  # ASE >= 3.29 renamed MaxwellBoltzmannDistribution
+        from ase.md.velocitydistribution import thermalize_momenta
+    except ImportError:
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dynamics = VelocityVerlet(atoms, timestep=1.0 * units.fs)
     dynamics.run(2)  # warm-up: first neighbour list, allocator, lazy initialisation
     steps, start = 0, time.perf_counter()
