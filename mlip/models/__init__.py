@@ -4,8 +4,10 @@ from mlip.models.backbones import (
     BACKBONES,
     Backbone,
     BackboneInputs,
+    FacetBackbone,
     MACEBackbone,
     NodeFeatures,
+    TransIPBackbone,
 )
 from mlip.models.conditioning import ChargeSpinEmbedding
 from mlip.models.potential import Potential, build_backbone, build_potential
@@ -15,9 +17,11 @@ __all__ = [
     "Backbone",
     "BackboneInputs",
     "ChargeSpinEmbedding",
+    "FacetBackbone",
     "MACEBackbone",
     "NodeFeatures",
     "Potential",
+    "TransIPBackbone",
     "build_backbone",
     "build_potential",
 ]
