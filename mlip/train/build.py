@@ -19,6 +19,7 @@ Run directory layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -178,6 +179,18 @@ def write_config(path: Path, config: DictConfig) -> None:
     os.replace(temporary, path)
 
 
+@contextlib.contextmanager
+def _quiet_known_warnings():
+    """Silence Lightning warnings that do not apply to how mlip trains."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the EMA copy stays in eval mode
+        # per-subset errors are summed over ranks by the module itself (see PotentialModule)
+        warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+        yield
+
+
 def _metrics(trainer: pl.Trainer) -> dict[str, float]:
     return {name: float(value) for name, value in trainer.callback_metrics.items()}
 
@@ -215,18 +228,14 @@ def _train(config: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     resume_from = find_resume_checkpoint(config.resume, run_dir / "checkpoints")
     if resume_from:
         rank_zero_info(f"mlip-train: resuming from {resume_from}")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the EMA copy stays in eval mode
+    with _quiet_known_warnings():
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-
-    results = {"global_step": trainer.global_step, "epoch": trainer.current_epoch, "resumed_from": resume_from}
-    results["fit"] = _metrics(trainer)
-    if config.test_after_fit and datamodule.test_set is not None and len(datamodule.test_set) > 0:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        results["test"] = {k: v for k, v in _metrics(trainer).items() if k.startswith("test/")}
+        results = {"global_step": trainer.global_step, "epoch": trainer.current_epoch, "resumed_from": resume_from}
+        results["fit"] = _metrics(trainer)
+        if config.test_after_fit and datamodule.test_set is not None and len(datamodule.test_set) > 0:
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            results["test"] = {k: v for k, v in _metrics(trainer).items() if k.startswith("test/")}
     results["best_model"] = str(run_dir / BEST_MODEL) if (run_dir / BEST_MODEL).is_file() else None
     write_json(run_dir / "results.json", results)
     return results

@@ -4,7 +4,7 @@ One training step: predict energy, forces (and stress where labelled) with ``tra
 (forces are taken with ``create_graph`` so the force loss can be back-propagated), compute the
 masked weighted loss, step AdamW. After every optimiser step the EMA copy of the weights is
 updated; validation and testing run on the EMA copy. Metrics (MAE/RMSE in meV units, per split
-and per subset) are reduced over DDP ranks at epoch end.
+and per subset) are reduced over DDP ranks in the step of each epoch's last batch.
 """
 
 from __future__ import annotations
@@ -97,6 +97,8 @@ class PotentialModule(pl.LightningModule):
         predictions = self.predict_batch(self.potential, batch, training=True)
         loss, terms = self.loss_fn(predictions, batch)
         self.accumulators["train"].update(predictions, batch)
+        if self._is_last_batch("train", batch_idx):
+            self._log_epoch_metrics("train")
         batch_size = batch.num_graphs
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
         for name, term in terms.items():
@@ -110,42 +112,50 @@ class PotentialModule(pl.LightningModule):
         if self.ema is not None:
             self.ema.update(self.potential)
 
-    def _evaluation_step(self, split: str, batch) -> None:
+    def _evaluation_step(self, split: str, batch, batch_idx: int) -> None:
         predictions = self.predict_batch(self.evaluation_model(), batch, training=False)
         loss, _ = self.loss_fn(predictions, batch)
         self.accumulators[split].update(predictions, batch)
         self.log(f"{split}/loss", loss.detach(), on_epoch=True, batch_size=batch.num_graphs, sync_dist=True)
+        if self._is_last_batch(split, batch_idx):
+            self._log_epoch_metrics(split)
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluation_step("val", batch)
+        self._evaluation_step("val", batch, batch_idx)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluation_step("test", batch)
+        self._evaluation_step("test", batch, batch_idx)
 
     # ----------------------------------------------------------------------------- epoch metrics
+    # The epoch's error sums are reduced over DDP ranks inside the step of the epoch's last batch,
+    # where every rank is in lockstep. Epoch-end hooks are not safe for collectives: rank 0's
+    # progress bar computes Lightning's synced metrics there before the module hook runs, and the
+    # ranks' collectives would interleave differently (a deadlock under DDP).
+    def _is_last_batch(self, split: str, batch_idx: int) -> bool:
+        trainer = self.trainer
+        if split == "train":
+            total = trainer.num_training_batches
+        elif split == "val":
+            total = (trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches)[0]
+        else:
+            total = trainer.num_test_batches[0]
+        return batch_idx == total - 1
+
     def _log_epoch_metrics(self, split: str) -> None:
         metrics = self.accumulators[split].compute(split)  # already summed over DDP ranks
         self.accumulators[split].reset()
         for name, value in metrics.items():
-            self.log(name, value, prog_bar=name == f"{split}/forces_mae" and split == "val", sync_dist=False)
+            show = split == "val" and name == "val/forces_mae"
+            self.log(name, value, prog_bar=show, on_step=False, on_epoch=True, sync_dist=False, batch_size=1)
 
     def on_train_epoch_start(self) -> None:
         self.accumulators["train"].reset()
 
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
-
     def on_validation_epoch_start(self) -> None:
         self.accumulators["val"].reset()
 
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
-
     def on_test_epoch_start(self) -> None:
         self.accumulators["test"].reset()
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
 
     # ----------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
