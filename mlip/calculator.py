@@ -22,6 +22,7 @@ forces); asking for stress of a non-periodic structure raises `PropertyNotImplem
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from typing import Sequence
@@ -44,13 +45,14 @@ def load_potential(model_or_path) -> tuple[torch.nn.Module, dict | None]:
     """The `Potential` (as given, or loaded with `mlip.load`) and its training statistics, if known.
 
     Statistics are the export's ``statistics`` entry (`DatasetStatistics.to_dict()`), or a
-    `statistics` attribute of a given module; None when neither exists.
+    `statistics` attribute of a given module; None when neither exists. A given module is
+    copied, so that the calculator's dtype/device changes never touch the caller's model.
     """
     if isinstance(model_or_path, torch.nn.Module):
         statistics = getattr(model_or_path, "statistics", None)
         if statistics is not None and not isinstance(statistics, dict):
             statistics = statistics.to_dict()
-        return model_or_path, statistics
+        return copy.deepcopy(model_or_path), statistics
     if isinstance(model_or_path, (str, os.PathLike)):
         import mlip
         from mlip.export import read_export

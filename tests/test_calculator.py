@@ -132,6 +132,14 @@ def test_energy_is_sum_of_atomic_energies_and_float32_agrees(potential):
     np.testing.assert_allclose(single.get_forces(), atoms.get_forces(), atol=2e-3)
 
 
+def test_the_callers_model_is_left_untouched():
+    model = tiny_potential()
+    dtype = next(model.parameters()).dtype
+    MLIPCalculator(model, dtype="float64" if dtype == torch.float32 else "float32")
+    assert next(model.parameters()).dtype == dtype
+    assert all(parameter.requires_grad for parameter in model.parameters())
+
+
 def test_skin_list_gives_fresh_list_results_and_skips_rebuilds(potential):
     """A random walk of 0.08 Å per step: pairs enter and leave the cutoff, the list is rebuilt rarely."""
     rng = np.random.default_rng(0)
