@@ -25,12 +25,17 @@ from __future__ import annotations
 import copy
 import os
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
 from ase import Atoms
-from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.calculators.calculator import (
+    Calculator,
+    PropertyNotImplementedError,
+    all_changes,
+)
 from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
@@ -101,7 +106,7 @@ class MLIPCalculator(Calculator):
             call, warn and run eagerly. Off by default: it did not help on CPU (docs/calculator.md).
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+    implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces", "stress", "energies"]
 
     def __init__(
         self,
@@ -144,7 +149,7 @@ class MLIPCalculator(Calculator):
         """Raise `MLIPInputError` for empty Atoms or elements outside the model's element list."""
         if len(atoms) == 0:
             raise MLIPInputError("MLIPCalculator: the Atoms object is empty (0 atoms); there is nothing to evaluate")
-        unknown = sorted(set(int(z) for z in atoms.numbers) - set(self.elements))
+        unknown = sorted({int(z) for z in atoms.numbers} - set(self.elements))
         if unknown:
             names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
             known = " ".join(chemical_symbols[z] for z in self.elements)
@@ -218,7 +223,7 @@ class MLIPCalculator(Calculator):
         batch = batch.to(self.device)
         try:
             output = self._forward(batch, compute_forces=True, compute_stress=compute_stress)
-        except Exception as error:  # noqa: BLE001 - torch.compile failures surface at the first call
+        except Exception as error:
             if not self._compiled:
                 raise
             warnings.warn(f"MLIPCalculator: torch.compile failed ({type(error).__name__}: {error}); running eagerly", stacklevel=2)

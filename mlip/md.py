@@ -27,7 +27,9 @@ from ase.neighborlist import natural_cutoffs
 try:  # ASE >= 3.29 renamed MaxwellBoltzmannDistribution
     from ase.md.velocitydistribution import thermalize_momenta
 except ImportError:  # pragma: no cover - older ASE
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+    from ase.md.velocitydistribution import (
+        MaxwellBoltzmannDistribution as thermalize_momenta,
+    )
 
 ENSEMBLES = ("nve", "nvt")
 

@@ -24,14 +24,14 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 MACE_VENV_PYTHON = Path("/work/mace-venv/bin/python")
@@ -65,7 +65,9 @@ def time_md(atoms, seconds: float, min_steps: int) -> dict:
     try:  # ASE >= 3.29 renamed MaxwellBoltzmannDistribution
         from ase.md.velocitydistribution import thermalize_momenta
     except ImportError:
-        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+        from ase.md.velocitydistribution import (
+            MaxwellBoltzmannDistribution as thermalize_momenta,
+        )
 
     thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dynamics = VelocityVerlet(atoms, timestep=1.0 * units.fs)
@@ -161,7 +163,7 @@ def run_mace_torch(system: str, arguments) -> dict | None:
         "--dtype", arguments.dtype, "--seconds", str(arguments.seconds), "--min-steps", str(arguments.min_steps),
         "--threads", str(arguments.threads),
     ]
-    completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+    completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""}, check=False)
     if completed.returncode != 0:
         print(f"mace-torch on {system} failed:\n{completed.stderr[-2000:]}", file=sys.stderr)
         return None
@@ -171,7 +173,9 @@ def run_mace_torch(system: str, arguments) -> dict | None:
 def mace_torch_available() -> bool:
     if not MACE_VENV_PYTHON.exists():
         return False
-    probe = subprocess.run([str(MACE_VENV_PYTHON), "-c", "import mace"], capture_output=True, env={**os.environ, "PYTHONPATH": ""})
+    probe = subprocess.run(
+        [str(MACE_VENV_PYTHON), "-c", "import mace"], capture_output=True, env={**os.environ, "PYTHONPATH": ""}, check=False
+    )
     return probe.returncode == 0
 
 

@@ -19,13 +19,13 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,8 +95,10 @@ def summary_rows(results: list[dict]) -> list[dict]:
 
 def markdown(rows: list[dict], fmax: float, max_steps: int) -> str:
     lines = [
-        f"| structures | optimizer | converged (fmax < {fmax} eV/Å, <= {max_steps} steps) | median steps | max steps | "
-        "mean time (s) | ms/step | largest final fmax (eV/Å) |",
+        (
+            f"| structures | optimizer | converged (fmax < {fmax} eV/Å, <= {max_steps} steps) | median steps | "
+            "max steps | mean time (s) | ms/step | largest final fmax (eV/Å) |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:

@@ -98,7 +98,7 @@ def test_nve_with_a_trained_model_conserves_energy(trained_model):
     for timestep_fs in (0.5, 0.25):
         atoms = first_neutral_molecule()
         atoms.calc = MLIPCalculator(trained_model, dtype="float64")
-        n_steps = int(round(50 / timestep_fs))
+        n_steps = round(50 / timestep_fs)
         report = run_md(atoms, ensemble="nve", temperature_K=300.0, timestep_fs=timestep_fs, n_steps=n_steps, check_interval=5)
         assert report.stable, report.instability
         assert report.potential_energy_std_meV_per_atom > 1.0  # the molecule really moves

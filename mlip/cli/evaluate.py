@@ -14,7 +14,14 @@ import os
 import sys
 from pathlib import Path
 
-from mlip.evaluation import evaluate, markdown_table, parity_plot, read_test_set, write_csv, write_text
+from mlip.evaluation import (
+    evaluate,
+    markdown_table,
+    parity_plot,
+    read_test_set,
+    write_csv,
+    write_text,
+)
 
 MODEL_SUFFIXES = (".pt", ".pth", ".mlip", ".ckpt")
 
