@@ -33,7 +33,7 @@ class LastCheckpoint(pl.Callback):
         if trainer.global_step == self._last_saved_step or trainer.sanity_checking:
             return
         self._last_saved_step = trainer.global_step
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.global_step > 0 and trainer.global_step % self.every_n_train_steps == 0:
