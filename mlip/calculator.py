@@ -158,9 +158,9 @@ class MLIPCalculator(Calculator):
     def charge_and_spin(self, atoms: Atoms) -> tuple[int, int]:
         """Total charge (e) and multiplicity 2S+1 of `atoms`, from atoms.info or the defaults."""
         if "charge" in atoms.info:
-            charge = int(atoms.info["charge"])
+            charge = _integer(atoms.info["charge"], "atoms.info['charge'] (total charge, e)")
         elif self.default_charge is not None:
-            charge = int(self.default_charge)
+            charge = _integer(self.default_charge, "default_charge (total charge, e)")
         elif self.charged_model:
             raise MLIPInputError(
                 "MLIPCalculator: this model was trained on charged structures, but atoms.info has no 'charge'. "
@@ -168,7 +168,7 @@ class MLIPCalculator(Calculator):
             )
         else:
             charge = 0
-        spin = int(atoms.info.get("spin", self.default_spin))
+        spin = _integer(atoms.info.get("spin", self.default_spin), "atoms.info['spin'] (multiplicity 2S+1)")
         if spin < 1:
             raise MLIPInputError(f"MLIPCalculator: spin multiplicity 2S+1 must be >= 1, got atoms.info['spin'] = {spin}")
         return charge, spin
@@ -277,6 +277,17 @@ class MLIPCalculator(Calculator):
             results.append(_results_of_graph(output, graph_index, atom_slice, with_stress[graph_index]))
             start += len(atoms)
         return results
+
+
+def _integer(value, what: str) -> int:
+    """`value` as an int, or `MLIPInputError` if it is not a whole number (e.g. a fractional charge)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise MLIPInputError(f"MLIPCalculator: {what} must be an integer, got {value!r}") from None
+    if not number.is_integer():
+        raise MLIPInputError(f"MLIPCalculator: {what} must be an integer, got {value!r}")
+    return int(number)
 
 
 def has_volume(atoms: Atoms) -> bool:

@@ -198,6 +198,14 @@ def test_charge_and_spin_are_read_from_atoms_info(potential):
     assert MLIPCalculator(potential, default_charge=1).get_potential_energy(rattled_molecule()) == pytest.approx(cation_singlet)
 
 
+def test_fractional_charge_is_a_clear_error(potential):
+    atoms = rattled_molecule()
+    atoms.info["charge"] = 0.5
+    atoms.calc = MLIPCalculator(potential)
+    with pytest.raises(MLIPInputError, match=r"charge.*must be an integer, got 0.5"):
+        atoms.get_potential_energy()
+
+
 def test_unknown_element_is_named(potential):
     atoms = molecule("CH3Cl")
     atoms.calc = MLIPCalculator(potential)

@@ -115,6 +115,21 @@ def test_zoo_folder_and_extxyz_test_set(trained_model, tmp_path):
         assert float(rows_xyz[0][key]) == pytest.approx(float(overall["model_a"][key]), rel=1e-6)
 
 
+def test_a_model_trained_on_ions_needs_the_charge(trained_model):
+    """The sample data hold cations and anions, so the exported model refuses to guess a charge."""
+    from mlip.calculator import MLIPInputError
+
+    atoms = read_test_set(SAMPLE_DATA[0])[0].to_atoms()
+    atoms.calc = None
+    del atoms.info["charge"]
+    atoms.calc = MLIPCalculator(trained_model)
+    assert atoms.calc.charged_model
+    with pytest.raises(MLIPInputError, match="trained on charged structures"):
+        atoms.get_potential_energy()
+    atoms.calc = MLIPCalculator(trained_model, default_charge=0)
+    assert np.isfinite(atoms.get_potential_energy())
+
+
 def test_markdown_table_marks_missing_metrics():
     table = markdown_table([{
         "model": "m", "subset": "all", "n_structures": 3, "energy_mae": 1.0, "energy_rmse": 2.0,
