@@ -24,7 +24,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -196,21 +196,22 @@ def _metrics(trainer: pl.Trainer) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- the run
-def train(config: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
+def train(config: DictConfig, run_dir: str | os.PathLike, extra_callbacks: Sequence[pl.Callback] = ()) -> dict[str, Any]:
     """Train (or resume) the run described by ``config`` in ``run_dir``; returns its results.
 
     ``config.num_threads`` (if set) applies to torch's intra-op threads for the duration of the run.
+    ``extra_callbacks`` are added to those of the config (e.g. a throughput meter).
     """
     previous_threads = torch.get_num_threads()
     if config.get("num_threads"):
         torch.set_num_threads(int(config.num_threads))
     try:
-        return _train(config, run_dir)
+        return _train(config, run_dir, list(extra_callbacks))
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(config: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
+def _train(config: DictConfig, run_dir: str | os.PathLike, extra_callbacks: list[pl.Callback]) -> dict[str, Any]:
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(config.seed, workers=True)
@@ -222,9 +223,8 @@ def _train(config: DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     rank_zero_info(f"mlip-train: run directory {run_dir}; split sizes {datamodule.split_sizes()}")
 
     module = build_module(config, build_model(config, statistics))
-    trainer = build_trainer(
-        config, run_dir, build_callbacks(config, run_dir, statistics), build_loggers(config, run_dir)
-    )
+    callbacks = build_callbacks(config, run_dir, statistics) + extra_callbacks
+    trainer = build_trainer(config, run_dir, callbacks, build_loggers(config, run_dir))
     resume_from = find_resume_checkpoint(config.resume, run_dir / "checkpoints")
     if resume_from:
         rank_zero_info(f"mlip-train: resuming from {resume_from}")
