@@ -16,7 +16,7 @@ from mlip.train.losses import labelled_pairs
 
 MILLI = 1000.0
 UNITS = {"energy": "meV/atom", "forces": "meV/Å", "stress": "meV/Å³"}
-ALL_SUBSETS = "all"
+ALL_SUBSETS = ""  # key of the totals; structures without a subset label count only there
 
 
 class ErrorAccumulator:
@@ -32,22 +32,20 @@ class ErrorAccumulator:
     @torch.no_grad()
     def update(self, predictions: dict, batch) -> None:
         """Add one batch. Structures are grouped by ``batch.subset`` (a list of strings)."""
-        subsets = list(getattr(batch, "subset", None) or [""] * batch.num_graphs)
-        graph_of_atom = batch.batch
+        labels = list(getattr(batch, "subset", None) or [""] * batch.num_graphs)
+        names = sorted({label for label in labels if label})
+        code_of = {name: code for code, name in enumerate(names)}
+        graph_codes = torch.tensor([code_of.get(label, -1) for label in labels], dtype=torch.long)  # (G,)
         for quantity, (prediction, target) in labelled_pairs(_detached(predictions), batch).items():
-            errors = (prediction - target).double().reshape(-1)
-            owner = _owning_graphs(quantity, batch, graph_of_atom)  # (len(errors),) graph index per entry
+            errors = (prediction - target).double().reshape(-1).cpu()
+            entry_codes = graph_codes[_owning_graphs(quantity, batch, batch.batch).cpu()]  # (len(errors),)
             self._add(ALL_SUBSETS, quantity, errors)
-            for subset in sorted(set(subsets)):
-                if not subset:
-                    continue
-                in_subset = torch.tensor([subsets[g] == subset for g in owner.tolist()], dtype=torch.bool)
-                self._add(subset, quantity, errors[in_subset])
+            for code, name in enumerate(names):
+                self._add(name, quantity, errors[entry_codes == code])
 
     def _add(self, subset: str, quantity: str, errors: torch.Tensor) -> None:
-        flat = errors.cpu()
         self.sums[(subset, quantity)] += torch.stack(
-            [flat.abs().sum(), flat.square().sum(), torch.tensor(float(flat.numel()), dtype=torch.float64)]
+            [errors.abs().sum(), errors.square().sum(), torch.tensor(float(errors.numel()), dtype=torch.float64)]
         )
 
     def compute(self, split: str) -> dict[str, float]:
