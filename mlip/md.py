@@ -92,12 +92,15 @@ class InstabilityDetector:
     """Checks a configuration against `InstabilityCriteria`; bonds are taken from the start geometry.
 
     A bond is a pair closer than 1.2 × the sum of ASE's natural (covalent) radii in the first
-    configuration, tracked with its periodic image shift so the check works in crystals too.
+    configuration. Its vector is followed from check to check: in a periodic cell the lattice
+    translation that keeps it closest to its previous value is chosen, so atoms wrapped back into
+    the cell (or crossing it) between checks do not look like broken bonds.
     """
 
     def __init__(self, atoms: Atoms, criteria: InstabilityCriteria | None = None):
         self.criteria = criteria or InstabilityCriteria()
-        self.bond_i, self.bond_j, self.bond_shifts, self.initial_bond_lengths = self._find_bonds(atoms)
+        self.bond_i, self.bond_j, shifts, self.initial_bond_lengths = self._find_bonds(atoms)
+        self.bond_vectors = atoms.positions[self.bond_j] - atoms.positions[self.bond_i] + shifts @ atoms.cell.array
 
     @staticmethod
     def _pairs(atoms: Atoms, cutoff: float):
@@ -120,7 +123,14 @@ class InstabilityDetector:
         return i[bonded], j[bonded], shifts[bonded].astype(np.float64), distances[bonded]
 
     def _bond_lengths(self, atoms: Atoms) -> np.ndarray:
-        vectors = atoms.positions[self.bond_j] - atoms.positions[self.bond_i] + self.bond_shifts @ atoms.cell.array
+        """Current bond lengths, Å, with each bond vector continued from the previous check."""
+        vectors = atoms.positions[self.bond_j] - atoms.positions[self.bond_i]  # (B, 3)
+        if atoms.pbc.any():
+            cell = atoms.cell.array
+            jump = (self.bond_vectors - vectors) @ np.linalg.inv(cell)  # (B, 3) fractional
+            lattice_steps = np.where(atoms.pbc, np.round(jump), 0.0)
+            vectors = vectors + lattice_steps @ cell
+        self.bond_vectors = vectors
         return np.linalg.norm(vectors, axis=1)
 
     def check(self, atoms: Atoms, energy: float | None = None) -> str:

@@ -149,16 +149,22 @@ def test_run_md_stops_at_a_blow_up():
 
 
 def test_periodic_instability_check_uses_image_shifts():
-    """Bonds across the cell boundary keep their length when atoms are wrapped."""
+    """Bonds across the cell boundary keep their length when atoms are wrapped back into the cell."""
     from ase.build import bulk
 
     atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.rattle(0.05, seed=0)
     detector = InstabilityDetector(atoms)
-    assert detector.bond_i.size > 0
-    shifted = atoms.copy()
-    shifted.positions += 0.7
-    shifted.wrap()
-    assert detector.check(shifted) == ""
+    assert detector.bond_i.size == 16  # 8 atoms x 4 neighbours / 2
+    moved = atoms.copy()
+    moved.positions += 2.0  # every atom crosses at most one face ...
+    moved.wrap()  # ... and some are wrapped back
+    assert not np.allclose(moved.positions - atoms.positions, 2.0)
+    assert detector.check(moved) == ""
+    np.testing.assert_allclose(detector._bond_lengths(moved), detector.initial_bond_lengths, atol=1e-9)
+    stretched = moved.copy()
+    stretched.set_cell(stretched.cell.array * 2.5, scale_atoms=True)  # every bond 2.5x longer
+    assert "stretched" in detector.check(stretched)
 
 
 def test_mlip_md_cli_writes_report_and_trajectory(trained_model, tmp_path, capsys):
