@@ -87,3 +87,9 @@ def test_gpu_trainer_configs_compose():
 def test_unknown_override_is_rejected():
     with pytest.raises(Exception, match="no_such_key"):
         compose_config(["trainer.no_such_key=1"])
+
+
+def test_missing_data_file_is_named(tmp_path):
+    config = compose_config(["data=files", f"data.paths=[{tmp_path}/missing.h5]"])
+    with pytest.raises(Exception, match=r"data.paths: no such dataset file: .*missing.h5"):
+        build_datamodule(config)

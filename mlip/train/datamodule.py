@@ -35,7 +35,7 @@ class PotentialDataModule(pl.LightningDataModule):
     """Datasets and loaders for training a potential.
 
     Args:
-        paths: HDF5 files (schema v1) to train on; all are concatenated before splitting.
+        paths: HDF5 files (schema v1) or glob patterns; all are concatenated before splitting.
         cutoff: neighbour cutoff, Å (the model's).
         batch_size: structures per training batch (per DDP rank).
         eval_batch_size: structures per validation/test batch (default: ``batch_size``).
@@ -62,12 +62,14 @@ class PotentialDataModule(pl.LightningDataModule):
         statistics_cache: bool = True,
     ):
         super().__init__()
+        from mlip.data.dataset import resolve_paths
+
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        self.paths = [str(Path(path).expanduser()) for path in paths]
-        missing = [path for path in self.paths if not Path(path).is_file()]
-        if missing:
-            raise FileNotFoundError(f"data.paths: no such HDF5 file(s): {', '.join(missing)}")
+        try:  # fail at configuration time, not when training starts
+            self.paths = [str(path) for path in resolve_paths([Path(p).expanduser() for p in paths])]
+        except (FileNotFoundError, ValueError) as error:
+            raise type(error)(f"data.paths: {error}") from error
         self.cutoff = float(cutoff)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
