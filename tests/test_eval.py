@@ -110,6 +110,13 @@ def test_zoo_folder_and_extxyz_test_set(trained_model, tmp_path):
     rows_h5, rows_xyz = read_csv(out_h5 / "metrics.csv"), read_csv(out_xyz / "metrics.csv")
     overall = {row["model"]: row for row in rows_h5 if row["subset"] == "all"}
     assert sorted(overall) == ["model_a", "model_b"]
+    runs = tmp_path / "runs"  # a folder of training runs: <run>/best_model.pt, named after the run
+    for run in ("run1", "run2"):
+        (runs / run).mkdir(parents=True)
+        shutil.copy(trained_model, runs / run / "best_model.pt")
+    assert main([str(runs), "--data", str(SAMPLE_DATA[1]), "--out", str(tmp_path / "runs_eval"), "--no-plots"]) == 0
+    run_rows = read_csv(tmp_path / "runs_eval" / "metrics.csv")
+    assert sorted({row["model"] for row in run_rows}) == ["run1/best_model", "run2/best_model"]
     for key in ("energy_mae", "forces_rmse", "stress_mae"):
         assert float(overall["model_a"][key]) == pytest.approx(float(overall["model_b"][key]), rel=1e-12)
         assert float(rows_xyz[0][key]) == pytest.approx(float(overall["model_a"][key]), rel=1e-6)
@@ -145,5 +152,5 @@ def test_mlip_eval_reports_a_missing_model_or_test_set(tmp_path):
         main([str(tmp_path / "nope.pt"), "--data", str(SAMPLE_DATA[0])])
     empty = tmp_path / "empty_zoo"
     empty.mkdir()
-    with pytest.raises(SystemExit, match="no model files"):
+    with pytest.raises(SystemExit, match="no model files .* or run folders"):
         main([str(empty), "--data", str(SAMPLE_DATA[0])])

@@ -2,7 +2,8 @@
 
     mlip-eval MODEL [MODEL ...] --data test.h5 [more.h5 | test.extxyz ...] --out eval/
 
-MODEL is an exported model (anything `mlip.load` reads) or a folder of them. The test sets are
+MODEL is an exported model (anything `mlip.load` reads), a folder of them, or a folder of
+training runs (each `<run>/best_model.pt` is taken, e.g. `mlip-eval runs/ ...`). The test sets are
 mlip HDF5 files or anything ASE reads with labels (extxyz). Writes eval/metrics.md,
 eval/metrics.csv and eval/parity_<model>.png, and prints the Markdown table.
 """
@@ -23,17 +24,27 @@ from mlip.evaluation import (
     write_text,
 )
 
-MODEL_SUFFIXES = (".pt", ".pth", ".mlip", ".ckpt")
+MODEL_SUFFIXES = (".pt", ".pth", ".mlip")
+RUN_MODEL = "best_model.pt"  # what mlip-train exports into each run folder
+
+
+def models_in_folder(folder: Path) -> list[Path]:
+    """Model files directly in `folder`, then `<subfolder>/best_model.pt` of run folders (sorted)."""
+    files = sorted(child for child in folder.iterdir() if child.is_file() and child.suffix in MODEL_SUFFIXES)
+    runs = sorted(child / RUN_MODEL for child in folder.iterdir() if (child / RUN_MODEL).is_file())
+    return files + runs
 
 
 def find_models(paths: list[str]) -> list[Path]:
-    """The model files named, with every model file of each named folder (sorted)."""
+    """The model files named, with every model of each named folder."""
     models: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(child for child in path.iterdir() if child.is_file() and child.suffix in MODEL_SUFFIXES)
+            found = models_in_folder(path)
             if not found:
-                raise SystemExit(f"mlip-eval: no model files ({', '.join(MODEL_SUFFIXES)}) in folder {path}")
+                raise SystemExit(
+                    f"mlip-eval: no model files ({', '.join(MODEL_SUFFIXES)}) or run folders with {RUN_MODEL} in {path}"
+                )
             models.extend(found)
         elif path.exists():
             models.append(path)
