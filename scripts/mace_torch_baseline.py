@@ -224,7 +224,7 @@ def main(argv=None):
         "md_atom_steps_per_s": md_atom_steps_per_second(model, z_table, args.cutoff, args.md_steps),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result))
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(result, handle, indent=2)
