@@ -16,7 +16,7 @@ from mlip.data.dataset import HDF5Dataset
 from mlip.data.graph import structure_to_graph
 from mlip.export import read_export
 from mlip.models.potential import Potential
-from mlip.train.build import train
+from mlip.train.build import build_module, train
 from mlip.train.checkpoint import atomic_torch_save, find_resume_checkpoint
 from mlip.train.ema import ExponentialMovingAverage
 from mlip.train.losses import PotentialLoss
@@ -199,3 +199,32 @@ def test_export_round_trip_gives_identical_predictions(trained_run, emt_files):
 def test_load_rejects_a_lightning_checkpoint(trained_run):
     with pytest.raises(ValueError, match="not an exported mlip model"):
         mlip.load(trained_run / "checkpoints" / "last.ckpt")
+
+
+def test_transip_with_rotation_augmentation_and_equivariance_loss(emt_files, tmp_path):
+    """The symmetry options train the map T with the potential and log the extra loss term."""
+    run_dir = tmp_path / "transip"
+    overrides = tiny_overrides(
+        emt_files,
+        run_dir,
+        backbone="transip",
+        **{
+            "trainer.max_epochs": 1,
+            "symmetry.rotation_augmentation": "true",
+            "symmetry.equivariance_loss": "{weight:1.0,level:atom}",
+            "test_after_fit": "false",
+        },
+    )
+    config = compose_config(overrides)
+    train(config, run_dir)
+    assert "train/equivariance_mse_loss" in {name for row in read_metrics(run_dir) for name in row}
+
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert any(name.startswith("equivariance_loss.transform.") for name in checkpoint["state_dict"])  # T is saved
+    module = build_module(config, Potential.from_config(read_export(run_dir / "best_model.pt")["potential_config"]))
+    n_potential = len(list(module.potential.parameters()))
+    n_map = len(list(module.equivariance_loss.parameters()))
+    assert n_map > 0
+    optimised = sum(len(group["params"]) for group in checkpoint["optimizer_states"][0]["param_groups"])
+    assert optimised == n_potential + n_map  # T trained together with the potential, the EMA copy not at all
+    assert mlip.load(run_dir / "best_model.pt").backbone.__class__.__name__ == "TransIPBackbone"

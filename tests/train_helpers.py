@@ -76,18 +76,27 @@ def write_emt_data(directory: Path, n_clusters: int = 40, n_crystals: int = 40, 
     return [str(clusters), str(crystals)]
 
 
-def tiny_overrides(paths: list[str], run_dir: Path, **extra) -> list[str]:
-    """Hydra overrides for a tiny, fast MACE model on ``paths`` written into ``run_dir``."""
+TINY_BACKBONES = {
+    "mace": {
+        "model.backbone.num_channels": 8,
+        "model.backbone.correlation": 2,
+        "model.backbone.num_layers": 1,
+        "model.backbone.radial_mlp": "[16]",
+    },
+    "transip": {"model.backbone.dim": 16, "model.backbone.depth": 1, "model.backbone.heads": 2},
+}
+
+
+def tiny_overrides(paths: list[str], run_dir: Path, backbone: str = "mace", **extra) -> list[str]:
+    """Hydra overrides for a tiny, fast model on ``paths`` written into ``run_dir``."""
     overrides = {
+        "model/backbone": backbone,
+        **TINY_BACKBONES[backbone],
         "data": "files",
         "data.paths": "[" + ",".join(paths) + "]",
         "data.batch_size": 4,
         "data.eval_batch_size": 20,
         "data.statistics_cache": False,
-        "model.backbone.num_channels": 8,
-        "model.backbone.correlation": 2,
-        "model.backbone.num_layers": 1,
-        "model.backbone.radial_mlp": "[16]",
         "model.cutoff": 4.0,
         "model.readout_hidden": "[8]",
         "model.condition_dim": 4,

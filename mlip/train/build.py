@@ -105,6 +105,10 @@ def build_module(config: DictConfig, potential: torch.nn.Module) -> PotentialMod
         scheduler=OmegaConf.to_container(config.scheduler, resolve=True),
         ema_decay=config.ema_decay,
         compute_stress=config.compute_stress,
+        rotation_augmentation=config.symmetry.rotation_augmentation,
+        equivariance_loss=OmegaConf.to_container(config.symmetry.equivariance_loss, resolve=True)
+        if config.symmetry.equivariance_loss
+        else None,
     )
 
 

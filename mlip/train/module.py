@@ -20,6 +20,7 @@ import torch
 from mlip.train.ema import ExponentialMovingAverage
 from mlip.train.losses import PotentialLoss
 from mlip.train.metrics import ErrorAccumulator
+from mlip.train.symmetry import LearnedEquivarianceLoss, rotation_augmentation
 
 
 class WarmupCosine:
@@ -58,6 +59,11 @@ class PotentialModule(pl.LightningModule):
             "factor": float, "patience": int, "monitor": str}``.
         ema_decay: EMA decay per optimiser step; None or 0 disables the EMA.
         compute_stress: "auto" (when the batch has any stress label), True or False.
+        rotation_augmentation: rotate every training structure by a random rotation (labels
+            rotated with it); for backbones that are not equivariant by construction.
+        equivariance_loss: keywords of `mlip.train.symmetry.LearnedEquivarianceLoss` (e.g.
+            ``{"weight": 3.0, "level": "atom"}``) to add the TransIP learned-equivariance loss;
+            its map T is trained with the potential. None: off.
     """
 
     def __init__(
@@ -68,6 +74,8 @@ class PotentialModule(pl.LightningModule):
         scheduler: dict | None = None,
         ema_decay: float | None = 0.99,
         compute_stress: str | bool = "auto",
+        rotation_augmentation: bool = False,
+        equivariance_loss: dict | None = None,
     ):
         super().__init__()
         self.potential = potential
@@ -76,6 +84,12 @@ class PotentialModule(pl.LightningModule):
         self.scheduler_config = dict(scheduler or {"name": "constant"})
         self.ema = ExponentialMovingAverage(potential, ema_decay) if ema_decay else None
         self.compute_stress = compute_stress
+        self.rotation_augmentation = bool(rotation_augmentation)
+        self.equivariance_loss = (
+            LearnedEquivarianceLoss(potential.backbone.num_scalar_features, **equivariance_loss)
+            if equivariance_loss
+            else None
+        )
         self.accumulators = {split: ErrorAccumulator() for split in ("train", "val", "test")}
 
     # ----------------------------------------------------------------------------- prediction
@@ -94,8 +108,14 @@ class PotentialModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------- steps
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if self.rotation_augmentation:
+            batch = rotation_augmentation(batch)
         predictions = self.predict_batch(self.potential, batch, training=True)
         loss, terms = self.loss_fn(predictions, batch)
+        if self.equivariance_loss is not None:
+            symmetry_loss, symmetry_terms = self.equivariance_loss(self.potential, batch)
+            loss = loss + symmetry_loss
+            terms.update(symmetry_terms)
         self.accumulators["train"].update(predictions, batch)
         if self._is_last_batch("train", batch_idx):
             self._log_epoch_metrics("train")
@@ -158,11 +178,18 @@ class PotentialModule(pl.LightningModule):
         self.accumulators["test"].reset()
 
     # ----------------------------------------------------------------------------- optimisation
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The potential's parameters plus those of the learned-equivariance map (not the EMA copy)."""
+        parameters = list(self.potential.parameters())
+        if self.equivariance_loss is not None:
+            parameters += list(self.equivariance_loss.parameters())
+        return parameters
+
     def configure_optimizers(self):
         config = dict(self.optimizer_config)
         if "betas" in config:
             config["betas"] = tuple(config["betas"])
-        optimizer = torch.optim.AdamW(self.potential.parameters(), **config)
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), **config)
         scheduler_config = dict(self.scheduler_config)
         name = scheduler_config.pop("name", "constant")
         warmup_steps = scheduler_config.get("warmup_steps", 0)
