@@ -18,6 +18,7 @@ from mlip.train.build import (
     build_trainer,
     config_dir,
 )
+from mlip.train.checkpoint import AtomicCheckpointIO
 from train_helpers import REPO_ROOT, compose_config, write_emt_data
 
 CONFIGS = config_dir()
@@ -73,6 +74,7 @@ def test_trainer_and_logger_options_instantiate(trainer, logger, tmp_path, monke
     assert len(loggers) == len(config.logger)
     built = build_trainer(config, tmp_path, [], loggers)
     assert built.num_devices == config.trainer.devices
+    assert isinstance(built.strategy.checkpoint_io, AtomicCheckpointIO)  # every checkpoint is written atomically
     if trainer == "ddp_cpu":
         assert built.strategy.process_group_backend == "gloo"
     wandb = [entry for entry in loggers if type(entry).__name__ == "WandbLogger"]
