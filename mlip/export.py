@@ -96,7 +96,7 @@ def read_export(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"mlip.load: no model file at {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - report which file is unreadable
+    except Exception as error:
         raise ValueError(f"mlip.load: {path} is not a readable mlip model file ({error})") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         hint = " (a Lightning .ckpt? export it with mlip.export.export_model)" if path.suffix == ".ckpt" else ""

@@ -25,7 +25,7 @@ import lightning.pytorch as pl
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from mlip.train.build import config_dir, register_resolvers, train  # noqa: E402
+from mlip.train.build import config_dir, register_resolvers, train
 
 
 class TrainingThroughput(pl.Callback):

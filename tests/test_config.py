@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from torch_geometric.data import Batch
+from train_helpers import REPO_ROOT, compose_config, write_emt_data
 
 from mlip.train.build import (
     build_callbacks,
@@ -19,7 +20,6 @@ from mlip.train.build import (
     config_dir,
 )
 from mlip.train.checkpoint import AtomicCheckpointIO
-from train_helpers import REPO_ROOT, compose_config, write_emt_data
 
 CONFIGS = config_dir()
 EXPERIMENTS = sorted(path.stem for path in (CONFIGS / "experiment").glob("*.yaml"))

@@ -34,7 +34,7 @@ def test_ddp_two_cpu_processes_see_disjoint_data(tmp_path):
     )
     command = [sys.executable, "-m", "mlip.cli.train", *overrides]
     finished = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_environment(),
-                              capture_output=True, text=True, timeout=180)
+                              capture_output=True, text=True, timeout=180, check=False)
     assert finished.returncode == 0, finished.stderr[-3000:]
 
     n_train = 20 - 2 * round(0.1 * 20)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from train_helpers import REPO_ROOT, tiny_overrides, write_emt_data
 
 MAX_EPOCHS = 3
@@ -72,7 +71,7 @@ def test_resume_after_kill_9_mid_epoch(tmp_path):
     assert 0 < saved_step < total_steps and saved_step % steps_per_epoch != 0  # killed mid-epoch
 
     resumed = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_environment(),
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {last}" in resumed.stdout + resumed.stderr
 

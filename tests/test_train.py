@@ -10,6 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from torch_geometric.data import Batch
+from train_helpers import (
+    cluster_structures,
+    compose_config,
+    crystal_structures,
+    read_metrics,
+    tiny_overrides,
+    write_emt_data,
+)
 
 import mlip
 from mlip.data.dataset import HDF5Dataset
@@ -21,7 +29,6 @@ from mlip.train.checkpoint import atomic_torch_save, find_resume_checkpoint
 from mlip.train.ema import ExponentialMovingAverage
 from mlip.train.losses import PotentialLoss
 from mlip.train.metrics import ErrorAccumulator
-from train_helpers import cluster_structures, compose_config, crystal_structures, read_metrics, tiny_overrides, write_emt_data
 
 CUTOFF = 4.0
 
@@ -67,7 +74,7 @@ def test_loss_ignores_missing_labels():
     batch = mixed_batch({"energy": [True, False, True, True], "forces": [False, True, True, True]})
     assert torch.isnan(batch.energy).sum() == 1 and torch.isnan(batch.forces).any()
     predictions = {key: value.requires_grad_(True) for key, value in fake_predictions(batch, 0.0).items()}
-    loss, terms = PotentialLoss({"energy": 1.0, "forces": 1.0, "stress": 1.0})(predictions, batch)
+    loss, _ = PotentialLoss({"energy": 1.0, "forces": 1.0, "stress": 1.0})(predictions, batch)
     assert loss.item() == 0.0  # perfect on every labelled entry; NaNs of missing labels never leak in
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in predictions.values())

@@ -12,8 +12,8 @@ that every rank draws a disjoint shard of each epoch.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import lightning.pytorch as pl
 import torch
