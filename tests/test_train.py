@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from mlip.train.checkpoint import atomic_torch_save, find_resume_checkpoint
 from mlip.train.ema import ExponentialMovingAverage
 from mlip.train.losses import PotentialLoss
 from mlip.train.metrics import ErrorAccumulator
+from mlip.train.module import PotentialModule
 
 CUTOFF = 4.0
 
@@ -146,6 +148,22 @@ def test_atomic_save_keeps_previous_file_when_writing_fails(tmp_path):
         atomic_torch_save({"step": 2, "bad": Unpicklable()}, path)
     assert torch.load(path, weights_only=True) == {"step": 1}
     assert os.listdir(tmp_path) == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_checkpoint_restores_random_number_generators():
+    import random
+
+    import numpy as np
+
+    module = PotentialModule(torch.nn.Linear(1, 1))
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, buffer := io.BytesIO())  # and it survives a weights_only load
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    buffer.seek(0)
+    module.on_load_checkpoint(torch.load(buffer, weights_only=True))
+    second = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1]) and first[2] == second[2]
 
 
 def test_find_resume_checkpoint(tmp_path):
