@@ -94,6 +94,20 @@ def test_loss_weights_and_per_atom_energy():
     assert loss.item() == pytest.approx(2 * expected_energy.item() + 3 * offset**2 + 5 * offset**2, rel=1e-5)
 
 
+def test_direct_force_head_is_trained_and_measured_against_force_labels():
+    batch = mixed_batch({"forces": [True, True, False, True]})
+    predictions = fake_predictions(batch, 0.0)
+    predictions["direct_forces"] = predictions["forces"] + 0.002
+    loss, terms = PotentialLoss({"energy": 0.0, "forces": 0.0, "stress": 0.0, "direct_forces": 2.0})(predictions, batch)
+    assert terms["direct_forces"].item() == pytest.approx(0.002**2, rel=1e-4)
+    assert loss.item() == pytest.approx(2 * 0.002**2, rel=1e-4)
+    accumulator = ErrorAccumulator()
+    accumulator.update(predictions, batch)
+    metrics = accumulator.compute("val")
+    assert metrics["val/direct_forces_mae"] == pytest.approx(2.0, rel=1e-4)  # meV/Å
+    assert metrics["val/forces_mae"] == 0.0
+
+
 def test_huber_loss_is_linear_for_large_errors():
     batch = mixed_batch({})
     huber = PotentialLoss({"energy": 0.0, "forces": 1.0, "stress": 0.0}, kind="huber", huber_delta=0.01)

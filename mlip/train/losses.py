@@ -17,6 +17,7 @@ class LossWeights:
     energy: float = 1.0  # weight of the per-atom energy term, (eV/atom)^-2 for MSE
     forces: float = 10.0  # weight of the force term, (eV/Å)^-2 for MSE
     stress: float = 1.0  # weight of the stress term, (eV/Å³)^-2 for MSE
+    direct_forces: float = 10.0  # weight of the direct-force head's term (only if the model has one)
 
 
 def elementwise_error(prediction: torch.Tensor, target: torch.Tensor, kind: str, huber_delta: float) -> torch.Tensor:
@@ -38,8 +39,9 @@ def atoms_per_graph(batch) -> torch.Tensor:
 def labelled_pairs(predictions: dict, batch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Prediction/target pairs restricted to labelled entries, one per quantity.
 
-    ``energy`` is per atom (eV/atom), ``forces`` (n_labelled_atoms, 3) eV/Å, ``stress``
-    (n_labelled_structures, 3, 3) eV/Å³. Quantities the model did not predict are skipped.
+    ``energy`` is per atom (eV/atom), ``forces`` and ``direct_forces`` (n_labelled_atoms, 3) eV/Å
+    (both against the force labels), ``stress`` (n_labelled_structures, 3, 3) eV/Å³. Quantities
+    the model did not predict are skipped.
     """
     pairs = {}
     n_atoms = atoms_per_graph(batch).to(predictions["energy"].dtype)
@@ -48,9 +50,10 @@ def labelled_pairs(predictions: dict, batch) -> dict[str, tuple[torch.Tensor, to
         predictions["energy"][energy_mask] / n_atoms[energy_mask],
         batch.energy.view(-1)[energy_mask] / n_atoms[energy_mask],
     )
-    if "forces" in predictions:
-        atom_mask = batch.forces_mask.view(-1)[batch.batch]  # (n,) structure flag broadcast to atoms
-        pairs["forces"] = (predictions["forces"][atom_mask], batch.forces[atom_mask])
+    atom_mask = batch.forces_mask.view(-1)[batch.batch]  # (n,) structure flag broadcast to atoms
+    for name in ("forces", "direct_forces"):  # conservative -dE/dr and the optional direct head
+        if name in predictions:
+            pairs[name] = (predictions[name][atom_mask], batch.forces[atom_mask])
     if "stress" in predictions:
         stress_mask = batch.stress_mask.view(-1)
         pairs["stress"] = (predictions["stress"][stress_mask], batch.stress.view(-1, 3, 3)[stress_mask])

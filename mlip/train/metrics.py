@@ -2,7 +2,7 @@
 
 Sums of absolute and squared errors and counts are accumulated as float64 tensors, reduced
 across DDP ranks, and turned into MAE/RMSE at epoch end.
-Reported units: energy meV/atom, forces meV/Å, stress meV/Å³.
+Reported units: energy meV/atom, forces and direct forces meV/Å, stress meV/Å³.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import torch
 from mlip.train.losses import labelled_pairs
 
 MILLI = 1000.0
-UNITS = {"energy": "meV/atom", "forces": "meV/Å", "stress": "meV/Å³"}
 ALL_SUBSETS = ""  # key of the totals; structures without a subset label count only there
 
 
@@ -86,7 +85,7 @@ def _detached(predictions: dict) -> dict:
 
 def _owning_graphs(quantity: str, batch, graph_of_atom: torch.Tensor) -> torch.Tensor:
     """Graph index of every labelled entry that `labelled_pairs` returns for ``quantity``."""
-    if quantity == "forces":
+    if quantity in ("forces", "direct_forces"):
         atom_mask = batch.forces_mask.view(-1)[graph_of_atom]
         return graph_of_atom[atom_mask].repeat_interleave(3)
     mask = getattr(batch, f"{quantity}_mask").view(-1)
