@@ -12,7 +12,8 @@ Inputs are extxyz files with labels in `REF_energy` / `REF_forces` / `REF_stress
 a full 3x3 in eV/Å³, ASE sign) and `subset` in atoms.info. The training recipe mirrors
 mlip's defaults so the comparison is about the models: the same loss (MSE of energy per atom,
 forces and stress with the same weights), AdamW, the same learning rate, batch size and
-wall-time budget, per-element reference energies by least squares, scale = force RMS.
+wall-time budget, per-element reference energies by least squares, scale = force RMS
+(defaults: loss weights 20 / 10 / 100 and AMSGrad, as in mlip's `experiment=sample`).
 Prints and writes a JSON dict of metrics.
 """
 
@@ -42,13 +43,14 @@ def parse_args(argv=None):
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--lmax", type=int, default=1)
     parser.add_argument("--correlation", type=int, default=3)
+    parser.add_argument("--max-ell", type=int, default=None, help="l of edge spherical harmonics (default: --lmax, as mlip's)")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--cutoff", type=float, default=5.0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--energy-weight", type=float, default=1.0)
+    parser.add_argument("--energy-weight", type=float, default=20.0)
     parser.add_argument("--forces-weight", type=float, default=10.0)
-    parser.add_argument("--stress-weight", type=float, default=10.0)
+    parser.add_argument("--stress-weight", type=float, default=100.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--md-steps", type=int, default=200)
@@ -85,7 +87,7 @@ def build_model(args, elements, reference_energies, avg_num_neighbors, scale, sh
         r_max=args.cutoff,
         num_bessel=8,
         num_polynomial_cutoff=5,
-        max_ell=3,
+        max_ell=args.max_ell if args.max_ell is not None else args.lmax,
         interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
         interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
         num_interactions=args.layers,
@@ -194,7 +196,7 @@ def main(argv=None):
     ]
     model = build_model(args, elements, references, avg_num_neighbors, force_rms, float(np.mean(residual_per_atom)))
     n_parameters = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, amsgrad=True)
 
     start = time.perf_counter()
     structures_seen, steps = 0, 0
