@@ -267,3 +267,20 @@ def test_transip_with_rotation_augmentation_and_equivariance_loss(emt_files, tmp
     optimised = sum(len(group["params"]) for group in checkpoint["optimizer_states"][0]["param_groups"])
     assert optimised == n_potential + n_map  # T trained together with the potential, the EMA copy not at all
     assert mlip.load(run_dir / "best_model.pt").backbone.__class__.__name__ == "TransIPBackbone"
+
+
+def test_transip_with_rotation_gradient_penalty(emt_files, tmp_path):
+    """symmetry.rotation_gradient_penalty adds the energy-gradient rotation penalty to the training
+    loss: it is logged, and minimising it makes the energy less sensitive to rotations."""
+    run_dir = tmp_path / "transip_penalty"
+    overrides = tiny_overrides(
+        emt_files,
+        run_dir,
+        backbone="transip",
+        **{"trainer.max_epochs": 3, "symmetry.rotation_gradient_penalty": 10.0, "test_after_fit": "false", "ema_decay": 0},
+    )
+    config = compose_config(overrides)
+    train(config, run_dir)
+    epochs = [row["train/rotation_gradient_penalty_loss"] for row in read_metrics(run_dir) if "train/rotation_gradient_penalty_loss" in row]
+    assert len(epochs) == 3 and all(math.isfinite(value) for value in epochs)
+    assert epochs[-1] < 0.5 * epochs[0]  # the penalty is minimised, not just reported

@@ -114,6 +114,7 @@ def build_module(config: DictConfig, potential: torch.nn.Module) -> PotentialMod
         equivariance_loss=OmegaConf.to_container(config.symmetry.equivariance_loss, resolve=True)
         if config.symmetry.equivariance_loss
         else None,
+        rotation_gradient_penalty=config.symmetry.get("rotation_gradient_penalty"),
     )
 
 

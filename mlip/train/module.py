@@ -20,7 +20,7 @@ import torch
 from mlip.train.ema import ExponentialMovingAverage
 from mlip.train.losses import PotentialLoss
 from mlip.train.metrics import ErrorAccumulator
-from mlip.train.symmetry import LearnedEquivarianceLoss, rotation_augmentation
+from mlip.train.symmetry import LearnedEquivarianceLoss, energy_gradient_rotation_penalty, rotation_augmentation
 
 
 class WarmupCosine:
@@ -64,6 +64,9 @@ class PotentialModule(pl.LightningModule):
         equivariance_loss: keywords of `mlip.train.symmetry.LearnedEquivarianceLoss` (e.g.
             ``{"weight": 3.0, "level": "atom"}``) to add the TransIP learned-equivariance loss;
             its map T is trained with the potential. None: off.
+        rotation_gradient_penalty: weight of `mlip.train.symmetry.energy_gradient_rotation_penalty`
+            (the mean squared energy derivative with respect to infinitesimal rotations, eV²/rad²;
+            costs one more forward and double backward per step). None or 0: off.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class PotentialModule(pl.LightningModule):
         compute_stress: str | bool = "auto",
         rotation_augmentation: bool = False,
         equivariance_loss: dict | None = None,
+        rotation_gradient_penalty: float | None = None,
     ):
         super().__init__()
         self.potential = potential
@@ -90,6 +94,7 @@ class PotentialModule(pl.LightningModule):
             if equivariance_loss
             else None
         )
+        self.rotation_gradient_penalty = float(rotation_gradient_penalty or 0.0)
         self.accumulators = {split: ErrorAccumulator() for split in ("train", "val", "test")}
 
     # ----------------------------------------------------------------------------- prediction
@@ -116,6 +121,10 @@ class PotentialModule(pl.LightningModule):
             symmetry_loss, symmetry_terms = self.equivariance_loss(self.potential, batch)
             loss = loss + symmetry_loss
             terms.update(symmetry_terms)
+        if self.rotation_gradient_penalty:
+            penalty = energy_gradient_rotation_penalty(self.potential, batch)
+            loss = loss + self.rotation_gradient_penalty * penalty
+            terms["rotation_gradient_penalty"] = penalty.detach()
         self.accumulators["train"].update(predictions, batch)
         if self._is_last_batch("train", batch_idx):
             self._log_epoch_metrics("train")
