@@ -96,10 +96,10 @@ def model_energy_and_forces(backbone, positions, species, cutoff):
     return energy.detach(), -gradient
 
 
-def model_table(resolutions: list[int], rotations) -> None:
+def model_table(lmax: int, resolutions: list[int], rotations) -> None:
     cutoff = 4.0
     positions, species = random_cluster(12, seed=1)
-    print("## FacetBackbone rotation error vs grid resolution (float64, lmax=2, C=16, 2 layers,")
+    print(f"## FacetBackbone rotation error vs grid resolution (float64, lmax={lmax}, C=16, 2 layers,")
     print("## energy = sum of output scalars, 12-atom cluster, max over rotations)")
     print()
     print("| n_beta | energy rel. error | force rel. error |")
@@ -107,7 +107,7 @@ def model_table(resolutions: list[int], rotations) -> None:
     for resolution in resolutions:
         torch.manual_seed(0)
         backbone = FacetBackbone(
-            3, cutoff, num_channels=16, lmax=2, num_layers=2, grid_resolution=resolution, avg_num_neighbors=6.0
+            3, cutoff, num_channels=16, lmax=lmax, num_layers=2, grid_resolution=resolution, avg_num_neighbors=6.0
         ).double()
         energy, forces = model_energy_and_forces(backbone, positions, species, cutoff)
         energy_errors, force_errors = [], []
@@ -116,7 +116,7 @@ def model_table(resolutions: list[int], rotations) -> None:
             energy_errors.append(abs((rotated_energy - energy).item() / energy.item()))
             expected = forces @ rotation.T
             force_errors.append(((rotated_forces - expected).norm() / expected.norm()).item())
-        marker = " (default)" if resolution == default_grid_resolution(2) else ""
+        marker = " (default)" if resolution == default_grid_resolution(lmax) else ""
         print(f"| {resolution}{marker} | {max(energy_errors):.1e} | {max(force_errors):.1e} |")
     print()
 
@@ -312,7 +312,8 @@ def main() -> None:
         for lmax, values in resolutions.items():
             resolutions[lmax] = sorted(set(values) | {default_grid_resolution(lmax)})
     grid_table(resolutions, rotations)
-    model_table([3, 5, 8, default_grid_resolution(2)], rotations)
+    for lmax in (1, 2):
+        model_table(lmax, sorted({lmax + 1, lmax + 2, lmax + 3, 2 * lmax + 2, 8, default_grid_resolution(lmax)}), rotations)
     torch.set_default_dtype(torch.float32)
     repeats = 5 if args.quick else 15
     radial_cost(num_edges=20000, num_outputs=2 * 3 * 64, repeats=repeats)

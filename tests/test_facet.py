@@ -18,8 +18,11 @@ from tests.conftest import random_crystal, random_molecule
 CUTOFF = 3.0  # Å
 ELEMENTS = [1, 6, 8, 14]
 CONDITION_DIM = 4
-# relative rotation error allowed: the documented grid-MLP aliasing bound (docs/facet.md)
-ROTATION_TOLERANCE = 1e-6
+# relative rotation error of energies and forces allowed: the documented whole-model aliasing
+# bounds (docs/facet.md) at the default grid n_β = 2 lmax + 2 (chosen for speed) and on a fine grid
+ROTATION_TOLERANCE = 1e-5
+ROTATION_TOLERANCE_FINE_GRID = 1e-9
+ROTATION_TOLERANCE_LMAX2_DEFAULT_GRID = 1e-4
 EXACT = 1e-10
 
 
@@ -33,7 +36,7 @@ def float64():
 
 def make_potential(seed: int = 0, **backbone_options) -> Potential:
     torch.manual_seed(seed)
-    options = {"num_channels": 4, "lmax": 2, "num_layers": 2, "num_spline_knots": 6, "avg_num_neighbors": 3.0}
+    options = {"num_channels": 4, "lmax": 1, "num_layers": 2, "num_spline_knots": 6, "avg_num_neighbors": 3.0}
     options.update(backbone_options)
     backbone = FacetBackbone(num_elements=len(ELEMENTS), cutoff=CUTOFF, condition_dim=CONDITION_DIM, **options)
     potential = Potential(backbone, ELEMENTS, [0.0] * len(ELEMENTS), cutoff=CUTOFF, condition_dim=CONDITION_DIM)
@@ -75,17 +78,32 @@ def test_energy_depends_on_geometry(potential, molecule):
     assert forces.abs().max() > 1e-3  # otherwise every symmetry test below would pass trivially
 
 
-def test_rotation_and_reflection_invariance_and_force_equivariance(potential, molecule):
+def assert_rotation_invariant(potential, molecule, tolerance):
     reference = predict(potential, molecule)
     torch.manual_seed(3)
     for rotation in (o3.rand_matrix(), -o3.rand_matrix(), torch.diag(torch.tensor([-1.0, 1.0, 1.0]))):
         matrix = rotation.numpy()
         rotated = predict(potential, with_positions(molecule, molecule.positions @ matrix.T))
         energy_error = abs((rotated["energy"] - reference["energy"]).item()) / abs(reference["energy"].item())
-        assert energy_error < ROTATION_TOLERANCE
+        assert energy_error < tolerance
         expected_forces = reference["forces"] @ rotation.T
         force_error = (rotated["forces"] - expected_forces).norm() / expected_forces.norm()
-        assert force_error < ROTATION_TOLERANCE
+        assert force_error < tolerance
+
+
+def test_rotation_and_reflection_invariance_and_force_equivariance(potential, molecule):
+    assert_rotation_invariant(potential, molecule, ROTATION_TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    ("grid_resolution", "tolerance"), [(None, ROTATION_TOLERANCE_LMAX2_DEFAULT_GRID), (12, ROTATION_TOLERANCE_FINE_GRID)]
+)
+def test_lmax2_rotation_error_within_documented_bound(molecule, grid_resolution, tolerance):
+    potential = make_potential(lmax=2, grid_resolution=grid_resolution)
+    assert_rotation_invariant(potential, molecule, tolerance)
+    coarse = make_potential(lmax=2, grid_resolution=3)  # aliasing is real: a too coarse grid fails the bound
+    with pytest.raises(AssertionError):
+        assert_rotation_invariant(coarse, molecule, ROTATION_TOLERANCE_LMAX2_DEFAULT_GRID)
 
 
 def test_translation_and_permutation_are_exact(potential, molecule):
@@ -136,7 +154,7 @@ def test_energy_is_smooth_as_an_atom_crosses_the_cutoff(potential):
     beyond, force_beyond = energy_and_force(CUTOFF + delta)
     far, _ = energy_and_force(CUTOFF + 1.0)
     well_inside, _ = energy_and_force(CUTOFF - 1.2)
-    assert abs(well_inside - far) > 1e-4  # the third atom does interact inside the cutoff
+    assert abs(well_inside - far) > 1e-6  # the third atom does interact inside the cutoff (>> EXACT)
     assert abs(beyond - far) < EXACT and abs(at_cutoff - far) < EXACT  # and not at all beyond it
     assert abs(inside - at_cutoff) < 1e-7  # C2 spline: the energy change is O(delta^3)
     assert force_at_cutoff < EXACT and force_beyond < EXACT and force_inside < 1e-4
@@ -177,7 +195,7 @@ def test_periodic_stress_equals_strain_derivative(potential, crystal):
         outputs = predict(potential, strained, compute_forces=False, graph_cutoff=CUTOFF + 1.0)
         strained_energy.append(outputs["energy"].item())
     derivative = (strained_energy[0] - strained_energy[1]) / (2 * step)  # = (∂E/∂ε_xy + ∂E/∂ε_yx) / 2
-    assert abs(stress[0, 1].item()) > 1e-5
+    assert abs(stress[0, 1].item()) > 1e-6  # far above the tolerance below: the comparison can fail
     assert abs(derivative / volume - stress[0, 1].item()) < 1e-9
 
 
@@ -207,7 +225,8 @@ def test_backbone_outputs_and_condition(molecule):
     rotation = o3.rand_matrix()
     inputs.edge_vectors = vectors @ rotation.T
     rotated = backbone(inputs)
-    assert torch.allclose(rotated.vectors, features.vectors @ rotation.T, atol=1e-8)
+    vector_error = (rotated.vectors - features.vectors @ rotation.T).norm() / features.vectors.norm()
+    assert vector_error < ROTATION_TOLERANCE
     without_condition = FacetBackbone(num_elements=4, cutoff=CUTOFF, condition_dim=0, num_channels=4)
     with pytest.raises(ValueError, match="condition_dim=0"):
         without_condition(inputs)
@@ -221,7 +240,7 @@ def test_config_builds_through_build_potential(molecule):
     config = {"backbone": backbone_config, "cutoff": CUTOFF, "elements": ELEMENTS, "atomic_energies": [0.0] * 4}
     potential = build_potential(config, statistics={"avg_num_neighbors": 4.5}).double()
     assert potential.backbone.config["avg_num_neighbors"] == 4.5
-    assert potential.backbone.config["grid_resolution"] == 3 * backbone_config["lmax"] + 6
+    assert potential.backbone.config["grid_resolution"] == 2 * backbone_config["lmax"] + 2
     assert torch.isfinite(predict(potential, molecule)["forces"]).all()
     rebuilt = Potential.from_config(potential.config)
     assert isinstance(rebuilt.backbone, FacetBackbone)

@@ -154,6 +154,14 @@ class GridMLP(torch.nn.Module):
     quickly with the resolution (scripts/equivariance_vs_grid.py, docs/facet.md). Inversion
     commutes exactly (the grid is inversion symmetric).
 
+    Evaluation order: both Linears act on channels and the projections act on directions, so they
+    commute. The first Linear is applied to the K coefficients before `to_grid` and the second
+    after `from_grid`, so the channel GEMMs run on K rows per node instead of G (G = 2 n_β² is
+    several times K). The biases are constant functions on the sphere, i.e. the l = 0
+    coefficient (Y_00 = 1 with component normalisation); `from_grid` maps a constant exactly to
+    the l = 0 slot, so this is the same function as MLP-on-every-grid-point, up to rounding.
+    Only SiLU touches the (…, G, H) grid values.
+
     Args:
         lmax: degrees of input and output coefficients.
         in_channels, hidden_channels, out_channels: MLP widths C, H, C_out.
@@ -171,7 +179,18 @@ class GridMLP(torch.nn.Module):
 
     def forward(self, coefficients: torch.Tensor) -> torch.Tensor:
         """(..., K, C) -> (..., K, C_out)."""
-        return self.grid.from_grid(self.mlp(self.grid.to_grid(coefficients)))
+        first, last = self.mlp[0], self.mlp[2]
+        leading, size = coefficients.shape[:-2], coefficients.shape[-2]
+        hidden = coefficients.reshape(-1, size, coefficients.shape[-1]) @ first.weight.T  # (N, K, H)
+        hidden = torch.cat([hidden[:, :1] + first.bias, hidden[:, 1:]], dim=1)  # bias: constant function
+        # directions as the fast axis: one GEMM each way, (N·H, K) @ (K, G) and (N·H, G) @ (G, K)
+        rows = hidden.transpose(1, 2).reshape(-1, size)  # (N·H, K)
+        dtype = coefficients.dtype
+        on_grid = torch.nn.functional.silu(rows @ self.grid.to_grid_matrix.to(dtype).T)  # (N·H, G)
+        projected = (on_grid @ self.grid.from_grid_matrix.to(dtype).T).view(hidden.shape[0], -1, size)  # (N, H, K)
+        output = projected.transpose(1, 2) @ last.weight.T  # (N, K, C_out)
+        output = torch.cat([output[:, :1] + last.bias, output[:, 1:]], dim=1)
+        return output.reshape(*leading, size, output.shape[-1])
 
 
 def gaunt_tensor(lmax_1: int, lmax_2: int, lmax_out: int) -> torch.Tensor:

@@ -89,20 +89,29 @@ class SplineRadial(torch.nn.Module):
         powers = torch.stack([torch.ones_like(u), u, u * u, u * u * u], dim=-1)  # (E, 4)
         return powers @ (self.power_matrix.to(u.dtype) / 6.0).T
 
-    def forward(self, distances: torch.Tensor) -> torch.Tensor:
-        """distances (E,) Å -> (E, num_outputs).
+    def basis(self, distances: torch.Tensor) -> torch.Tensor:
+        """distances (E,) Å -> (E, num_intervals + 3) basis matrix, four non-zeros per row (zero row beyond r_c).
 
-        The four basis values of each edge's interval are written into a sparse-by-construction
-        (E, num_intervals + 3) basis matrix, which one GEMM contracts with the coefficients. This is
-        the same O(1)-per-edge evaluation as `forward_by_gather` (bit-for-bit the same sum), but the
-        contraction and its backward are dense matrix products instead of gathers and
-        scatter-adds into a table of a few rows, which is several times faster on CPU (docs/facet.md).
+        `forward` is `basis(r) @ full_coefficients()`. Splines that share the knots (same cutoff
+        and num_intervals) can share one basis matrix: FacetBackbone builds it once per forward
+        pass for all of its layers.
         """
         interval, u, inside = self.locate(distances)
         columns = interval.unsqueeze(-1) + torch.arange(4, device=interval.device)  # (E, 4)
         local = self.local_basis(u) * inside.unsqueeze(-1).to(u.dtype)  # zero beyond the cutoff
-        basis = u.new_zeros(u.shape[0], self.num_intervals + 3).scatter(1, columns, local)  # (E, M + 3)
-        return basis @ self.full_coefficients()
+        return u.new_zeros(u.shape[0], self.num_intervals + 3).scatter(1, columns, local)  # (E, M + 3)
+
+    def forward(self, distances: torch.Tensor) -> torch.Tensor:
+        """distances (E,) Å -> (E, num_outputs).
+
+        The four basis values of each edge's interval are written into a sparse-by-construction
+        (E, num_intervals + 3) basis matrix (`basis`), which one GEMM contracts with the
+        coefficients. This is the same O(1)-per-edge evaluation as `forward_by_gather` (bit-for-bit
+        the same sum), but the contraction and its backward are dense matrix products instead of
+        gathers and scatter-adds into a table of a few rows, which is several times faster on CPU
+        (docs/facet.md).
+        """
+        return self.basis(distances) @ self.full_coefficients()
 
     def forward_by_gather(self, distances: torch.Tensor) -> torch.Tensor:
         """Reference evaluation: gather each edge's row of `polynomial_table` and apply Horner's rule."""

@@ -43,9 +43,10 @@ from mlip.nn.spline import SplineRadial
 
 
 def default_grid_resolution(lmax: int) -> int:
-    """Polar nodes n_β of the grid MLP that keep the rotation-equivariance error below 1e-6 at
-    unit grid amplitude (measured by scripts/equivariance_vs_grid.py, table in docs/facet.md)."""
-    return 3 * lmax + 6
+    """Polar nodes n_β of the grid MLP: the smallest grid at which the whole model's rotation error
+    is below float32 rounding for lmax 1 (force error ~1e-7), measured by
+    scripts/equivariance_vs_grid.py (tables in docs/facet.md)."""
+    return 2 * lmax + 2
 
 
 class DegreeWiseLinear(torch.nn.Module):
@@ -60,10 +61,27 @@ class DegreeWiseLinear(torch.nn.Module):
         return torch.einsum("nkc,kcd->nkd", features, self.weight[self.degree])
 
 
-class FacetInteraction(Float64Buffers):
-    """One message-passing layer followed by a residual grid-MLP node update (see module docstring)."""
+class GauntEdgeMatrix(Float64Buffers):
+    """Edge harmonics (E, K) -> edge matrices T_ij[a, b] = Σ_c G[a, b, c] Y_c(r̂_ij), (E, K, K).
+
+    T_ij @ x is the Gaunt (exact grid) product of a signal x with the edge direction's harmonics.
+    It depends only on the geometry, so the backbone builds it once and every layer reuses it.
+    """
 
     float64_buffers = ("gaunt",)
+
+    def __init__(self, lmax: int):
+        super().__init__()
+        self.size = num_coefficients(lmax)
+        # Gaunt tensor (fully symmetric) flattened to (K_edge, K_out * K_in)
+        self.register_buffer("gaunt", gaunt_tensor(lmax, lmax, lmax).reshape(self.size, -1), persistent=False)
+
+    def forward(self, edge_harmonics: torch.Tensor) -> torch.Tensor:
+        return (edge_harmonics @ self.gaunt.to(edge_harmonics.dtype)).view(-1, self.size, self.size)
+
+
+class FacetInteraction(torch.nn.Module):
+    """One message-passing layer followed by a residual grid-MLP node update (see module docstring)."""
 
     def __init__(
         self,
@@ -78,34 +96,44 @@ class FacetInteraction(Float64Buffers):
         super().__init__()
         self.lmax = lmax
         self.num_channels = num_channels
+        self.size = num_coefficients(lmax)
         self.avg_num_neighbors = float(avg_num_neighbors)
-        self.register_buffer("degree", degree_of_coefficient(lmax), persistent=False)
-        # Gaunt tensor (fully symmetric) flattened to (K_edge, K_out * K_in): T_ij = Y_ij @ gaunt -> (E, K_out, K_in)
-        gaunt = gaunt_tensor(lmax, lmax, lmax)
-        self.register_buffer("gaunt", gaunt.reshape(num_coefficients(lmax), -1), persistent=False)
+        # one spline per (in/out, degree l, channel); spline output (role * (lmax+1) + l) * C + c
         self.radial = SplineRadial(cutoff, 2 * (lmax + 1) * num_channels, num_spline_knots)
+        degree = degree_of_coefficient(lmax)
+        role = torch.arange(2)[:, None, None]
+        columns = (role * (lmax + 1) + degree[None, :, None]) * num_channels + torch.arange(num_channels)
+        # spline output weighting (role, coefficient k, channel c), flattened: (2 K C,)
+        self.register_buffer("radial_columns", columns.reshape(-1), persistent=False)
         self.linear_up = DegreeWiseLinear(lmax, num_channels, num_channels)
-        self.linear_message = DegreeWiseLinear(lmax, num_channels, num_channels)
-        self.linear_self = DegreeWiseLinear(lmax, num_channels, num_channels)
+        # [M_i, h_i] -> W_msg M_i + W_self h_i in one per-degree GEMM
+        self.linear_update = DegreeWiseLinear(lmax, 2 * num_channels, num_channels)
         self.node_mlp = GridMLP(lmax, num_channels, mlp_hidden_factor * num_channels, num_channels, grid_resolution)
 
     def forward(
-        self, features: torch.Tensor, edge_index: torch.Tensor, edge_harmonics: torch.Tensor, edge_lengths: torch.Tensor
+        self, features: torch.Tensor, edge_index: torch.Tensor, edge_matrix: torch.Tensor, spline_basis: torch.Tensor
     ) -> torch.Tensor:
-        """features (n, K, C), edge_harmonics (E, K), edge_lengths (E,) Å -> updated features (n, K, C)."""
-        aggregated = self.aggregate_messages(features, edge_index, edge_harmonics, edge_lengths)
-        return features + self.node_update(self.linear_message(aggregated) + self.linear_self(features))
+        """features (n, K, C), edge_matrix (E, K, K), spline_basis (E, M + 3) -> updated features (n, K, C)."""
+        aggregated = self.aggregate_messages(features, edge_index, edge_matrix, spline_basis)
+        update = self.linear_update(torch.cat([aggregated, features], dim=-1))
+        return features + self.node_update(update)
+
+    def radial_weights(self, spline_basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E, M + 3) -> w_in, w_out, (E, K, C) each: each degree's spline repeated over its 2l + 1 coefficients.
+
+        The repetition is done on the (M + 3, ·) coefficient table, so one GEMM yields the weights
+        in the layout the message needs (no per-edge gather)."""
+        coefficients = self.radial.full_coefficients()[:, self.radial_columns]  # (M + 3, 2 K C)
+        weights = (spline_basis @ coefficients).view(-1, 2, self.size, self.num_channels)
+        return weights[:, 0], weights[:, 1]
 
     def aggregate_messages(
-        self, features: torch.Tensor, edge_index: torch.Tensor, edge_harmonics: torch.Tensor, edge_lengths: torch.Tensor
+        self, features: torch.Tensor, edge_index: torch.Tensor, edge_matrix: torch.Tensor, spline_basis: torch.Tensor
     ) -> torch.Tensor:
         """M_i = Σ_j m_ij / avg_num_neighbors, (n, K, C): Gaunt product of W_up h_j with Y(r̂_ij), spline-weighted."""
         sender, receiver = edge_index[0], edge_index[1]
-        num_edges, size = edge_lengths.shape[0], self.gaunt.shape[0]
-        radial = self.radial(edge_lengths).view(num_edges, 2, self.lmax + 1, self.num_channels)
-        weights_in, weights_out = radial[:, 0, self.degree], radial[:, 1, self.degree]  # (E, K, C) each
-        neighbour = self.linear_up(features)[sender] * weights_in  # (E, K, C)
-        edge_matrix = (edge_harmonics @ self.gaunt.to(edge_harmonics.dtype)).view(num_edges, size, size)  # (E, K, K)
+        weights_in, weights_out = self.radial_weights(spline_basis)
+        neighbour = self.linear_up(features).index_select(0, sender) * weights_in  # (E, K, C)
         messages = torch.bmm(edge_matrix, neighbour) * weights_out  # (E, K, C)
         return torch.zeros_like(features).index_add_(0, receiver, messages) / self.avg_num_neighbors
 
@@ -116,7 +144,7 @@ class FacetInteraction(Float64Buffers):
         scaled by 1 / sqrt(1 + ms), so its ms becomes ms / (1 + ms) < 1: the grid amplitude stays in
         the range where the grid MLP's aliasing error is documented (docs/facet.md)."""
         mean_square = update.square().sum(dim=1).mean(dim=1)[:, None, None]  # (n, 1, 1)
-        return self.node_mlp(update / torch.sqrt(1.0 + mean_square))
+        return self.node_mlp(update * torch.rsqrt(1.0 + mean_square))
 
 
 class FacetBackbone(Backbone):
@@ -140,8 +168,8 @@ class FacetBackbone(Backbone):
         num_elements: int,
         cutoff: float,
         condition_dim: int = 0,
-        num_channels: int = 64,
-        lmax: int = 2,
+        num_channels: int = 32,
+        lmax: int = 1,
         num_layers: int = 2,
         num_spline_knots: int = 16,
         grid_resolution: int | None = None,
@@ -182,6 +210,7 @@ class FacetBackbone(Backbone):
         self.edge_harmonics = o3.SphericalHarmonics(
             o3.Irreps.spherical_harmonics(lmax), normalize=True, normalization="component"
         )
+        self.edge_matrix = GauntEdgeMatrix(self.lmax)
         self.layers = torch.nn.ModuleList(
             FacetInteraction(
                 self.lmax, self.num_channels, self.cutoff, num_spline_knots, self.grid_resolution,
@@ -202,12 +231,14 @@ class FacetBackbone(Backbone):
         return features
 
     def forward(self, inputs: BackboneInputs) -> NodeFeatures:
+        # geometry terms shared by all layers
         edge_lengths = inputs.edge_vectors.norm(dim=-1)  # (E,) Å
-        edge_harmonics = self.edge_harmonics(inputs.edge_vectors)  # (E, K)
+        edge_matrix = self.edge_matrix(self.edge_harmonics(inputs.edge_vectors))  # (E, K, K)
+        spline_basis = self.layers[0].radial.basis(edge_lengths)  # (E, M + 3); all layers' splines share knots
         features = self.initial_features(inputs.species, inputs.node_condition)
         scalars = []
         for layer in self.layers:
-            features = layer(features, inputs.edge_index, edge_harmonics, edge_lengths)
+            features = layer(features, inputs.edge_index, edge_matrix, spline_basis)
             scalars.append(features[:, 0])
         vectors = features[:, 1:4].transpose(1, 2)  # (n, C, 3): e3nn's l = 1 block is (x, y, z)
         return NodeFeatures(scalars=torch.cat(scalars, dim=-1), vectors=vectors)
