@@ -50,7 +50,7 @@ BACKBONE_OVERRIDES = {
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=300.0, help="training wall-time budget per model")
-    parser.add_argument("--backbones", nargs="+", default=["mace", "facet"])
+    parser.add_argument("--backbones", nargs="*", default=["mace", "facet"], help="mlip backbones (none: only mace-torch)")
     parser.add_argument("--extra", nargs="*", default=[], help="extra Hydra overrides for every mlip run")
     parser.add_argument("--mace-torch-python", default=None, help="python of a venv with mace-torch installed")
     parser.add_argument("--threads", type=int, default=2)

@@ -13,7 +13,8 @@ a full 3x3 in eV/Å³, ASE sign) and `subset` in atoms.info. The training recipe
 mlip's defaults so the comparison is about the models: the same loss (MSE of energy per atom,
 forces and stress with the same weights), AdamW, the same learning rate, batch size and
 wall-time budget, per-element reference energies by least squares, scale = force RMS
-(defaults: loss weights 20 / 10 / 100 and AMSGrad, as in mlip's `experiment=sample`).
+(defaults: loss weights 20 / 10 / 100, AMSGrad, 100 warm-up steps and an EMA of the weights
+with decay 0.99 used for evaluation, as in mlip's `experiment=sample`).
 Prints and writes a JSON dict of metrics.
 """
 
@@ -51,6 +52,8 @@ def parse_args(argv=None):
     parser.add_argument("--energy-weight", type=float, default=20.0)
     parser.add_argument("--forces-weight", type=float, default=10.0)
     parser.add_argument("--stress-weight", type=float, default=100.0)
+    parser.add_argument("--ema-decay", type=float, default=0.99, help="EMA of the weights, used for evaluation (0: off)")
+    parser.add_argument("--warmup-steps", type=int, default=100, help="linear learning-rate warm-up")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--md-steps", type=int, default=200)
@@ -178,6 +181,7 @@ def main(argv=None):
     torch.set_default_dtype(torch.float32)
     from mace.modules.utils import compute_avg_num_neighbors
     from mace.tools import AtomicNumberTable, torch_geometric
+    from torch_ema import ExponentialMovingAverage
 
     train_atoms = ase.io.read(args.train, ":")
     test_atoms = ase.io.read(args.test, ":")
@@ -197,6 +201,8 @@ def main(argv=None):
     model = build_model(args, elements, references, avg_num_neighbors, force_rms, float(np.mean(residual_per_atom)))
     n_parameters = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, amsgrad=True)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(args.warmup_steps, 1)))
+    ema = ExponentialMovingAverage(model.parameters(), decay=args.ema_decay) if args.ema_decay > 0 else None
 
     start = time.perf_counter()
     structures_seen, steps = 0, 0
@@ -210,12 +216,17 @@ def main(argv=None):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimizer.step()
+            warmup.step()
+            if ema is not None:
+                ema.update()
             training_seconds += time.perf_counter() - step_start
             structures_seen += batch.num_graphs
             steps += 1
             if time.perf_counter() - start >= args.seconds:
                 break
 
+    if ema is not None:
+        ema.copy_to(model.parameters())  # evaluate with the EMA weights, as mace-torch's trainer does
     result = {
         "model": "mace-torch",
         "parameters": n_parameters,
