@@ -43,9 +43,11 @@ from mlip.nn.spline import SplineRadial
 
 
 def default_grid_resolution(lmax: int) -> int:
-    """Polar nodes n_β of the grid MLP: the smallest grid at which the whole model's rotation error
-    is below float32 rounding for lmax 1 (force error ~1e-7), measured by
-    scripts/equivariance_vs_grid.py (tables in docs/facet.md)."""
+    """Polar nodes n_β of the grid MLP, chosen for speed: G = 2 n_β^2 = 32 points for lmax 1.
+
+    The whole model's relative rotation error of forces is then ~1e-7 to 2e-5 depending on the
+    weights (lmax 1 and 2; measured by scripts/equivariance_vs_grid.py and the tests, tables in
+    docs/facet.md); pass a larger grid_resolution (3 lmax + 6: ~1e-10) where that matters."""
     return 2 * lmax + 2
 
 
