@@ -42,7 +42,7 @@ BACKBONE_OVERRIDES = {
     "mace": ["model/backbone=mace", "model.backbone.num_channels=32", "model.backbone.lmax=1",
              "model.backbone.correlation=3", "model.backbone.num_layers=2"],
     "facet": ["model/backbone=facet", "model.backbone.num_channels=32", "model.backbone.lmax=1",
-              "model.backbone.num_layers=2", "model.backbone.grid_resolution=4"],
+              "model.backbone.num_layers=2"],
     "transip": ["model/backbone=transip"],
 }
 

@@ -19,8 +19,8 @@ CUTOFF = 3.0  # Å
 ELEMENTS = [1, 6, 8, 14]
 CONDITION_DIM = 4
 # relative rotation error of energies and forces allowed: the documented whole-model aliasing
-# bounds (docs/facet.md) at the default grid n_β = 2 lmax + 2 (chosen for speed) and on a fine grid
-ROTATION_TOLERANCE = 1e-4
+# bounds (docs/facet.md) at the default grid n_β = 5 lmax + 1 and on a fine grid
+ROTATION_TOLERANCE = 1e-6
 ROTATION_TOLERANCE_FINE_GRID = 1e-9
 EXACT = 1e-10
 
@@ -239,7 +239,7 @@ def test_config_builds_through_build_potential(molecule):
     config = {"backbone": backbone_config, "cutoff": CUTOFF, "elements": ELEMENTS, "atomic_energies": [0.0] * 4}
     potential = build_potential(config, statistics={"avg_num_neighbors": 4.5}).double()
     assert potential.backbone.config["avg_num_neighbors"] == 4.5
-    assert potential.backbone.config["grid_resolution"] == 2 * backbone_config["lmax"] + 2
+    assert potential.backbone.config["grid_resolution"] == 5 * backbone_config["lmax"] + 1
     assert torch.isfinite(predict(potential, molecule)["forces"]).all()
     rebuilt = Potential.from_config(potential.config)
     assert isinstance(rebuilt.backbone, FacetBackbone)

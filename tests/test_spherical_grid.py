@@ -18,8 +18,8 @@ from mlip.nn.spherical_grid import (
 )
 
 # documented bounds (docs/facet.md): relative rotation error of the grid MLP at unit grid
-# amplitude, at the default resolution 2 lmax + 2 (chosen for speed) and on the fine grid 3 lmax + 6
-GRID_MLP_EQUIVARIANCE_BOUND_DEFAULT = 1e-3
+# amplitude, at the default resolution 5 lmax + 1 and on the fine grid 3 lmax + 6
+GRID_MLP_EQUIVARIANCE_BOUND_DEFAULT = 1e-6
 GRID_MLP_EQUIVARIANCE_BOUND_FINE = 1e-6
 
 
