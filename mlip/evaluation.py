@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from ase import Atoms
 
 from mlip.data.structure import Structure
 
@@ -39,41 +38,13 @@ ALL_SUBSETS = "all"
 # --------------------------------------------------------------------------------------------
 
 
-def read_test_set(path: str | os.PathLike) -> list[Structure]:
-    """All structures of an mlip HDF5 file (.h5/.hdf5) or of any file ASE reads (extxyz, ...)."""
-    path = os.fspath(path)
-    if path.endswith((".h5", ".hdf5")):
-        from mlip.data.reader import StructureReader
+def read_test_set(path: str | os.PathLike, **options) -> list[Structure]:
+    """All structures of a test file in any format `mlip-convert` reads (mlip HDF5, extxyz and
+    other ASE-readable files, ASE db, aselmdb, MPTrj JSON, MACE HDF5), validated on the way in.
+    `options` are the converters' key options (e.g. ``energy_key="REF_energy"``)."""
+    from mlip.data.convert import read_structures
 
-        reader = StructureReader(path)
-        return [reader.read(index) for index in range(len(reader))]
-    import ase.io
-
-    return [structure_from_atoms(atoms, path, index) for index, atoms in enumerate(ase.io.read(path, index=":"))]
-
-
-def structure_from_atoms(atoms: Atoms, source: str = "", index: int = 0) -> Structure:
-    """A labelled `Structure` from an ASE Atoms read from a file (labels from its calculator)."""
-    from ase.stress import voigt_6_to_full_3x3_stress
-
-    results = atoms.calc.results if atoms.calc is not None else {}
-    stress = results.get("stress")
-    if stress is not None:
-        stress = np.asarray(stress, dtype=np.float64)
-        stress = voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress.reshape(3, 3)
-    return Structure(
-        numbers=atoms.numbers,
-        positions=atoms.positions,
-        cell=atoms.cell.array if atoms.pbc.any() else None,
-        pbc=atoms.pbc,
-        energy=results.get("energy"),
-        forces=results.get("forces"),
-        stress=stress,
-        charge=int(atoms.info.get("charge", 0)),
-        spin=int(atoms.info.get("spin", 1)),
-        id=str(atoms.info.get("id", f"{os.path.basename(source)}:{index}")),
-        subset=str(atoms.info.get("subset", atoms.info.get("config_type", ""))),
-    )
+    return list(read_structures(path, **options))
 
 
 # --------------------------------------------------------------------------------------------

@@ -59,7 +59,11 @@ def read_test_sets(paths: list[str]):
     for path in paths:
         if not os.path.exists(path):
             raise SystemExit(f"mlip-eval: test set {path} does not exist")
-        for structure in read_test_set(path):
+        try:
+            test_set = read_test_set(path)
+        except ValueError as error:  # MLIPDataError names the file, structure and field
+            raise SystemExit(f"mlip-eval: {error}") from None
+        for structure in test_set:
             if not structure.subset:
                 structure.subset = Path(path).stem
             structures.append(structure)
