@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -109,18 +108,12 @@ def md_atom_steps_per_second(model_path, n_steps):
     return len(atoms) * n_steps / (time.perf_counter() - start)
 
 
-def run_mlip_worker(args):
-    """Train one mlip backbone in this process and print its metrics as JSON (last line)."""
+def training_throughput_callback():
+    """A Lightning callback counting structures per second spent inside training steps."""
     import lightning.pytorch as pl
-    import torch
-    from hydra import compose, initialize_config_dir
-
-    from mlip.calculator import MLIPCalculator
-    from mlip.evaluation import evaluate
-    from mlip.train.build import config_dir, register_resolvers, train
 
     class TrainingThroughput(pl.Callback):
-        """Structures per second spent inside training steps (forward, backward, optimiser)."""
+        """Structures per second spent inside training steps (forward, losses, backward, optimiser)."""
 
         def __init__(self):
             self.seconds, self.structures, self._start = 0.0, 0, None
@@ -131,6 +124,18 @@ def run_mlip_worker(args):
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_index):
             self.seconds += time.perf_counter() - self._start
             self.structures += batch.num_graphs
+
+    return TrainingThroughput()
+
+
+def run_mlip_worker(args):
+    """Train one mlip backbone in this process and print its metrics as JSON (last line)."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from mlip.calculator import MLIPCalculator
+    from mlip.evaluation import evaluate
+    from mlip.train.build import config_dir, register_resolvers, train
 
     name = args.worker
     run_dir = Path(args.out_dir).resolve() / f"run_{name}"
@@ -146,7 +151,7 @@ def run_mlip_worker(args):
     register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         config = compose(config_name="train", overrides=overrides)
-    throughput = TrainingThroughput()
+    throughput = training_throughput_callback()
     start = time.perf_counter()
     results = train(config, run_dir.parent / f"bench_{name}", extra_callbacks=[throughput])
     train_seconds = time.perf_counter() - start
@@ -209,7 +214,7 @@ def main(argv=None):
                    "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--md-steps", str(args.md_steps),
                    "--out-dir", str(out_dir), "--extra", *args.extra]
         print(f"training mlip {name} for {args.seconds:.0f} s ...", flush=True)
-        completed = subprocess.run(command, capture_output=True, text=True)
+        completed = subprocess.run(command, check=False, capture_output=True, text=True)
         (out_dir / f"{name}.log").write_text(completed.stderr)
         if completed.returncode != 0:
             raise SystemExit(f"mlip {name} failed; see {out_dir / f'{name}.log'}")
@@ -224,7 +229,7 @@ def main(argv=None):
                        "--threads", str(args.threads), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
                        "--cutoff", str(CUTOFF), "--md-steps", str(args.md_steps)]
             print(f"training mace-torch for {args.seconds:.0f} s ...", flush=True)
-            completed = subprocess.run(command, capture_output=True, text=True)
+            completed = subprocess.run(command, check=False, capture_output=True, text=True)
             (out_dir / "mace-torch.log").write_text(completed.stderr)
             if completed.returncode != 0:
                 raise SystemExit(f"mace-torch failed; see {out_dir / 'mace-torch.log'}")

@@ -48,6 +48,7 @@ from bench_models import (
     data_split,
     last_json_line,
     md_atom_steps_per_second,
+    training_throughput_callback,
 )
 
 from mlip.train.datamodule import PotentialDataModule
@@ -112,25 +113,6 @@ class TrainSubsetDataModule(PotentialDataModule):
 
 
 # ------------------------------------------------------------------------------ the worker
-def training_throughput_callback():
-    import lightning.pytorch as pl
-
-    class TrainingThroughput(pl.Callback):
-        """Structures per second spent inside training steps (forward, losses, backward, optimiser)."""
-
-        def __init__(self):
-            self.seconds, self.structures, self._start = 0.0, 0, None
-
-        def on_train_batch_start(self, trainer, module, batch, batch_index):
-            self._start = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_index):
-            self.seconds += time.perf_counter() - self._start
-            self.structures += batch.num_graphs
-
-    return TrainingThroughput()
-
-
 def train_variant(args, run_dir: Path):
     """Train `args.worker` on `args.fraction` of the training split for `args.seconds`."""
     from hydra import compose, initialize_config_dir
