@@ -7,6 +7,8 @@ Graphs: `mlip.data.graph.structure_to_graph(structure, cutoff, dtype)`; batches:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -54,3 +56,26 @@ def molecule(rng) -> Structure:
 @pytest.fixture
 def crystal(rng) -> Structure:
     return random_crystal(rng)
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory):
+    """Path of a tiny MACE model trained ~10-20 s on the shipped sample data through the real
+    Hydra + Lightning pipeline and exported; trained once per session (test_md, test_eval)."""
+    from hydra import compose, initialize_config_dir
+    from train_helpers import SAMPLE_DATA, tiny_overrides
+
+    from mlip.train.build import config_dir, register_resolvers, train
+
+    missing = [str(path) for path in SAMPLE_DATA if not path.is_file()]
+    assert not missing, f"shipped sample data missing: {missing}"
+    run_dir = tmp_path_factory.mktemp("trained") / "tiny"
+    overrides = tiny_overrides(
+        [str(path) for path in SAMPLE_DATA], run_dir,
+        **{"trainer.max_epochs": 6, "trainer.max_time": "00:00:00:20", "logger": "none", "data.batch_size": 8},
+    )
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        results = train(compose("train", overrides=overrides), run_dir)
+    assert results["best_model"], f"training wrote no best_model.pt in {run_dir}"
+    return Path(results["best_model"])

@@ -35,15 +35,6 @@ def tiny_potential(seed: int = 0, charge_spin_conditioning: bool = True) -> Pote
     )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small graphs run fastest on one thread (and much faster than two on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def potential() -> Potential:
     return tiny_potential()

@@ -1,6 +1,6 @@
 """mlip-eval and mlip.evaluation: tables and parity plots on the shipped sample data.
 
-Uses the tiny model that test_md trains on the sample data (trained once per session).
+Uses the tiny model trained on the sample data by the `trained_model` fixture (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -10,25 +10,11 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-from test_md import SAMPLE_DATA, trained_sample_model
+from train_helpers import SAMPLE_DATA
 
 from mlip.calculator import MLIPCalculator
 from mlip.data.reader import StructureReader
 from mlip.evaluation import evaluate, mae_rmse, markdown_table, read_test_set
-
-
-@pytest.fixture(scope="module")
-def trained_model(tmp_path_factory):
-    return trained_sample_model(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def read_csv(path):

@@ -1,71 +1,21 @@
 """MD with a trained potential: energy conservation, instability detection, and the mlip-md CLI.
 
-`trained_sample_model` trains a tiny MACE model on the shipped sample data (data/*.h5) through
-the real training pipeline (Hydra config + Lightning) for a few seconds and exports it; test_eval
-reuses the same model (one training per test session).
+The `trained_model` fixture (tests/conftest.py) trains a tiny MACE model on the shipped sample
+data through the real training pipeline, once per test session; test_eval shares it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from ase.build import molecule
+from train_helpers import SAMPLE_DATA
 
 from mlip.calculator import MLIPCalculator
 from mlip.data.reader import StructureReader
 from mlip.md import InstabilityCriteria, InstabilityDetector, energy_drift, run_md
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DATA_DIR = Path(os.environ.get("MLIP_SAMPLE_DATA_DIR", REPO / "data"))  # override: data made elsewhere
-SAMPLE_DATA = [SAMPLE_DATA_DIR / "molecules.h5", SAMPLE_DATA_DIR / "crystals.h5"]
-_TRAINED_MODELS: dict[str, Path] = {}  # one tiny model per test session, shared with test_eval
-
-
-def trained_sample_model(tmp_path_factory) -> Path:
-    """Path of a tiny MACE model trained ~10-20 s on the shipped sample data and exported."""
-    if "sample" in _TRAINED_MODELS:
-        return _TRAINED_MODELS["sample"]
-    from hydra import compose, initialize_config_dir
-    from train_helpers import tiny_overrides
-
-    from mlip.train.build import config_dir, register_resolvers, train
-
-    missing = [str(path) for path in SAMPLE_DATA if not path.is_file()]
-    assert not missing, f"shipped sample data missing: {missing}"
-    run_dir = tmp_path_factory.mktemp("trained") / "tiny"
-    overrides = tiny_overrides(
-        [str(path) for path in SAMPLE_DATA], run_dir,
-        **{"trainer.max_epochs": 6, "trainer.max_time": "00:00:00:20", "logger": "none", "data.batch_size": 8},
-    )
-    register_resolvers()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            results = train(compose("train", overrides=overrides), run_dir)
-    finally:
-        torch.set_num_threads(threads)
-    assert results["best_model"], f"training wrote no best_model.pt in {run_dir}"
-    _TRAINED_MODELS["sample"] = Path(results["best_model"])
-    return _TRAINED_MODELS["sample"]
-
-
-@pytest.fixture(scope="module")
-def trained_model(tmp_path_factory) -> Path:
-    return trained_sample_model(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def first_neutral_molecule():

@@ -7,6 +7,7 @@ crystals (energy + forces + stress). Sizes are tiny so that training tests stay 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -19,6 +20,8 @@ from mlip.data.structure import Structure
 from mlip.data.writer import write_structures
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DATA_DIR = Path(os.environ.get("MLIP_SAMPLE_DATA_DIR", REPO_ROOT / "data"))  # override: data made elsewhere
+SAMPLE_DATA = [SAMPLE_DATA_DIR / "molecules.h5", SAMPLE_DATA_DIR / "crystals.h5"]
 
 
 def emt_structure(atoms, subset: str, index: int, charge: int = 0, spin: int = 1, with_stress: bool = False) -> Structure:
