@@ -58,6 +58,15 @@ def crystal(rng) -> Structure:
     return random_crystal(rng)
 
 
+
+@pytest.fixture
+def float64_default():
+    """Run a test with torch's default dtype set to float64 (restored afterwards)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
 @pytest.fixture(scope="session")
 def trained_model(tmp_path_factory):
     """Path of a tiny MACE model trained ~10-20 s on the shipped sample data through the real

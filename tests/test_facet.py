@@ -25,12 +25,7 @@ ROTATION_TOLERANCE_FINE_GRID = 1e-9
 EXACT = 1e-10
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def make_potential(seed: int = 0, **backbone_options) -> Potential:

@@ -18,13 +18,9 @@ CUTOFF = 3.0
 
 
 @pytest.fixture(autouse=True)
-def float64_default():
+def float64_and_seed(float64_default):
     """Build and run in float64 (e3nn bakes its Clebsch-Gordan constants in the default dtype)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
     torch.manual_seed(0)
-    yield
-    torch.set_default_dtype(previous)
 
 
 def tiny_backbone(**overrides) -> MACEBackbone:

@@ -23,12 +23,7 @@ GRID_MLP_EQUIVARIANCE_BOUND_DEFAULT = 1e-6
 GRID_MLP_EQUIVARIANCE_BOUND_FINE = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def rotate(coefficients, wigner):
