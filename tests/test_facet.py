@@ -257,3 +257,24 @@ def test_float32_model_agrees_with_float64(potential, molecule):
     relative = (outputs["energy"].double() - reference["energy"]).abs() / reference["energy"].abs()
     assert relative.item() < 1e-5
     assert torch.allclose(outputs["forces"].double(), reference["forces"], atol=1e-4)
+
+
+def test_scalar_input_message_path_equals_the_general_gaunt_product(molecule):
+    """The first layer skips the per-edge matrix product because its input has only l = 0:
+    its messages must equal the general path's on the same weights (for lmax 1 and 2)."""
+    from mlip.models.backbones.facet import EdgeGeometry, FacetInteraction, GauntEdgeMatrix
+
+    for lmax in (1, 2):
+        torch.manual_seed(lmax)
+        arguments = (lmax, 5, CUTOFF, 6, 2 * lmax + 2, 2, 3.0)
+        fast, general = FacetInteraction(*arguments, scalar_input=True), FacetInteraction(*arguments)
+        general.load_state_dict(fast.state_dict())
+        batch = graph(molecule)
+        vectors = batch.pos[batch.edge_index[1]] - batch.pos[batch.edge_index[0]]
+        harmonics = o3.spherical_harmonics(list(range(lmax + 1)), vectors, True, "component")
+        geometry = EdgeGeometry(harmonics, GauntEdgeMatrix(lmax)(harmonics), fast.radial.basis(vectors.norm(dim=-1)))
+        features = torch.zeros(len(molecule.numbers), (lmax + 1) ** 2, 5)
+        features[:, 0] = torch.randn(len(molecule.numbers), 5)
+        expected = general.aggregate_messages(features, batch.edge_index, geometry)
+        assert expected[:, 1:].abs().max() > 1e-3  # l > 0 messages are really produced
+        assert torch.allclose(fast.aggregate_messages(features, batch.edge_index, geometry), expected, atol=1e-13, rtol=0)

@@ -22,11 +22,18 @@ product of functions on the sphere has), T_ij costs O(K^3) per edge independent 
 the per-channel work is one batched (K x K) @ (K x C) product. The soft normalisation keeps the
 grid amplitude O(1), which bounds the aliasing error of the grid MLP (docs/facet.md).
 
+The first layer's input is the species (and charge/spin) embedding, which has only l = 0
+coefficients; there T_ij @ x reduces to Y(r̂_ij) x_0, so that layer skips the gather of the zero
+l > 0 coefficients and the per-edge matrix product (`FacetInteraction.scalar_input_messages`,
+the same numbers as the general path).
+
 Outputs: scalars = the l = 0 coefficients of every layer, concatenated (n, C · num_layers);
 vectors = the l = 1 coefficients of the last layer (n, C, 3), Cartesian (x, y, z).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from e3nn import o3
@@ -82,6 +89,14 @@ class GauntEdgeMatrix(Float64Buffers):
         return (edge_harmonics @ self.gaunt.to(edge_harmonics.dtype)).view(-1, self.size, self.size)
 
 
+class EdgeGeometry(NamedTuple):
+    """Per-edge terms every layer shares, computed once per forward pass."""
+
+    harmonics: torch.Tensor  # (E, K) Y(r̂_ij), component normalised
+    matrix: torch.Tensor | None  # (E, K, K) Gaunt edge matrices T_ij; None when only the scalar-input layer runs
+    spline_basis: torch.Tensor  # (E, M + 3) cubic B-spline basis of r_ij (all layers' splines share knots)
+
+
 class FacetInteraction(torch.nn.Module):
     """One message-passing layer followed by a residual grid-MLP node update (see module docstring)."""
 
@@ -94,51 +109,76 @@ class FacetInteraction(torch.nn.Module):
         grid_resolution: int,
         mlp_hidden_factor: int,
         avg_num_neighbors: float,
+        scalar_input: bool = False,
     ):
         super().__init__()
         self.lmax = lmax
         self.num_channels = num_channels
         self.size = num_coefficients(lmax)
         self.avg_num_neighbors = float(avg_num_neighbors)
+        self.scalar_input = bool(scalar_input)
         # one spline per (in/out, degree l, channel); spline output (role * (lmax+1) + l) * C + c
         self.radial = SplineRadial(cutoff, 2 * (lmax + 1) * num_channels, num_spline_knots)
+        # Columns of the spline table that give w_in and w_out with each degree's spline repeated
+        # over its 2l + 1 coefficients: (K_in C,) and (K C,), flattened (coefficient k, channel c).
+        # A scalar-input layer reads only the l = 0 coefficient of its input (K_in = 1).
         degree = degree_of_coefficient(lmax)
-        role = torch.arange(2)[:, None, None]
-        columns = (role * (lmax + 1) + degree[None, :, None]) * num_channels + torch.arange(num_channels)
-        # spline output weighting (role, coefficient k, channel c), flattened: (2 K C,)
-        self.register_buffer("radial_columns", columns.reshape(-1), persistent=False)
+        input_degree = degree[:1] if self.scalar_input else degree
+        channel = torch.arange(num_channels)
+        in_columns = input_degree[:, None] * num_channels + channel
+        out_columns = ((lmax + 1) + degree[:, None]) * num_channels + channel
+        self.register_buffer("radial_columns_in", in_columns.reshape(-1), persistent=False)
+        self.register_buffer("radial_columns_out", out_columns.reshape(-1), persistent=False)
         self.linear_up = DegreeWiseLinear(lmax, num_channels, num_channels)
         # [M_i, h_i] -> W_msg M_i + W_self h_i in one per-degree GEMM
         self.linear_update = DegreeWiseLinear(lmax, 2 * num_channels, num_channels)
         self.node_mlp = GridMLP(lmax, num_channels, mlp_hidden_factor * num_channels, num_channels, grid_resolution)
 
-    def forward(
-        self, features: torch.Tensor, edge_index: torch.Tensor, edge_matrix: torch.Tensor, spline_basis: torch.Tensor
-    ) -> torch.Tensor:
-        """features (n, K, C), edge_matrix (E, K, K), spline_basis (E, M + 3) -> updated features (n, K, C)."""
-        aggregated = self.aggregate_messages(features, edge_index, edge_matrix, spline_basis)
+    def forward(self, features: torch.Tensor, edge_index: torch.Tensor, geometry: "EdgeGeometry") -> torch.Tensor:
+        """features (n, K, C) -> updated features (n, K, C)."""
+        aggregated = self.aggregate_messages(features, edge_index, geometry)
         update = self.linear_update(torch.cat([aggregated, features], dim=-1))
         return features + self.node_update(update)
 
     def radial_weights(self, spline_basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(E, M + 3) -> w_in, w_out, (E, K, C) each: each degree's spline repeated over its 2l + 1 coefficients.
+        """(E, M + 3) -> w_in (E, K_in, C) and w_out (E, K, C): each degree's spline repeated over its 2l + 1 coefficients.
 
-        The repetition is done on the (M + 3, ·) coefficient table, so one GEMM yields the weights
-        in the layout the message needs (no per-edge gather)."""
-        coefficients = self.radial.full_coefficients()[:, self.radial_columns]  # (M + 3, 2 K C)
-        weights = (spline_basis @ coefficients).view(-1, 2, self.size, self.num_channels)
-        weights_in, weights_out = weights.unbind(dim=1)  # unbind, not two selects: its backward is one stack
-        return weights_in, weights_out
+        The repetition is done on the (M + 3, ·) coefficient table, so each weight set is one GEMM
+        in the layout the message needs (no per-edge gather). Two GEMMs rather than one split in
+        two: the split's backward would stack two (E, K, C) gradients into a new tensor."""
+        coefficients = self.radial.full_coefficients()  # (M + 3, 2 (lmax + 1) C)
+        weights_in = spline_basis @ coefficients[:, self.radial_columns_in]
+        weights_out = spline_basis @ coefficients[:, self.radial_columns_out]
+        return weights_in.view(spline_basis.shape[0], -1, self.num_channels), weights_out.view(-1, self.size, self.num_channels)
 
-    def aggregate_messages(
-        self, features: torch.Tensor, edge_index: torch.Tensor, edge_matrix: torch.Tensor, spline_basis: torch.Tensor
-    ) -> torch.Tensor:
+    def aggregate_messages(self, features: torch.Tensor, edge_index: torch.Tensor, geometry: "EdgeGeometry") -> torch.Tensor:
         """M_i = Σ_j m_ij / avg_num_neighbors, (n, K, C): Gaunt product of W_up h_j with Y(r̂_ij), spline-weighted."""
         sender, receiver = edge_index[0], edge_index[1]
-        weights_in, weights_out = self.radial_weights(spline_basis)
-        neighbour = self.linear_up(features).index_select(0, sender) * weights_in  # (E, K, C)
-        messages = torch.bmm(edge_matrix, neighbour) * weights_out  # (E, K, C)
+        weights_in, weights_out = self.radial_weights(geometry.spline_basis)
+        if self.scalar_input:
+            messages = self.scalar_input_messages(features, sender, geometry.harmonics, weights_in, weights_out)
+        else:
+            neighbour = self.linear_up(features).index_select(0, sender) * weights_in  # (E, K, C)
+            messages = torch.bmm(geometry.matrix, neighbour) * weights_out  # (E, K, C)
         return torch.zeros_like(features).index_add_(0, receiver, messages) / self.avg_num_neighbors
+
+    def scalar_input_messages(
+        self,
+        features: torch.Tensor,
+        sender: torch.Tensor,
+        edge_harmonics: torch.Tensor,
+        weights_in: torch.Tensor,
+        weights_out: torch.Tensor,
+    ) -> torch.Tensor:
+        """Messages (E, K, C) of a layer whose input has only l = 0 coefficients (the first layer).
+
+        The Gaunt product of a constant with Y(r̂) is Y(r̂) itself (T_ij[a, 0] = Y_a(r̂_ij), since
+        G[a, 0, c] = δ_ac), so m_ij[a] = w_out[l(a)] ⊙ Y_a(r̂_ij) (w_in[0] ⊙ (W_up h_j)[0]): the
+        same message as the general path, without gathering the zero l > 0 coefficients and
+        without the per-edge matrix product."""
+        scalars = features[:, 0] @ self.linear_up.weight[0]  # (n, C): the l = 0 block of W_up
+        neighbour = scalars.index_select(0, sender) * weights_in[:, 0]  # (E, C)
+        return weights_out * (edge_harmonics.unsqueeze(-1) * neighbour.unsqueeze(1))  # (E, K, C)
 
     def node_update(self, update: torch.Tensor) -> torch.Tensor:
         """Grid MLP of the softly normalised update (n, K, C).
@@ -214,12 +254,13 @@ class FacetBackbone(Backbone):
             o3.Irreps.spherical_harmonics(lmax), normalize=True, normalization="component"
         )
         self.edge_matrix = GauntEdgeMatrix(self.lmax)
+        # the first layer's input is the l = 0 embedding only: it takes the scalar-input message path
         self.layers = torch.nn.ModuleList(
             FacetInteraction(
                 self.lmax, self.num_channels, self.cutoff, num_spline_knots, self.grid_resolution,
-                mlp_hidden_factor, avg_num_neighbors,
+                mlp_hidden_factor, avg_num_neighbors, scalar_input=(index == 0),
             )
-            for _ in range(num_layers)
+            for index in range(num_layers)
         )
 
     def initial_features(self, species: torch.Tensor, node_condition: torch.Tensor | None) -> torch.Tensor:
@@ -236,12 +277,16 @@ class FacetBackbone(Backbone):
     def forward(self, inputs: BackboneInputs) -> NodeFeatures:
         # geometry terms shared by all layers
         edge_lengths = inputs.edge_vectors.norm(dim=-1)  # (E,) Å
-        edge_matrix = self.edge_matrix(self.edge_harmonics(inputs.edge_vectors))  # (E, K, K)
-        spline_basis = self.layers[0].radial.basis(edge_lengths)  # (E, M + 3); all layers' splines share knots
+        harmonics = self.edge_harmonics(inputs.edge_vectors)  # (E, K)
+        geometry = EdgeGeometry(
+            harmonics=harmonics,
+            matrix=self.edge_matrix(harmonics) if len(self.layers) > 1 else None,
+            spline_basis=self.layers[0].radial.basis(edge_lengths),
+        )
         features = self.initial_features(inputs.species, inputs.node_condition)
         scalars = []
         for layer in self.layers:
-            features = layer(features, inputs.edge_index, edge_matrix, spline_basis)
+            features = layer(features, inputs.edge_index, geometry)
             scalars.append(features[:, 0])
         vectors = features[:, 1:4].transpose(1, 2)  # (n, C, 3): e3nn's l = 1 block is (x, y, z)
         return NodeFeatures(scalars=torch.cat(scalars, dim=-1), vectors=vectors)
