@@ -6,19 +6,21 @@ import pytest
 import torch
 from e3nn import o3
 
-from mlip.models.backbones.facet import default_grid_resolution
+from mlip.models.backbones.facet import default_grid_degree
 from mlip.nn.spherical_grid import (
     GridMLP,
     GridProduct,
     SphericalGrid,
     gaunt_tensor,
     gauss_legendre_grid,
+    lebedev_grid,
+    quadrature_grid,
     num_coefficients,
     spherical_signal_irreps,
 )
 
 # documented bounds (docs/facet.md): relative rotation error of the grid MLP at unit grid
-# amplitude, at the default resolution 5 lmax + 1 and on the fine grid 3 lmax + 6
+# amplitude, at the default degree 10 lmax + 1 (both quadratures) and on a finer grid
 GRID_MLP_EQUIVARIANCE_BOUND_DEFAULT = 1e-6
 GRID_MLP_EQUIVARIANCE_BOUND_FINE = 1e-6
 
@@ -31,34 +33,58 @@ def rotate(coefficients, wigner):
     return torch.einsum("ij,njc->nic", wigner, coefficients)
 
 
-def test_quadrature_weights_and_points():
-    points, weights = gauss_legendre_grid(5)
-    assert points.shape == (50, 3) and weights.shape == (50,)
-    assert torch.allclose(points.norm(dim=-1), torch.ones(50))
+@pytest.mark.parametrize(("grid", "num_points"), [(lambda: gauss_legendre_grid(5), 50), (lambda: lebedev_grid(11), 50)])
+def test_quadrature_weights_and_points(grid, num_points):
+    points, weights = grid()
+    assert points.shape == (num_points, 3) and weights.shape == (num_points,)
+    assert torch.allclose(points.norm(dim=-1), torch.ones(num_points))
     assert abs(weights.sum().item() - 1.0) < 1e-14
     # the grid is inversion symmetric: every -x is also a grid point
     distances = (points[:, None, :] + points[None, :, :]).norm(dim=-1)  # |x_g - (-x_h)|
     assert distances.min(dim=1).values.max() < 1e-12
 
 
+@pytest.mark.parametrize("quadrature", ["lebedev", "gauss_legendre"])
+@pytest.mark.parametrize("degree", [3, 7, 11])
+def test_grid_integrates_polynomials_up_to_its_degree(quadrature, degree):
+    """Spherical mean of Y_a Y_b (degree la + lb <= D) is δ_ab; the next degree up is not integrated exactly."""
+    points, weights = quadrature_grid(degree, quadrature)
+    harmonics = o3.spherical_harmonics(list(range(degree // 2 + 1)), points, True, "component")  # up to l = D // 2
+    gram = torch.einsum("g,ga,gb->ab", weights, harmonics, harmonics)
+    assert torch.allclose(gram, torch.eye(gram.shape[0]), atol=1e-12)
+    # one degree further (Y_a Y_b with la + lb = D + 1) the rule is no longer exact: the test can fail
+    harmonics = o3.spherical_harmonics(list(range((degree + 1) // 2 + 1)), points, True, "component")
+    gram = torch.einsum("g,ga,gb->ab", weights, harmonics, harmonics)
+    assert (gram - torch.eye(gram.shape[0])).abs().max() > 1e-3
+
+
+def test_lebedev_degree_is_rounded_up_and_bounded():
+    assert lebedev_grid(12)[0].shape[0] == lebedev_grid(13)[0].shape[0]  # no degree-12 rule: the degree-13 one
+    with pytest.raises(ValueError, match="no Lebedev rule"):
+        lebedev_grid(1000)
+    with pytest.raises(ValueError, match="unknown quadrature"):
+        quadrature_grid(5, "monte_carlo")
+
+
+@pytest.mark.parametrize("quadrature", ["lebedev", "gauss_legendre"])
 @pytest.mark.parametrize("lmax", [1, 2, 3])
-def test_round_trip_is_identity_at_default_resolution(lmax):
-    grid = SphericalGrid(lmax, default_grid_resolution(lmax))
+def test_round_trip_is_identity_at_default_degree(lmax, quadrature):
+    grid = SphericalGrid(lmax, default_grid_degree(lmax), quadrature)
     coefficients = torch.randn(4, num_coefficients(lmax), 5)
     assert torch.allclose(grid.from_grid(grid.to_grid(coefficients)), coefficients, atol=1e-10, rtol=0)
-    # and at the coarsest allowed resolution
-    coarse = SphericalGrid(lmax, lmax + 1)
+    # and at the coarsest allowed degree
+    coarse = SphericalGrid(lmax, 2 * lmax, quadrature)
     assert torch.allclose(coarse.from_grid(coarse.to_grid(coefficients)), coefficients, atol=1e-10, rtol=0)
 
 
 def test_too_coarse_grid_is_rejected():
     with pytest.raises(ValueError, match="too coarse"):
-        SphericalGrid(3, 3)
+        SphericalGrid(3, 5)
 
 
 def test_to_grid_evaluates_e3nn_spherical_harmonics():
     lmax = 2
-    grid = SphericalGrid(lmax, 4)
+    grid = SphericalGrid(lmax, 7)
     coefficients = torch.randn(num_coefficients(lmax), 1)
     harmonics = o3.SphericalHarmonics(spherical_signal_irreps(lmax), normalize=True, normalization="component")
     expected = harmonics(grid.points) @ coefficients
@@ -115,9 +141,9 @@ def test_grid_product_matches_gaunt_contraction_and_is_exactly_equivariant():
         assert torch.allclose(rotated, rotate(result, wigner_out), atol=1e-12)
 
 
-def grid_mlp_equivariance_error(lmax, resolution, rotation, seed=0):
+def grid_mlp_equivariance_error(lmax, degree, rotation, quadrature="lebedev", seed=0):
     torch.manual_seed(seed)
-    layer = GridMLP(lmax, 16, 32, 16, resolution)
+    layer = GridMLP(lmax, 16, 32, 16, degree, quadrature)
     # unit grid amplitude: spherical RMS of every channel ~ 1
     coefficients = torch.randn(8, num_coefficients(lmax), 16) / math.sqrt(num_coefficients(lmax))
     wigner = spherical_signal_irreps(lmax).D_from_matrix(rotation)
@@ -125,22 +151,23 @@ def grid_mlp_equivariance_error(lmax, resolution, rotation, seed=0):
     return ((layer(rotate(coefficients, wigner)) - reference).norm() / reference.norm()).item()
 
 
+@pytest.mark.parametrize("quadrature", ["lebedev", "gauss_legendre"])
 @pytest.mark.parametrize("lmax", [1, 2, 3])
-def test_grid_mlp_equivariance_error_below_documented_bound(lmax):
+def test_grid_mlp_equivariance_error_below_documented_bound(lmax, quadrature):
     torch.manual_seed(1)
     rotation = o3.rand_matrix()
-    default_error = grid_mlp_equivariance_error(lmax, default_grid_resolution(lmax), rotation)
+    default_error = grid_mlp_equivariance_error(lmax, default_grid_degree(lmax), rotation, quadrature)
     assert default_error < GRID_MLP_EQUIVARIANCE_BOUND_DEFAULT
-    assert grid_mlp_equivariance_error(lmax, 3 * lmax + 6, rotation) < GRID_MLP_EQUIVARIANCE_BOUND_FINE
+    assert grid_mlp_equivariance_error(lmax, 6 * lmax + 11, rotation, quadrature) < GRID_MLP_EQUIVARIANCE_BOUND_FINE
     # the error is real aliasing, visible on a coarse grid: the test can fail
-    assert grid_mlp_equivariance_error(lmax, lmax + 1, rotation) > 1e-3
+    assert grid_mlp_equivariance_error(lmax, 2 * lmax + 1, rotation, quadrature) > 1e-3
 
 
 @pytest.mark.parametrize("lmax", [1, 2])
 def test_grid_mlp_equals_the_mlp_applied_at_every_grid_point(lmax):
     """The fused evaluation (Linears on coefficients, SiLU on the grid) is the textbook layer."""
     torch.manual_seed(2)
-    layer = GridMLP(lmax, 5, 7, 3, resolution=lmax + 2)
+    layer = GridMLP(lmax, 5, 7, 3, degree=2 * lmax + 3)
     coefficients = torch.randn(2, 4, num_coefficients(lmax), 5)  # two leading batch dimensions
     textbook = layer.grid.from_grid(layer.mlp(layer.grid.to_grid(coefficients)))
     assert layer(coefficients).shape == (2, 4, num_coefficients(lmax), 3)
@@ -150,10 +177,11 @@ def test_grid_mlp_equals_the_mlp_applied_at_every_grid_point(lmax):
 def test_grid_mlp_commutes_exactly_with_inversion():
     lmax = 2
     inversion = -torch.eye(3)
-    assert grid_mlp_equivariance_error(lmax, lmax + 2, inversion) < 1e-13
+    for quadrature in ("lebedev", "gauss_legendre"):
+        assert grid_mlp_equivariance_error(lmax, 2 * lmax + 3, inversion, quadrature) < 1e-13
 
 
 def test_float64_tables_survive_dtype_round_trips():
-    grid = SphericalGrid(2, 4).float().double()
+    grid = SphericalGrid(2, 7).float().double()
     coefficients = torch.randn(2, 9, 3)
     assert torch.allclose(grid.from_grid(grid.to_grid(coefficients)), coefficients, atol=1e-12, rtol=0)

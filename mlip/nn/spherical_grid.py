@@ -14,20 +14,27 @@ With "component" normalisation the spherical average of Y_k Y_k' is δ_kk'. The 
 carries quadrature weights w_g that sum to one, so projection back to coefficients is
 c_k = Σ_g w_g f(x_g) Y_k(x_g).
 
-The grid
---------
-Gauss-Legendre nodes in z = cos β (n_β of them) times n_α = 2 n_β equally spaced azimuths α.
-This rule integrates every polynomial in (x, y, z) of total degree D <= 2 n_β - 1 exactly
-(the α sum is exact for |m| < n_α, the Gauss-Legendre sum for degree < 2 n_β in z). A product of
-band-limited functions of degrees l1, l2, l3 is such a polynomial with D = l1 + l2 + l3, so
+The grids
+---------
+A grid is a set of unit vectors x_g with weights w_g (summing to one) that integrates every
+polynomial in (x, y, z) of total degree <= D exactly; D is the grid's `degree`. Two rules:
 
-* the round trip coefficients -> grid -> coefficients is the identity once n_β >= lmax + 1;
+* "lebedev" (default for the grid MLP): Lebedev-Laikov rules with octahedral symmetry, taken
+  from `scipy.integrate.lebedev_rule`; the fewest points for a given degree (50 points for
+  D = 11, 170 for D = 21, 350 for D = 31). Only some odd degrees exist; a request is rounded up
+  to the next available rule.
+* "gauss_legendre": Gauss-Legendre nodes in z = cos β (n_β of them) times n_α = 2 n_β equally
+  spaced azimuths α, with n_β = ceil((D + 1) / 2), i.e. G = 2 n_β^2 points (72 for D = 11). The α
+  sum is exact for |m| < n_α, the Gauss-Legendre sum for degree < 2 n_β in z.
+
+A product of band-limited functions of degrees l1, l2, l3 is a polynomial of degree
+D = l1 + l2 + l3, so
+* the round trip coefficients -> grid -> coefficients is the identity once D >= 2 lmax;
 * the product of two band-limited signals, projected onto degree <= lmax_out, is exact once
-  n_β >= (lmax_1 + lmax_2 + lmax_out + 1) / 2 (`exact_product_resolution`).
-
-The grid is symmetric under inversion x -> -x (Gauss-Legendre nodes are symmetric in z, and
-n_α is even), so pointwise operations commute exactly with inversion; only proper rotations
-are approximate for non-polynomial pointwise functions (aliasing, see `GridMLP`).
+  D >= lmax_1 + lmax_2 + lmax_out (`exact_product_degree`).
+Both rules are symmetric under inversion x -> -x, so pointwise operations commute exactly with
+inversion; only proper rotations are approximate for non-polynomial pointwise functions
+(aliasing, see `GridMLP`).
 """
 
 from __future__ import annotations
@@ -49,9 +56,9 @@ def degree_of_coefficient(lmax: int) -> torch.Tensor:
     return torch.cat([torch.full((2 * l + 1,), l, dtype=torch.long) for l in range(lmax + 1)])
 
 
-def exact_product_resolution(lmax_1: int, lmax_2: int, lmax_out: int) -> int:
-    """Smallest n_β for which the grid integrates Y_l1 · Y_l2 · Y_l3 exactly (all l <= the given maxima)."""
-    return math.ceil((lmax_1 + lmax_2 + lmax_out + 1) / 2)
+def exact_product_degree(lmax_1: int, lmax_2: int, lmax_out: int) -> int:
+    """Smallest grid degree D that integrates Y_l1 · Y_l2 · Y_l3 exactly (all l <= the given maxima)."""
+    return lmax_1 + lmax_2 + lmax_out
 
 
 def real_spherical_harmonics(lmax: int, directions: torch.Tensor) -> torch.Tensor:
@@ -79,6 +86,40 @@ def gauss_legendre_grid(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(points), torch.from_numpy(weights)
 
 
+LARGEST_LEBEDEV_DEGREE = 131  # scipy.integrate.lebedev_rule has odd degrees 3 .. 31, then 35, 41, ..., 131
+
+
+def lebedev_grid(degree: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points (G, 3) and weights (G,) summing to one of the smallest Lebedev rule exact to degree >= `degree` (float64)."""
+    from scipy.integrate import lebedev_rule
+
+    if degree > LARGEST_LEBEDEV_DEGREE:
+        raise ValueError(
+            f"lebedev_grid: no Lebedev rule of degree >= {degree} (largest: {LARGEST_LEBEDEV_DEGREE}); use 'gauss_legendre'"
+        )
+    for rule_degree in range(max(3, degree | 1), LARGEST_LEBEDEV_DEGREE + 1, 2):  # odd degrees from `degree` up
+        try:
+            points, weights = lebedev_rule(rule_degree)  # (3, G), weights sum to 4 pi
+        except (ValueError, NotImplementedError):  # no rule of this degree
+            continue
+        return torch.from_numpy(np.ascontiguousarray(points.T)), torch.from_numpy(weights / weights.sum())
+    raise ValueError(f"lebedev_grid: scipy has no Lebedev rule of degree >= {degree}")
+
+
+GRID_QUADRATURES = ("lebedev", "gauss_legendre")
+
+
+def quadrature_grid(degree: int, quadrature: str = "lebedev") -> tuple[torch.Tensor, torch.Tensor]:
+    """Points (G, 3) and weights (G,) of a grid exact for polynomials of degree <= `degree`."""
+    if degree < 0:
+        raise ValueError(f"quadrature_grid: degree must be >= 0, got {degree}")
+    if quadrature == "lebedev":
+        return lebedev_grid(degree)
+    if quadrature == "gauss_legendre":
+        return gauss_legendre_grid(max(1, math.ceil((degree + 1) / 2)))
+    raise ValueError(f"quadrature_grid: unknown quadrature {quadrature!r}; choose from {GRID_QUADRATURES}")
+
+
 class Float64Buffers(torch.nn.Module):
     """Module whose buffers named in `float64_buffers` stay float64 under .float()/.double()/.to(dtype).
 
@@ -103,8 +144,9 @@ class SphericalGrid(Float64Buffers):
 
     Args:
         lmax: largest degree of the coefficients.
-        resolution: n_β, the number of Gauss-Legendre polar nodes (n_α = 2 n_β azimuths,
-            G = 2 n_β^2 points). Must be >= lmax + 1 so that the round trip is exact.
+        degree: polynomial degree D the grid integrates exactly (see the module docstring). Must be
+            >= 2 lmax so that the round trip is exact.
+        quadrature: "lebedev" or "gauss_legendre".
 
     The projection matrices are kept in float64 and cast to the input dtype on use, so a model
     built in float32 and converted with `.double()` keeps full precision.
@@ -112,16 +154,17 @@ class SphericalGrid(Float64Buffers):
 
     float64_buffers = ("points", "weights", "to_grid_matrix", "from_grid_matrix")
 
-    def __init__(self, lmax: int, resolution: int):
+    def __init__(self, lmax: int, degree: int, quadrature: str = "lebedev"):
         super().__init__()
-        if resolution < lmax + 1:
+        if degree < 2 * lmax:
             raise ValueError(
-                f"SphericalGrid: resolution {resolution} is too coarse for lmax={lmax}; need >= {lmax + 1} "
-                "polar nodes for an exact round trip"
+                f"SphericalGrid: degree {degree} is too coarse for lmax={lmax}; need >= {2 * lmax} "
+                "for an exact round trip"
             )
         self.lmax = int(lmax)
-        self.resolution = int(resolution)
-        points, weights = gauss_legendre_grid(resolution)
+        self.degree = int(degree)
+        self.quadrature = quadrature
+        points, weights = quadrature_grid(degree, quadrature)
         harmonics = real_spherical_harmonics(lmax, points)  # (G, K) float64
         self.register_buffer("points", points, persistent=False)
         self.register_buffer("weights", weights, persistent=False)
@@ -141,7 +184,7 @@ class SphericalGrid(Float64Buffers):
         return torch.matmul(self.from_grid_matrix.to(values.dtype), values)
 
     def extra_repr(self) -> str:
-        return f"lmax={self.lmax}, resolution={self.resolution}, num_points={self.num_points}"
+        return f"lmax={self.lmax}, degree={self.degree}, quadrature={self.quadrature}, num_points={self.num_points}"
 
 
 class GridMLP(torch.nn.Module):
@@ -151,13 +194,13 @@ class GridMLP(torch.nn.Module):
     Linear(H, C_out). The MLP acts identically at every direction, so the layer commutes with
     rotations up to aliasing: SiLU of a band-limited signal is not band-limited, and the
     discarded (and aliased) high degrees make the equivariance approximate. The error falls
-    quickly with the resolution (scripts/equivariance_vs_grid.py, docs/facet.md). Inversion
+    quickly with the grid degree (scripts/equivariance_vs_grid.py, docs/facet.md). Inversion
     commutes exactly (the grid is inversion symmetric).
 
     Evaluation order: both Linears act on channels and the projections act on directions, so they
     commute. The first Linear is applied to the K coefficients before `to_grid` and the second
-    after `from_grid`, so the channel GEMMs run on K rows per node instead of G (G = 2 n_β² is
-    several times K). The biases are constant functions on the sphere, i.e. the l = 0
+    after `from_grid`, so the channel GEMMs run on K rows per node instead of G (G is several
+    times K). The biases are constant functions on the sphere, i.e. the l = 0
     coefficient (Y_00 = 1 with component normalisation); `from_grid` maps a constant exactly to
     the l = 0 slot, so this is the same function as MLP-on-every-grid-point, up to rounding.
     Only SiLU touches the (…, G, H) grid values.
@@ -165,12 +208,21 @@ class GridMLP(torch.nn.Module):
     Args:
         lmax: degrees of input and output coefficients.
         in_channels, hidden_channels, out_channels: MLP widths C, H, C_out.
-        resolution: grid n_β (see `SphericalGrid`).
+        degree, quadrature: the grid (see `SphericalGrid`); the default rule of FacetBackbone is
+            `default_grid_degree(lmax)`.
     """
 
-    def __init__(self, lmax: int, in_channels: int, hidden_channels: int, out_channels: int, resolution: int):
+    def __init__(
+        self,
+        lmax: int,
+        in_channels: int,
+        hidden_channels: int,
+        out_channels: int,
+        degree: int,
+        quadrature: str = "lebedev",
+    ):
         super().__init__()
-        self.grid = SphericalGrid(lmax, resolution)
+        self.grid = SphericalGrid(lmax, degree, quadrature)
         self.mlp = torch.nn.Sequential(
             torch.nn.Linear(in_channels, hidden_channels),
             torch.nn.SiLU(),
@@ -201,7 +253,7 @@ def gaunt_tensor(lmax_1: int, lmax_2: int, lmax_out: int) -> torch.Tensor:
     e3nn's `o3.wigner_3j(l1, l2, l3)`; it vanishes unless l1 + l2 + l3 is even and the triangle
     rule holds.
     """
-    points, weights = gauss_legendre_grid(exact_product_resolution(lmax_1, lmax_2, lmax_out))
+    points, weights = quadrature_grid(exact_product_degree(lmax_1, lmax_2, lmax_out), "gauss_legendre")
     y_1 = real_spherical_harmonics(lmax_1, points)
     y_2 = real_spherical_harmonics(lmax_2, points)
     y_out = real_spherical_harmonics(lmax_out, points)
@@ -221,10 +273,10 @@ class GridProduct(torch.nn.Module):
 
     def __init__(self, lmax_1: int, lmax_2: int, lmax_out: int):
         super().__init__()
-        resolution = max(exact_product_resolution(lmax_1, lmax_2, lmax_out), max(lmax_1, lmax_2, lmax_out) + 1)
-        self.grid_1 = SphericalGrid(lmax_1, resolution)
-        self.grid_2 = SphericalGrid(lmax_2, resolution)
-        self.grid_out = SphericalGrid(lmax_out, resolution)
+        degree = max(exact_product_degree(lmax_1, lmax_2, lmax_out), 2 * max(lmax_1, lmax_2, lmax_out))
+        self.grid_1 = SphericalGrid(lmax_1, degree)
+        self.grid_2 = SphericalGrid(lmax_2, degree)
+        self.grid_out = SphericalGrid(lmax_out, degree)
 
     def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         return self.grid_out.from_grid(self.grid_1.to_grid(first) * self.grid_2.to_grid(second))
