@@ -19,7 +19,7 @@ CUTOFF = 3.0  # Å
 ELEMENTS = [1, 6, 8, 14]
 CONDITION_DIM = 4
 # relative rotation error of energies and forces allowed: the documented whole-model aliasing
-# bounds (docs/facet.md) at the default grid n_β = 5 lmax + 1 and on a fine grid
+# bounds (docs/facet.md) at the default grid degree 10 lmax + 1 and on a fine grid
 ROTATION_TOLERANCE = 1e-6
 ROTATION_TOLERANCE_FINE_GRID = 1e-9
 EXACT = 1e-10
@@ -90,12 +90,17 @@ def test_rotation_and_reflection_invariance_and_force_equivariance(potential, mo
 
 
 @pytest.mark.parametrize(
-    ("grid_resolution", "tolerance"), [(None, ROTATION_TOLERANCE), (12, ROTATION_TOLERANCE_FINE_GRID)]
+    ("quadrature", "grid_degree", "tolerance"),
+    [
+        ("lebedev", None, ROTATION_TOLERANCE),
+        ("gauss_legendre", None, ROTATION_TOLERANCE),
+        ("gauss_legendre", 23, ROTATION_TOLERANCE_FINE_GRID),
+    ],
 )
-def test_lmax2_rotation_error_within_documented_bound(molecule, grid_resolution, tolerance):
-    potential = make_potential(lmax=2, grid_resolution=grid_resolution)
+def test_lmax2_rotation_error_within_documented_bound(molecule, quadrature, grid_degree, tolerance):
+    potential = make_potential(lmax=2, grid_quadrature=quadrature, grid_degree=grid_degree)
     assert_rotation_invariant(potential, molecule, tolerance)
-    coarse = make_potential(lmax=2, grid_resolution=3)  # aliasing is real: a too coarse grid fails the bound
+    coarse = make_potential(lmax=2, grid_degree=5)  # aliasing is real: a too coarse grid fails the bound
     with pytest.raises(AssertionError):
         assert_rotation_invariant(coarse, molecule, ROTATION_TOLERANCE)
 
@@ -234,7 +239,8 @@ def test_config_builds_through_build_potential(molecule):
     config = {"backbone": backbone_config, "cutoff": CUTOFF, "elements": ELEMENTS, "atomic_energies": [0.0] * 4}
     potential = build_potential(config, statistics={"avg_num_neighbors": 4.5}).double()
     assert potential.backbone.config["avg_num_neighbors"] == 4.5
-    assert potential.backbone.config["grid_resolution"] == 5 * backbone_config["lmax"] + 1
+    assert potential.backbone.config["grid_degree"] == 10 * backbone_config["lmax"] + 1
+    assert potential.backbone.config["grid_quadrature"] == "lebedev"
     assert torch.isfinite(predict(potential, molecule)["forces"]).all()
     rebuilt = Potential.from_config(potential.config)
     assert isinstance(rebuilt.backbone, FacetBackbone)
@@ -266,7 +272,7 @@ def test_scalar_input_message_path_equals_the_general_gaunt_product(molecule):
 
     for lmax in (1, 2):
         torch.manual_seed(lmax)
-        arguments = (lmax, 5, CUTOFF, 6, 2 * lmax + 2, 2, 3.0)
+        arguments = (lmax, 5, CUTOFF, 6, 10 * lmax + 1, "lebedev", 2, 3.0)
         fast, general = FacetInteraction(*arguments, scalar_input=True), FacetInteraction(*arguments)
         general.load_state_dict(fast.state_dict())
         batch = graph(molecule)

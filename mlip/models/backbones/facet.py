@@ -49,13 +49,15 @@ from mlip.nn.spherical_grid import (
 from mlip.nn.spline import SplineRadial
 
 
-def default_grid_resolution(lmax: int) -> int:
-    """Polar nodes n_β of the grid MLP: the smallest simple rule whose grid-MLP rotation error stays
-    below 1e-6 relative at unit amplitude for lmax 1-3 (n_β = 6, 11, 16: 3.4e-7, 2.4e-7, < 1.7e-7
-    measured by scripts/equivariance_vs_grid.py, tables in docs/facet.md). For lmax 1 that is
-    G = 2 n_β^2 = 72 points, which measured as fast as the 32-point grid n_β = 4 (the grid MLP
-    runs its Linears on coefficients; only SiLU runs on the grid)."""
-    return 5 * lmax + 1
+def default_grid_degree(lmax: int) -> int:
+    """Polynomial degree D of the grid MLP's quadrature: 10 lmax + 1 (11, 21, 31 for lmax 1-3).
+
+    The smallest simple rule whose grid-MLP rotation error stays below 1e-6 relative at unit
+    amplitude for lmax 1-3, with either quadrature (scripts/equivariance_vs_grid.py, tables in
+    docs/facet.md). With the default Lebedev rules that is 50, 170 and 350 points; the
+    Gauss-Legendre product grids of the same degree have 72, 242 and 512.
+    """
+    return 10 * lmax + 1
 
 
 class DegreeWiseLinear(torch.nn.Module):
@@ -106,7 +108,8 @@ class FacetInteraction(torch.nn.Module):
         num_channels: int,
         cutoff: float,
         num_spline_knots: int,
-        grid_resolution: int,
+        grid_degree: int,
+        grid_quadrature: str,
         mlp_hidden_factor: int,
         avg_num_neighbors: float,
         scalar_input: bool = False,
@@ -132,7 +135,9 @@ class FacetInteraction(torch.nn.Module):
         self.linear_up = DegreeWiseLinear(lmax, num_channels, num_channels)
         # [M_i, h_i] -> W_msg M_i + W_self h_i in one per-degree GEMM
         self.linear_update = DegreeWiseLinear(lmax, 2 * num_channels, num_channels)
-        self.node_mlp = GridMLP(lmax, num_channels, mlp_hidden_factor * num_channels, num_channels, grid_resolution)
+        self.node_mlp = GridMLP(
+            lmax, num_channels, mlp_hidden_factor * num_channels, num_channels, grid_degree, grid_quadrature
+        )
 
     def forward(self, features: torch.Tensor, edge_index: torch.Tensor, geometry: "EdgeGeometry") -> torch.Tensor:
         """features (n, K, C) -> updated features (n, K, C)."""
@@ -201,7 +206,9 @@ class FacetBackbone(Backbone):
         lmax: largest degree of node features and edge spherical harmonics.
         num_layers: interaction layers.
         num_spline_knots: knot intervals of each spline on [0, cutoff].
-        grid_resolution: polar nodes n_β of the grid MLP (G = 2 n_β^2 points); None = `default_grid_resolution(lmax)`.
+        grid_quadrature: "lebedev" (default, fewest points) or "gauss_legendre" (product grid).
+        grid_degree: polynomial degree the grid MLP's quadrature integrates exactly; None =
+            `default_grid_degree(lmax)` (rotation error < 1e-6, docs/facet.md).
         mlp_hidden_factor: hidden width of the grid MLP = factor x C.
         avg_num_neighbors: normalisation of the neighbour sum (dataset statistic).
     """
@@ -215,7 +222,8 @@ class FacetBackbone(Backbone):
         lmax: int = 1,
         num_layers: int = 2,
         num_spline_knots: int = 16,
-        grid_resolution: int | None = None,
+        grid_quadrature: str = "lebedev",
+        grid_degree: int | None = None,
         mlp_hidden_factor: int = 2,
         avg_num_neighbors: float = 1.0,
     ):
@@ -226,7 +234,7 @@ class FacetBackbone(Backbone):
             raise ValueError(f"FacetBackbone: num_layers and num_channels must be >= 1, got {num_layers}, {num_channels}")
         if avg_num_neighbors <= 0:
             raise ValueError(f"FacetBackbone: avg_num_neighbors must be positive, got {avg_num_neighbors}")
-        self.grid_resolution = int(grid_resolution) if grid_resolution is not None else default_grid_resolution(lmax)
+        self.grid_degree = int(grid_degree) if grid_degree is not None else default_grid_degree(lmax)
         # resolved constructor arguments: Potential stores them to rebuild the model from a checkpoint
         self.config = {
             "_target_": f"{type(self).__module__}.{type(self).__qualname__}",
@@ -237,7 +245,8 @@ class FacetBackbone(Backbone):
             "lmax": int(lmax),
             "num_layers": int(num_layers),
             "num_spline_knots": int(num_spline_knots),
-            "grid_resolution": self.grid_resolution,
+            "grid_quadrature": str(grid_quadrature),
+            "grid_degree": self.grid_degree,
             "mlp_hidden_factor": int(mlp_hidden_factor),
             "avg_num_neighbors": float(avg_num_neighbors),
         }
@@ -257,7 +266,7 @@ class FacetBackbone(Backbone):
         # the first layer's input is the l = 0 embedding only: it takes the scalar-input message path
         self.layers = torch.nn.ModuleList(
             FacetInteraction(
-                self.lmax, self.num_channels, self.cutoff, num_spline_knots, self.grid_resolution,
+                self.lmax, self.num_channels, self.cutoff, num_spline_knots, self.grid_degree, grid_quadrature,
                 mlp_hidden_factor, avg_num_neighbors, scalar_input=(index == 0),
             )
             for index in range(num_layers)
