@@ -12,7 +12,12 @@ an untrained ScaleShiftMACE of the same size as mlip's default MACE (32x0e+32x1o
 correlation 3, 2 layers, 8 Bessel functions, p = 5, radial MLP [64, 64]) through mace's own
 MACECalculator. This script is its own worker in that venv (`--mace-torch-worker`).
 
-    python scripts/bench_md.py --threads 1 --dtype float64
+    python scripts/bench_md.py --threads 1 --dtype float64 [--retain-freed-memory] [--compile]
+
+--retain-freed-memory applies mlip.performance.retain_freed_memory() (glibc keeps freed memory
+instead of page-faulting it in again) in every process, mace-torch's included; --compile runs the
+mlip backbones through torch.compile where they compile (Facet and TransIP; the MACE-like one falls
+back to eager, marked in the table).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import json
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +116,7 @@ def available_backbones() -> dict[str, dict]:
     return backbones
 
 
-def mlip_calculator(backbone_config: dict, dtype: str, skin: float):
+def mlip_calculator(backbone_config: dict, dtype: str, skin: float, compile: bool = False):
     from mlip.calculator import MLIPCalculator
     from mlip.models.potential import build_potential
 
@@ -119,7 +125,17 @@ def mlip_calculator(backbone_config: dict, dtype: str, skin: float):
         "avg_num_neighbors": 20.0,
     }
     potential = build_potential({"backbone": dict(backbone_config), "cutoff": CUTOFF}, statistics)
-    return MLIPCalculator(potential, dtype=dtype, skin=skin)
+    return MLIPCalculator(potential, dtype=dtype, skin=skin, compile=compile)
+
+
+def retain_freed_memory() -> bool:
+    """mlip.performance.retain_freed_memory, loaded by path so that the mace-torch worker (another venv) runs the same code."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mlip_performance", REPO / "mlip" / "performance.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.retain_freed_memory()
 
 
 def parameter_count(calculator) -> int:
@@ -131,8 +147,10 @@ def parameter_count(calculator) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def mace_torch_worker(system: str, dtype: str, seconds: float, min_steps: int, threads: int) -> dict:
+def mace_torch_worker(system: str, dtype: str, seconds: float, min_steps: int, threads: int, retain: bool) -> dict:
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # e3nn 0.4.4 constants
+    if retain and not retain_freed_memory():
+        raise RuntimeError("--retain-freed-memory could not be applied (needs Linux with glibc)")
     import torch
     from e3nn import o3
     from mace import modules
@@ -162,7 +180,7 @@ def run_mace_torch(system: str, arguments) -> dict | None:
         str(MACE_VENV_PYTHON), str(Path(__file__).resolve()), "--mace-torch-worker", system,
         "--dtype", arguments.dtype, "--seconds", str(arguments.seconds), "--min-steps", str(arguments.min_steps),
         "--threads", str(arguments.threads),
-    ]
+    ] + (["--retain-freed-memory"] if arguments.retain_freed_memory else [])
     completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""}, check=False)
     if completed.returncode != 0:
         print(f"mace-torch on {system} failed:\n{completed.stderr[-2000:]}", file=sys.stderr)
@@ -204,6 +222,14 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=3.0, help="time budget per (model, system)")
     parser.add_argument("--min-steps", type=int, default=3)
     parser.add_argument("--no-mace-torch", action="store_true")
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="MLIPCalculator(compile=True) for the mlip backbones (those that fail to compile fall back to eager and are marked)",
+    )
+    parser.add_argument(
+        "--retain-freed-memory", action="store_true",
+        help="mlip.performance.retain_freed_memory() in every benchmark process, mace-torch included",
+    )
     parser.add_argument("--json", help="also write the rows as JSON")
     parser.add_argument("--mace-torch-worker", metavar="SYSTEM", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -213,7 +239,8 @@ def main(argv=None) -> int:
     arguments = parse_arguments(argv)
     if arguments.mace_torch_worker:
         result = mace_torch_worker(
-            arguments.mace_torch_worker, arguments.dtype, arguments.seconds, arguments.min_steps, arguments.threads
+            arguments.mace_torch_worker, arguments.dtype, arguments.seconds, arguments.min_steps, arguments.threads,
+            arguments.retain_freed_memory,
         )
         print(json.dumps(result))
         return 0
@@ -221,6 +248,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(arguments.threads)
+    if arguments.retain_freed_memory and not retain_freed_memory():
+        raise SystemExit("--retain-freed-memory could not be applied (needs Linux with glibc)")
     backbones = available_backbones()
     if arguments.backbones:
         backbones = {name: backbones[name] for name in arguments.backbones}
@@ -229,16 +258,22 @@ def main(argv=None) -> int:
     for system in arguments.systems:
         for name, config in backbones.items():
             atoms = build_system(system)
-            atoms.calc = mlip_calculator(config, arguments.dtype, arguments.skin)
-            result = time_md(atoms, arguments.seconds, arguments.min_steps)
-            rows.append({"model": f"mlip {name}", "system": system, "parameters": parameter_count(atoms.calc), **result})
+            atoms.calc = mlip_calculator(config, arguments.dtype, arguments.skin, arguments.compile)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="MLIPCalculator: torch.compile failed")
+                result = time_md(atoms, arguments.seconds, arguments.min_steps)
+            model = f"mlip {name}" + (" (compiled)" if atoms.calc.compiled else "")
+            rows.append({"model": model, "system": system, "parameters": parameter_count(atoms.calc), **result})
             print(markdown(rows[-1:]).splitlines()[-1], flush=True)
         if with_mace_torch:
             result = run_mace_torch(system, arguments)
             if result is not None:
                 rows.append({"model": "mace-torch", "system": system, **result})
                 print(markdown(rows[-1:]).splitlines()[-1], flush=True)
-    print(f"\nCPU, torch threads {arguments.threads}, {arguments.dtype}, skin {arguments.skin} Å, cutoff {CUTOFF} Å\n")
+    print(
+        f"\nCPU, torch threads {arguments.threads}, {arguments.dtype}, skin {arguments.skin} Å, cutoff {CUTOFF} Å, "
+        f"retain freed memory: {arguments.retain_freed_memory}\n"
+    )
     print(markdown(rows))
     if arguments.json:
         Path(arguments.json).write_text(json.dumps(rows, indent=2) + "\n")

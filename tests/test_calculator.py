@@ -6,6 +6,11 @@ non-trivial energy surface); the drivers are only exercised for a few steps.
 
 from __future__ import annotations
 
+import platform
+import shutil
+import sys
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -284,3 +289,59 @@ def test_md_drivers_run(potential, driver):
     assert np.isfinite(atoms.get_potential_energy()) and np.isfinite(atoms.get_forces()).all()
     if driver.startswith("NPT"):
         assert not np.allclose(atoms.cell.array, start_cell)
+
+
+def tiny_facet_potential(seed: int = 0) -> Potential:
+    from mlip.models.backbones.facet import FacetBackbone
+
+    torch.manual_seed(seed)
+    backbone = FacetBackbone(
+        num_elements=len(ELEMENTS), cutoff=CUTOFF, condition_dim=8, num_channels=8, num_layers=2, avg_num_neighbors=8.0
+    )
+    return Potential(
+        backbone, ELEMENTS, [-13.6, -1029.0, -2041.0, -7850.0], scale=5.0, cutoff=CUTOFF, condition_dim=8,
+        readout_hidden=(8,),
+    )
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="torch.compile needs a C++ compiler on CPU")
+def test_compiled_facet_backbone_gives_the_eager_results():
+    """compile=True runs the backbone through TorchInductor; energies, forces and stress must not change,
+    and a changing edge count (MD) must not break it."""
+    model = tiny_facet_potential()
+    eager = MLIPCalculator(model, skin=0.0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="MLIPCalculator")  # a fallback to eager would make this test vacuous
+        compiled = MLIPCalculator(model, skin=0.0, compile=True)
+        for seed in (1, 2):
+            atoms = rattled_crystal(seed).repeat((2, 1, 1))
+            atoms.rattle(0.2, seed=seed)  # different edge counts across calls
+            results = {}
+            for name, calculator in (("eager", eager), ("compiled", compiled)):
+                atoms.calc = calculator
+                results[name] = (atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress())
+            assert abs(results["eager"][0] - results["compiled"][0]) < 1e-9
+            assert np.allclose(results["eager"][1], results["compiled"][1], atol=1e-9, rtol=0)
+            assert np.allclose(results["eager"][2], results["compiled"][2], atol=1e-9, rtol=0)
+    assert compiled.compiled
+    assert "forward" not in model.backbone.__dict__  # the caller's module keeps its eager forward
+
+
+def test_compile_falls_back_to_eager_with_a_warning_for_the_mace_backbone(potential):
+    atoms = rattled_molecule()
+    atoms.calc = MLIPCalculator(potential, compile=True)
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        energy = atoms.get_potential_energy()
+    atoms.calc = MLIPCalculator(potential)
+    assert abs(energy - atoms.get_potential_energy()) < 1e-9
+
+
+def test_retain_freed_memory_applies_on_linux_glibc():
+    from mlip.performance import retain_freed_memory
+
+    applied = retain_freed_memory()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert applied
+    atoms = rattled_molecule()
+    atoms.calc = MLIPCalculator(tiny_potential(), retain_freed_memory=True)
+    assert np.isfinite(atoms.get_forces()).all()
