@@ -127,9 +127,12 @@ def test_body_order_rises_with_correlation():
 
 
 # -------------------------------------------------------------------------------- backbone
-@pytest.mark.parametrize("lmax,correlation,hidden_irreps", [(1, 3, None), (2, 2, None), (2, 3, "8x0e+8x1o")])
-def test_backbone_scalars_invariant_and_vectors_equivariant(lmax, correlation, hidden_irreps):
-    backbone = tiny_backbone(lmax=lmax, correlation=correlation, hidden_irreps=hidden_irreps)
+@pytest.mark.parametrize(
+    "lmax,correlation,hidden_irreps,radial",
+    [(1, 3, None, "bessel_mlp"), (2, 2, None, "bessel_mlp"), (2, 3, "8x0e+8x1o", "bessel_mlp"), (2, 3, None, "spline")],
+)
+def test_backbone_scalars_invariant_and_vectors_equivariant(lmax, correlation, hidden_irreps, radial):
+    backbone = tiny_backbone(lmax=lmax, correlation=correlation, hidden_irreps=hidden_irreps, radial=radial)
     inputs = random_inputs()
     features = backbone(inputs)
     assert features.scalars.shape == (6, 2 * 8) and features.vectors.shape == (6, 8, 3)
@@ -189,3 +192,32 @@ def test_scalar_only_backbone_has_no_vectors():
     rotation = -o3.rand_matrix()
     moved = backbone(with_vectors(inputs, inputs.edge_vectors @ rotation.T))
     torch.testing.assert_close(moved.scalars, features.scalars, atol=1e-10, rtol=0)
+
+
+def test_spline_radial_variant_is_smooth_at_the_cutoff_and_differentiable():
+    """radial="spline" replaces Bessel basis + radial MLP by one cubic spline per tensor-product weight."""
+    backbone = tiny_backbone(radial="spline", num_spline_knots=6)
+    assert not hasattr(backbone.layers[0], "radial_mlp") and backbone.radial_embedding is None
+    inputs = random_inputs()
+
+    def energy(vectors):
+        return backbone(with_vectors(inputs, vectors)).scalars.sum()
+
+    vectors = inputs.edge_vectors.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(energy(vectors), vectors)
+    step = 1e-6
+    for edge in (0, 7):
+        displaced = inputs.edge_vectors.clone()
+        displaced[edge, 0] += step
+        plus = energy(displaced)
+        displaced[edge, 0] -= 2 * step
+        assert abs((plus - energy(displaced)).item() / (2 * step) - gradient[edge, 0].item()) < 1e-6
+    # an edge just beyond the cutoff contributes nothing; just inside, almost nothing (C2 spline)
+    far = inputs.edge_vectors.clone()
+    far[0] = far[0] / far[0].norm() * (CUTOFF + 1e-3)
+    near = far.clone()
+    near[0] = near[0] / near[0].norm() * (CUTOFF - 1e-3)
+    removed = far.clone()
+    removed[0] = removed[0] / removed[0].norm() * (CUTOFF + 1.0)
+    assert abs((energy(far) - energy(removed)).item()) < 1e-12
+    assert abs((energy(near) - energy(far)).item()) < 1e-6

@@ -22,6 +22,7 @@ from e3nn import o3
 from mlip.models.backbones.base import Backbone, BackboneInputs, NodeFeatures
 from mlip.nn.mlp import MLP
 from mlip.nn.radial import RadialEmbedding
+from mlip.nn.spline import SplineRadial
 
 
 def channelwise_irreps(num_channels: int, lmax: int) -> o3.Irreps:
@@ -162,6 +163,7 @@ class MACEInteraction(torch.nn.Module):
         correlation: int,
         avg_num_neighbors: float,
         residual: bool,
+        radial_spline: SplineRadial | None = None,
     ):
         super().__init__()
         num_channels = hidden_irreps[0].mul
@@ -174,7 +176,16 @@ class MACEInteraction(torch.nn.Module):
         self.edge_tensor_product = o3.TensorProduct(
             irreps_in, edge_irreps, tp_irreps, instructions, shared_weights=False, internal_weights=False
         )
-        self.radial_mlp = MLP(num_radial_basis, radial_mlp, self.edge_tensor_product.weight_numel, bias=False)
+        # radial functions -> tensor-product weights: a radial MLP of the Bessel basis, or splines
+        if radial_spline is None:
+            self.radial_mlp = MLP(num_radial_basis, radial_mlp, self.edge_tensor_product.weight_numel, bias=False)
+        else:
+            self.radial_spline = radial_spline
+            if radial_spline.num_outputs != self.edge_tensor_product.weight_numel:
+                raise ValueError(
+                    f"MACEInteraction: radial_spline has {radial_spline.num_outputs} outputs, the tensor product needs "
+                    f"{self.edge_tensor_product.weight_numel}"
+                )
         self.linear_message = o3.Linear(tp_irreps, self.message_irreps)
         self.product = SymmetricContraction(
             edge_irreps, o3.Irreps([ir for _, ir in hidden_irreps]), num_channels, num_elements, correlation
@@ -203,11 +214,15 @@ class MACEInteraction(torch.nn.Module):
         species_one_hot: torch.Tensor,  # (n, num_elements)
         edge_index: torch.Tensor,  # (2, E)
         edge_harmonics: torch.Tensor,  # (E, edge_irreps.dim)
-        edge_radial: torch.Tensor,  # (E, num_radial_basis), zero beyond the cutoff
+        edge_radial: torch.Tensor,  # (E, num_radial_basis) Bessel basis, or (E, M + 3) spline basis; zero beyond the cutoff
     ) -> torch.Tensor:
         sender, receiver = edge_index[0], edge_index[1]
         up = self.linear_up(node_features)
-        messages = self.edge_tensor_product(up[sender], edge_harmonics, self.radial_mlp(edge_radial))
+        if hasattr(self, "radial_spline"):
+            weights = edge_radial @ self.radial_spline.full_coefficients()
+        else:
+            weights = self.radial_mlp(edge_radial)
+        messages = self.edge_tensor_product(up[sender], edge_harmonics, weights)
         summed = messages.new_zeros(node_features.shape[0], messages.shape[1]).index_add_(0, receiver, messages)
         atomic_basis = self.linear_message(summed / self.avg_num_neighbors)
         product = self.product(to_channels(atomic_basis, self.message_irreps), species)
@@ -233,6 +248,11 @@ class MACEBackbone(Backbone):
         num_radial_basis: Bessel functions.
         radial_polynomial_p: order of the polynomial cutoff envelope.
         radial_mlp: hidden widths of the MLP mapping radial basis -> tensor-product weights.
+        radial: "bessel_mlp" (MACE's Bessel basis × polynomial envelope -> radial MLP) or
+            "spline" (one learnable cubic B-spline per tensor-product weight, Facet's radial
+            functions from mlip.nn.spline; `num_radial_basis`, `radial_polynomial_p` and
+            `radial_mlp` are then unused). For comparing the two radial designs on one architecture.
+        num_spline_knots: knot intervals of each spline on [0, cutoff] (radial="spline").
         avg_num_neighbors: divides the neighbour sum (take it from dataset statistics).
         hidden_irreps: e.g. "32x0e+32x1o"; one multiplicity, natural parity, contains 0e, l <= lmax.
     """
@@ -251,6 +271,8 @@ class MACEBackbone(Backbone):
         radial_mlp: Sequence[int] = (64, 64),
         avg_num_neighbors: float = 1.0,
         hidden_irreps: str | None = None,
+        radial: str = "bessel_mlp",
+        num_spline_knots: int = 16,
     ):
         super().__init__()
         hidden = o3.Irreps(hidden_irreps) if hidden_irreps else channelwise_irreps(num_channels, lmax)
@@ -261,6 +283,8 @@ class MACEBackbone(Backbone):
             raise ValueError(f"MACEBackbone: num_layers must be >= 1, got {num_layers}")
         if avg_num_neighbors <= 0:
             raise ValueError(f"MACEBackbone: avg_num_neighbors must be positive, got {avg_num_neighbors}")
+        if radial not in ("bessel_mlp", "spline"):
+            raise ValueError(f"MACEBackbone: radial must be 'bessel_mlp' or 'spline', got {radial!r}")
         self.config = {
             "_target_": f"{type(self).__module__}.{type(self).__qualname__}",
             "num_elements": int(num_elements),
@@ -275,6 +299,8 @@ class MACEBackbone(Backbone):
             "radial_mlp": [int(width) for width in radial_mlp],
             "avg_num_neighbors": float(avg_num_neighbors),
             "hidden_irreps": str(hidden),
+            "radial": radial,
+            "num_spline_knots": int(num_spline_knots),
         }
         self.num_elements = int(num_elements)
         self.condition_dim = int(condition_dim)
@@ -287,7 +313,8 @@ class MACEBackbone(Backbone):
         self.condition_projection = (
             torch.nn.Linear(condition_dim, num_channels, bias=False) if condition_dim > 0 else None
         )
-        self.radial_embedding = RadialEmbedding(cutoff, num_radial_basis, radial_polynomial_p)
+        self.radial = radial
+        self.radial_embedding = RadialEmbedding(cutoff, num_radial_basis, radial_polynomial_p) if radial == "bessel_mlp" else None
         self.spherical_harmonics = o3.SphericalHarmonics(edge_irreps, normalize=True, normalization="component")
         self.layers = torch.nn.ModuleList(
             MACEInteraction(
@@ -300,11 +327,22 @@ class MACEBackbone(Backbone):
                 correlation=correlation,
                 avg_num_neighbors=avg_num_neighbors,
                 residual=index > 0,
+                radial_spline=self._tensor_product_splines(index, hidden, edge_irreps, num_spline_knots),
             )
             for index in range(num_layers)
         )
         self.num_scalar_features = num_layers * num_channels
         self.num_vector_features = num_channels if o3.Irrep("1o") in hidden else 0
+
+    def _tensor_product_splines(self, index, hidden, edge_irreps, num_spline_knots) -> SplineRadial | None:
+        """Layer `index`'s splines (one per tensor-product weight) when radial="spline", else None."""
+        if self.radial != "spline":
+            return None
+        irreps_in = o3.Irreps(f"{self.num_channels}x0e") if index == 0 else hidden
+        target = channelwise_irreps(self.num_channels, edge_irreps.lmax)
+        _, instructions = MACEInteraction._message_paths(irreps_in, edge_irreps, target)
+        weight_numel = sum(irreps_in[i].mul for i, *_ in instructions)  # 'uvu': C weights per path
+        return SplineRadial(self.cutoff, weight_numel, num_spline_knots)
 
     @staticmethod
     def _check_hidden_irreps(hidden: o3.Irreps, lmax: int) -> None:
@@ -326,7 +364,10 @@ class MACEBackbone(Backbone):
             node_features = node_features + self.condition_projection(inputs.node_condition)
 
         distances = inputs.edge_vectors.norm(dim=-1)  # (E,) Å
-        edge_radial = self.radial_embedding(distances)
+        if self.radial_embedding is not None:
+            edge_radial = self.radial_embedding(distances)  # (E, num_radial_basis)
+        else:  # all layers' splines share the knots: one basis matrix (E, M + 3)
+            edge_radial = self.layers[0].radial_spline.basis(distances)
         edge_harmonics = self.spherical_harmonics(inputs.edge_vectors)
 
         layer_scalars = []
