@@ -1,9 +1,9 @@
 """Measure what the Facet building blocks cost and how equivariant they are.
 
-1. Grid-MLP rotation-equivariance error vs grid resolution (float64, random rotations):
+1. Grid-MLP rotation-equivariance error vs grid degree, Lebedev and Gauss-Legendre (float64, random rotations):
    relative error |f(D x) - D f(x)| / |D f(x)| for lmax = 1, 2, 3 at grid amplitude 1 and 2
    (the spherical RMS of every input channel; FacetBackbone normalises its grid input to <= 1).
-2. Rotation error of a whole FacetBackbone potential (energy and forces) vs grid resolution.
+2. Rotation error of a whole FacetBackbone potential (energy and forces) vs grid degree.
 3. Cost of the radial functions per edge batch, forward + backward (float32): cubic-spline
    table lookup (mlip.nn.spline) vs Bessel basis + radial MLP (mlip.nn.radial + mlip.nn.mlp).
 4. Forward + forces and a training step of a FacetBackbone vs MACEBackbone potential on a periodic cell.
@@ -31,17 +31,17 @@ from e3nn import o3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mlip.models.backbones.facet import FacetBackbone, default_grid_resolution
+from mlip.models.backbones.facet import FacetBackbone, default_grid_degree
 from mlip.nn.mlp import MLP
 from mlip.nn.radial import RadialEmbedding
-from mlip.nn.spherical_grid import GridMLP, num_coefficients, spherical_signal_irreps
+from mlip.nn.spherical_grid import GridMLP, num_coefficients, quadrature_grid, spherical_signal_irreps
 from mlip.nn.spline import SplineRadial
 
 
-def grid_mlp_error(lmax: int, resolution: int, amplitude: float, rotations: list[torch.Tensor]) -> float:
+def grid_mlp_error(lmax: int, degree: int, amplitude: float, rotations: list[torch.Tensor], quadrature: str) -> float:
     torch.manual_seed(0)
     channels = 32
-    layer = GridMLP(lmax, channels, 2 * channels, channels, resolution).double()
+    layer = GridMLP(lmax, channels, 2 * channels, channels, degree, quadrature).double()
     coefficients = torch.randn(16, num_coefficients(lmax), channels, dtype=torch.float64)
     coefficients *= amplitude / math.sqrt(num_coefficients(lmax))
     errors = []
@@ -53,16 +53,18 @@ def grid_mlp_error(lmax: int, resolution: int, amplitude: float, rotations: list
     return max(errors)
 
 
-def grid_table(resolutions_of_lmax: dict[int, list[int]], rotations) -> None:
+def grid_table(degrees_of_lmax: dict[int, list[int]], rotations) -> None:
     print("## Grid-MLP relative equivariance error (float64, max over", len(rotations), "rotations)")
     print()
-    print("| lmax | n_beta | grid points | error, amplitude 1 | error, amplitude 2 |")
-    print("|---|---|---|---|---|")
-    for lmax, resolutions in resolutions_of_lmax.items():
-        for resolution in resolutions:
-            marker = " (default)" if resolution == default_grid_resolution(lmax) else ""
-            errors = [grid_mlp_error(lmax, resolution, amplitude, rotations) for amplitude in (1.0, 2.0)]
-            print(f"| {lmax} | {resolution}{marker} | {2 * resolution**2} | {errors[0]:.1e} | {errors[1]:.1e} |")
+    print("| lmax | quadrature | degree | grid points | error, amplitude 1 | error, amplitude 2 |")
+    print("|---|---|---|---|---|---|")
+    for lmax, degrees in degrees_of_lmax.items():
+        for quadrature in ("lebedev", "gauss_legendre"):
+            for degree in degrees:
+                marker = " (default)" if degree == default_grid_degree(lmax) else ""
+                errors = [grid_mlp_error(lmax, degree, amplitude, rotations, quadrature) for amplitude in (1.0, 2.0)]
+                points = quadrature_grid(degree, quadrature)[0].shape[0]
+                print(f"| {lmax} | {quadrature} | {degree}{marker} | {points} | {errors[0]:.1e} | {errors[1]:.1e} |")
     print()
 
 
@@ -96,18 +98,18 @@ def model_energy_and_forces(backbone, positions, species, cutoff):
     return energy.detach(), -gradient
 
 
-def model_table(lmax: int, resolutions: list[int], rotations) -> None:
+def model_table(lmax: int, degrees: list[int], rotations) -> None:
     cutoff = 4.0
     positions, species = random_cluster(12, seed=1)
-    print(f"## FacetBackbone rotation error vs grid resolution (float64, lmax={lmax}, C=16, 2 layers,")
+    print(f"## FacetBackbone rotation error vs Lebedev grid degree (float64, lmax={lmax}, C=16, 2 layers,")
     print("## energy = sum of output scalars, 12-atom cluster, max over rotations)")
     print()
-    print("| n_beta | energy rel. error | force rel. error |")
+    print("| grid degree | energy rel. error | force rel. error |")
     print("|---|---|---|")
-    for resolution in resolutions:
+    for degree in degrees:
         torch.manual_seed(0)
         backbone = FacetBackbone(
-            3, cutoff, num_channels=16, lmax=lmax, num_layers=2, grid_resolution=resolution, avg_num_neighbors=6.0
+            3, cutoff, num_channels=16, lmax=lmax, num_layers=2, grid_degree=degree, avg_num_neighbors=6.0
         ).double()
         energy, forces = model_energy_and_forces(backbone, positions, species, cutoff)
         energy_errors, force_errors = [], []
@@ -116,8 +118,54 @@ def model_table(lmax: int, resolutions: list[int], rotations) -> None:
             energy_errors.append(abs((rotated_energy - energy).item() / energy.item()))
             expected = forces @ rotation.T
             force_errors.append(((rotated_forces - expected).norm() / expected.norm()).item())
-        marker = " (default)" if resolution == default_grid_resolution(lmax) else ""
-        print(f"| {resolution}{marker} | {max(energy_errors):.1e} | {max(force_errors):.1e} |")
+        marker = " (default)" if degree == default_grid_degree(lmax) else ""
+        print(f"| {degree}{marker} | {max(energy_errors):.1e} | {max(force_errors):.1e} |")
+    print()
+
+
+def trained_model_table(export_path: str, data_paths: list[str], num_structures: int) -> None:
+    """Rotation error of a trained Facet export on real structures, vs the grid degree of its grid MLPs.
+
+    The grid is not learned (its tables are non-persistent buffers), so one set of trained
+    weights can be evaluated on any grid: the default-degree row is the model as trained and
+    shipped, the finer rows show how much of the error is grid aliasing. Errors from
+    `mlip.evaluation_equivariance.equivariance_errors` (float64, 7 angles about 2 random axes per
+    structure): the largest mean |ΔE| per atom and force RMS error over the angles.
+    """
+    import mlip
+    from mlip.data.graph import structure_to_graph
+    from mlip.data.reader import StructureReader
+    from mlip.evaluation_equivariance import equivariance_errors
+    from mlip.nn.spherical_grid import SphericalGrid
+
+    model = mlip.load(export_path).double().eval()
+    backbone = model.backbone
+    if not isinstance(backbone, FacetBackbone):
+        raise SystemExit(f"{export_path}: not a Facet model ({type(backbone).__name__})")
+    graphs, force_scale = [], []
+    for path in data_paths:
+        reader = StructureReader(path)
+        for index in np.linspace(0, len(reader) - 1, num_structures).astype(int):
+            structure = reader[int(index)]
+            graphs.append(structure_to_graph(structure, model.cutoff, dtype=torch.float64))
+            if structure.forces is not None:
+                force_scale.append(np.sqrt(np.mean(np.square(structure.forces))))
+    print(f"## Trained Facet model {export_path}: rotation error on {len(graphs)} structures of {', '.join(data_paths)}")
+    print(f"## (float64; label force RMS {1000 * np.mean(force_scale):.0f} meV/Å for scale)")
+    print()
+    print("| grid (quadrature, degree, points) | energy error (meV/atom) | force error (meV/Å) |")
+    print("|---|---|---|")
+    quadrature, trained_degree = backbone.config["grid_quadrature"], backbone.config["grid_degree"]
+    for degree in sorted({2 * backbone.lmax + 1, trained_degree, trained_degree + 4, trained_degree + 10}):
+        for layer in backbone.layers:
+            layer.node_mlp.grid = SphericalGrid(backbone.lmax, degree, quadrature)
+        errors = equivariance_errors(model, graphs, num_angles=7, num_axes=2)
+        marker = " (as trained)" if degree == trained_degree else ""
+        points = backbone.layers[0].node_mlp.grid.num_points
+        print(
+            f"| {quadrature}, {degree}{marker}, {points} | {1000 * errors.energy_error_per_atom.max():.2e} | "
+            f"{1000 * errors.max_force_error:.2e} |"
+        )
     print()
 
 
@@ -297,23 +345,30 @@ def fit_check(steps: int = 300) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer resolutions and repetitions")
+    parser.add_argument("--quick", action="store_true", help="fewer grid degrees and repetitions")
     parser.add_argument("--skip-models", action="store_true", help="skip the backbone timing (section 4)")
     parser.add_argument("--fit", action="store_true", help="also run the Lennard-Jones fit check (minutes)")
+    parser.add_argument("--trained", metavar="EXPORT", help="only: rotation error of this trained Facet export (mlip.load)")
+    parser.add_argument("--data", nargs="+", default=["data/molecules.h5", "data/crystals.h5"], help="structures for --trained")
+    parser.add_argument("--num-structures", type=int, default=12, help="structures per data file for --trained")
     args = parser.parse_args()
+    if args.trained:
+        torch.set_num_threads(1)
+        torch.set_default_dtype(torch.float64)
+        trained_model_table(args.trained, args.data, args.num_structures)
+        return
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)  # e3nn's Wigner matrices follow the default dtype
     torch.manual_seed(1234)
     rotations = [o3.rand_matrix(dtype=torch.float64) for _ in range(2 if args.quick else 4)]
     if args.quick:
-        resolutions = {lmax: [lmax + 1, default_grid_resolution(lmax)] for lmax in (1, 2, 3)}
+        degrees = {lmax: [2 * lmax + 1, default_grid_degree(lmax)] for lmax in (1, 2, 3)}
     else:
-        resolutions = {lmax: list(range(lmax + 1, default_grid_resolution(lmax) + 7, 2)) for lmax in (1, 2, 3)}
-        for lmax, values in resolutions.items():
-            resolutions[lmax] = sorted(set(values) | {default_grid_resolution(lmax)})
-    grid_table(resolutions, rotations)
+        degrees = {lmax: sorted({2 * lmax + 1, 5 * lmax + 2, default_grid_degree(lmax) - 2, default_grid_degree(lmax),
+                                 default_grid_degree(lmax) + 4}) for lmax in (1, 2, 3)}
+    grid_table(degrees, rotations)
     for lmax in (1, 2):
-        model_table(lmax, sorted({lmax + 1, lmax + 2, lmax + 3, 2 * lmax + 2, 8, default_grid_resolution(lmax)}), rotations)
+        model_table(lmax, sorted({2 * lmax + 1, 2 * lmax + 3, 4 * lmax + 3, default_grid_degree(lmax), 23}), rotations)
     torch.set_default_dtype(torch.float32)
     repeats = 5 if args.quick else 15
     radial_cost(num_edges=20000, num_outputs=2 * 3 * 64, repeats=repeats)

@@ -56,6 +56,11 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin, Å")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (Facet: faster; others fall back to eager)")
+    parser.add_argument(
+        "--no-retain-freed-memory", dest="retain_freed_memory", action="store_false",
+        help="keep glibc's default of returning freed memory to the kernel (slower large force calls; docs/calculator.md)",
+    )
     return parser.parse_args(argv)
 
 
@@ -73,7 +78,11 @@ def main(argv=None) -> int:
         if not atoms.pbc.all():
             raise SystemExit("mlip-md: --supercell needs a structure periodic in all three directions")
         atoms = atoms.repeat(arguments.supercell)
-    atoms.calc = MLIPCalculator(arguments.model, device=arguments.device, dtype=arguments.dtype, skin=arguments.skin)
+    atoms.calc = MLIPCalculator(
+        arguments.model, device=arguments.device, dtype=arguments.dtype, skin=arguments.skin,
+        compile=arguments.compile,
+        retain_freed_memory=arguments.retain_freed_memory and sys.platform.startswith("linux"),  # glibc only
+    )
     criteria = InstabilityCriteria(
         min_distance=arguments.min_distance,
         max_bond_stretch=arguments.max_bond_stretch,
