@@ -11,7 +11,12 @@ from torch_geometric.data import Batch
 from mlip.data.graph import structure_to_graph
 from mlip.data.structure import Structure
 from mlip.models.backbones.base import BackboneInputs
-from mlip.models.backbones.facet import FacetBackbone
+from mlip.models.backbones.facet import (
+    EdgeGeometry,
+    FacetBackbone,
+    FacetInteraction,
+    GauntEdgeMatrix,
+)
 from mlip.models.potential import Potential, build_potential
 from tests.conftest import random_crystal, random_molecule
 
@@ -87,6 +92,22 @@ def assert_rotation_invariant(potential, molecule, tolerance):
 
 def test_rotation_and_reflection_invariance_and_force_equivariance(potential, molecule):
     assert_rotation_invariant(potential, molecule, ROTATION_TOLERANCE)
+
+
+@pytest.mark.parametrize("bound", [None, 0.8])
+def test_rotation_error_stays_below_bound_for_large_weights_only_with_the_anisotropy_bound(molecule, bound):
+    """Trained grid MLPs have large first-layer weights; the default anisotropy bound keeps the
+    whole-model rotation error below 1e-6 for them, the unbounded layer does not."""
+    potential = make_potential(num_channels=8, grid_anisotropy_bound=bound)
+    with torch.no_grad():
+        for layer in potential.backbone.layers:
+            layer.node_mlp.mlp[0].weight.mul_(30.0)
+            layer.linear_update.weight.mul_(3.0)
+    if bound is None:
+        with pytest.raises(AssertionError):
+            assert_rotation_invariant(potential, molecule, ROTATION_TOLERANCE)
+    else:
+        assert_rotation_invariant(potential, molecule, ROTATION_TOLERANCE)
 
 
 @pytest.mark.parametrize(
@@ -268,11 +289,9 @@ def test_float32_model_agrees_with_float64(potential, molecule):
 def test_scalar_input_message_path_equals_the_general_gaunt_product(molecule):
     """The first layer skips the per-edge matrix product because its input has only l = 0:
     its messages must equal the general path's on the same weights (for lmax 1 and 2)."""
-    from mlip.models.backbones.facet import EdgeGeometry, FacetInteraction, GauntEdgeMatrix
-
     for lmax in (1, 2):
         torch.manual_seed(lmax)
-        arguments = (lmax, 5, CUTOFF, 6, 10 * lmax + 1, "lebedev", 2, 3.0)
+        arguments = (lmax, 5, CUTOFF, 6, 10 * lmax + 1, "lebedev", 0.8, 2, 3.0)
         fast, general = FacetInteraction(*arguments, scalar_input=True), FacetInteraction(*arguments)
         general.load_state_dict(fast.state_dict())
         batch = graph(molecule)

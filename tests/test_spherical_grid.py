@@ -14,8 +14,8 @@ from mlip.nn.spherical_grid import (
     gaunt_tensor,
     gauss_legendre_grid,
     lebedev_grid,
-    quadrature_grid,
     num_coefficients,
+    quadrature_grid,
     spherical_signal_irreps,
 )
 
@@ -185,3 +185,38 @@ def test_float64_tables_survive_dtype_round_trips():
     grid = SphericalGrid(2, 7).float().double()
     coefficients = torch.randn(2, 9, 3)
     assert torch.allclose(grid.from_grid(grid.to_grid(coefficients)), coefficients, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("lmax", [1, 2])
+def test_anisotropy_bound_keeps_aliasing_small_for_large_trained_weights(lmax):
+    """Training enlarges the grid MLP's first Linear; without the bound the aliasing error grows with
+    it, with the bound it stays below 1e-6 on the default grid whatever the weights."""
+    from mlip.models.backbones.facet import DEFAULT_GRID_ANISOTROPY_BOUND
+
+    torch.manual_seed(3)
+    rotation = o3.rand_matrix()
+    wigner = spherical_signal_irreps(lmax).D_from_matrix(rotation)
+    coefficients = torch.randn(8, num_coefficients(lmax), 16) / math.sqrt(num_coefficients(lmax))
+    errors = {}
+    for bound in (None, DEFAULT_GRID_ANISOTROPY_BOUND):
+        layer = GridMLP(lmax, 16, 32, 16, default_grid_degree(lmax), anisotropy_bound=bound)
+        with torch.no_grad():
+            layer.mlp[0].weight.mul_(20.0)  # weights as large as training makes them
+        reference = rotate(layer(coefficients), wigner)
+        errors[bound] = ((layer(rotate(coefficients, wigner)) - reference).norm() / reference.norm()).item()
+    assert errors[None] > 1e-4
+    assert errors[DEFAULT_GRID_ANISOTROPY_BOUND] < GRID_MLP_EQUIVARIANCE_BOUND_DEFAULT
+
+
+def test_anisotropy_bound_scales_only_the_l_above_0_part_of_the_pre_activation():
+    torch.manual_seed(4)
+    layer = GridMLP(1, 3, 5, 2, degree=7, anisotropy_bound=0.5)
+    unbounded = GridMLP(1, 3, 5, 2, degree=7)
+    unbounded.load_state_dict(layer.state_dict())
+    isotropic = torch.zeros(4, 4, 3)
+    isotropic[:, 0] = torch.randn(4, 3)  # l = 0 only: nothing to bound
+    assert torch.allclose(layer(isotropic), unbounded(isotropic), atol=1e-14, rtol=0)
+    anisotropic = torch.randn(4, 4, 3)
+    assert not torch.allclose(layer(anisotropic), unbounded(anisotropic), atol=1e-6)
+    with pytest.raises(ValueError, match="anisotropy_bound"):
+        GridMLP(1, 3, 5, 2, degree=7, anisotropy_bound=0.0)

@@ -60,6 +60,13 @@ def default_grid_degree(lmax: int) -> int:
     return 10 * lmax + 1
 
 
+# Spherical RMS of a grid-MLP pre-activation's l > 0 part is kept below this (GridMLP). At lmax 1 it
+# caps the pre-activation's variation b·x over the sphere at |b| = sqrt(3) * 0.8 = 1.39, where one
+# SiLU channel's aliasing error on the default grid is < 1.3e-7 relative for any isotropic level
+# (docs/facet.md).
+DEFAULT_GRID_ANISOTROPY_BOUND = 0.8
+
+
 class DegreeWiseLinear(torch.nn.Module):
     """Channel mixing with one (C_in, C_out) matrix per degree l: (n, K, C_in) -> (n, K, C_out). Equivariant."""
 
@@ -110,6 +117,7 @@ class FacetInteraction(torch.nn.Module):
         num_spline_knots: int,
         grid_degree: int,
         grid_quadrature: str,
+        grid_anisotropy_bound: float | None,
         mlp_hidden_factor: int,
         avg_num_neighbors: float,
         scalar_input: bool = False,
@@ -136,10 +144,11 @@ class FacetInteraction(torch.nn.Module):
         # [M_i, h_i] -> W_msg M_i + W_self h_i in one per-degree GEMM
         self.linear_update = DegreeWiseLinear(lmax, 2 * num_channels, num_channels)
         self.node_mlp = GridMLP(
-            lmax, num_channels, mlp_hidden_factor * num_channels, num_channels, grid_degree, grid_quadrature
+            lmax, num_channels, mlp_hidden_factor * num_channels, num_channels, grid_degree, grid_quadrature,
+            anisotropy_bound=grid_anisotropy_bound,
         )
 
-    def forward(self, features: torch.Tensor, edge_index: torch.Tensor, geometry: "EdgeGeometry") -> torch.Tensor:
+    def forward(self, features: torch.Tensor, edge_index: torch.Tensor, geometry: EdgeGeometry) -> torch.Tensor:
         """features (n, K, C) -> updated features (n, K, C)."""
         aggregated = self.aggregate_messages(features, edge_index, geometry)
         update = self.linear_update(torch.cat([aggregated, features], dim=-1))
@@ -152,11 +161,12 @@ class FacetInteraction(torch.nn.Module):
         in the layout the message needs (no per-edge gather). Two GEMMs rather than one split in
         two: the split's backward would stack two (E, K, C) gradients into a new tensor."""
         coefficients = self.radial.full_coefficients()  # (M + 3, 2 (lmax + 1) C)
-        weights_in = spline_basis @ coefficients[:, self.radial_columns_in]
-        weights_out = spline_basis @ coefficients[:, self.radial_columns_out]
-        return weights_in.view(spline_basis.shape[0], -1, self.num_channels), weights_out.view(-1, self.size, self.num_channels)
+        num_edges = spline_basis.shape[0]
+        weights_in = spline_basis @ coefficients[:, self.radial_columns_in]  # (E, K_in C)
+        weights_out = spline_basis @ coefficients[:, self.radial_columns_out]  # (E, K C)
+        return weights_in.view(num_edges, -1, self.num_channels), weights_out.view(num_edges, self.size, self.num_channels)
 
-    def aggregate_messages(self, features: torch.Tensor, edge_index: torch.Tensor, geometry: "EdgeGeometry") -> torch.Tensor:
+    def aggregate_messages(self, features: torch.Tensor, edge_index: torch.Tensor, geometry: EdgeGeometry) -> torch.Tensor:
         """M_i = Σ_j m_ij / avg_num_neighbors, (n, K, C): Gaunt product of W_up h_j with Y(r̂_ij), spline-weighted."""
         sender, receiver = edge_index[0], edge_index[1]
         weights_in, weights_out = self.radial_weights(geometry.spline_basis)
@@ -209,6 +219,9 @@ class FacetBackbone(Backbone):
         grid_quadrature: "lebedev" (default, fewest points) or "gauss_legendre" (product grid).
         grid_degree: polynomial degree the grid MLP's quadrature integrates exactly; None =
             `default_grid_degree(lmax)` (rotation error < 1e-6, docs/facet.md).
+        grid_anisotropy_bound: bound on the spherical RMS of the l > 0 part of every grid-MLP
+            pre-activation (`GridMLP`), which keeps the aliasing error bounded for any trained
+            weights; None = unbounded (the error then grows as training enlarges the weights).
         mlp_hidden_factor: hidden width of the grid MLP = factor x C.
         avg_num_neighbors: normalisation of the neighbour sum (dataset statistic).
     """
@@ -224,6 +237,7 @@ class FacetBackbone(Backbone):
         num_spline_knots: int = 16,
         grid_quadrature: str = "lebedev",
         grid_degree: int | None = None,
+        grid_anisotropy_bound: float | None = DEFAULT_GRID_ANISOTROPY_BOUND,
         mlp_hidden_factor: int = 2,
         avg_num_neighbors: float = 1.0,
     ):
@@ -247,6 +261,7 @@ class FacetBackbone(Backbone):
             "num_spline_knots": int(num_spline_knots),
             "grid_quadrature": str(grid_quadrature),
             "grid_degree": self.grid_degree,
+            "grid_anisotropy_bound": None if grid_anisotropy_bound is None else float(grid_anisotropy_bound),
             "mlp_hidden_factor": int(mlp_hidden_factor),
             "avg_num_neighbors": float(avg_num_neighbors),
         }
@@ -267,7 +282,7 @@ class FacetBackbone(Backbone):
         self.layers = torch.nn.ModuleList(
             FacetInteraction(
                 self.lmax, self.num_channels, self.cutoff, num_spline_knots, self.grid_degree, grid_quadrature,
-                mlp_hidden_factor, avg_num_neighbors, scalar_input=(index == 0),
+                grid_anisotropy_bound, mlp_hidden_factor, avg_num_neighbors, scalar_input=(index == 0),
             )
             for index in range(num_layers)
         )
