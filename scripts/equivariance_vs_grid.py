@@ -3,6 +3,8 @@
 1. Grid-MLP rotation-equivariance error vs grid degree, Lebedev and Gauss-Legendre (float64, random rotations):
    relative error |f(D x) - D f(x)| / |D f(x)| for lmax = 1, 2, 3 at grid amplitude 1 and 2
    (the spherical RMS of every input channel; FacetBackbone normalises its grid input to <= 1).
+   Then the error of one SiLU channel vs the anisotropy of its pre-activation (what the grid
+   MLP's anisotropy bound caps).
 2. Rotation error of a whole FacetBackbone potential (energy and forces) vs grid degree.
 3. Cost of the radial functions per edge batch, forward + backward (float32): cubic-spline
    table lookup (mlip.nn.spline) vs Bessel basis + radial MLP (mlip.nn.radial + mlip.nn.mlp).
@@ -34,7 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from mlip.models.backbones.facet import FacetBackbone, default_grid_degree
 from mlip.nn.mlp import MLP
 from mlip.nn.radial import RadialEmbedding
-from mlip.nn.spherical_grid import GridMLP, num_coefficients, quadrature_grid, spherical_signal_irreps
+from mlip.nn.spherical_grid import (
+    GridMLP,
+    num_coefficients,
+    quadrature_grid,
+    spherical_signal_irreps,
+)
 from mlip.nn.spline import SplineRadial
 
 
@@ -65,6 +72,44 @@ def grid_table(degrees_of_lmax: dict[int, list[int]], rotations) -> None:
                 errors = [grid_mlp_error(lmax, degree, amplitude, rotations, quadrature) for amplitude in (1.0, 2.0)]
                 points = quadrature_grid(degree, quadrature)[0].shape[0]
                 print(f"| {lmax} | {quadrature} | {degree}{marker} | {points} | {errors[0]:.1e} | {errors[1]:.1e} |")
+    print()
+
+
+def anisotropy_table(rotations) -> None:
+    """Aliasing of one SiLU channel vs how much its pre-activation varies over the sphere (lmax 1).
+
+    The pre-activation is h(x) = a + b·x; its l > 0 spherical RMS is |b| / sqrt(3). Relative
+    rotation error of the projected SiLU(h) (l <= 1), max over isotropic levels a in [-4, 2],
+    random directions of b and the rotations. This is what GridMLP's anisotropy bound caps.
+    """
+    from mlip.nn.spherical_grid import real_spherical_harmonics
+
+    generator = torch.Generator().manual_seed(0)
+    wigners = [spherical_signal_irreps(1).D_from_matrix(rotation) for rotation in rotations]
+    magnitudes = (0.5, 1.0, 1.39, 1.73, 2.0, 3.0, 6.0, 10.0)
+    print("## One SiLU channel on the sphere: relative rotation error vs anisotropy |b| of h(x) = a + b·x (lmax 1)")
+    print()
+    print("| grid | " + " | ".join(f"|b| = {m}" for m in magnitudes) + " |")
+    print("|---|" + "---|" * len(magnitudes))
+    for quadrature, degree in (("lebedev", 11), ("lebedev", 15), ("lebedev", 21), ("gauss_legendre", 11)):
+        points, weights = quadrature_grid(degree, quadrature)
+        harmonics = real_spherical_harmonics(1, points)  # (G, 4)
+
+        def project(level, direction):
+            return (weights * torch.nn.functional.silu(level + points @ direction)) @ harmonics  # (4,)
+
+        cells = []
+        for magnitude in magnitudes:
+            worst = 0.0
+            for level in (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0):
+                for rotation, wigner in zip(rotations, wigners):
+                    direction = torch.randn(3, generator=generator, dtype=torch.float64)
+                    direction = direction / direction.norm() * magnitude
+                    reference = wigner @ project(level, direction)
+                    error = (project(level, rotation @ direction) - reference).norm() / reference.norm()
+                    worst = max(worst, error.item())
+            cells.append(f"{worst:.1e}")
+        print(f"| {quadrature} {degree} ({points.shape[0]} points) | " + " | ".join(cells) + " |")
     print()
 
 
@@ -367,6 +412,7 @@ def main() -> None:
         degrees = {lmax: sorted({2 * lmax + 1, 5 * lmax + 2, default_grid_degree(lmax) - 2, default_grid_degree(lmax),
                                  default_grid_degree(lmax) + 4}) for lmax in (1, 2, 3)}
     grid_table(degrees, rotations)
+    anisotropy_table(rotations)
     for lmax in (1, 2):
         model_table(lmax, sorted({2 * lmax + 1, 2 * lmax + 3, 4 * lmax + 3, default_grid_degree(lmax), 23}), rotations)
     torch.set_default_dtype(torch.float32)
