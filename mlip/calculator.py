@@ -107,7 +107,7 @@ class MLIPCalculator(Calculator):
         compile: compile the backbone with `torch.compile` (dynamic shapes; forces and stress are
             still taken by autograd through the compiled graph). The first call compiles (seconds
             to a minute); if compilation fails there, warn and run eagerly. The Facet backbone
-            compiles (1.2-1.4x faster float64 MD on CPU, docs/calculator.md); the MACE-like one fails inside e3nn
+            compiles (1.2-1.5x faster float64 MD on CPU, docs/calculator.md); the MACE-like one fails inside e3nn
             and falls back. Off by default.
         retain_freed_memory: call `mlip.performance.retain_freed_memory()`, which makes glibc
             malloc keep freed memory for reuse (process-wide). Large force calls on CPU become
