@@ -98,7 +98,7 @@ def test_rotation_and_reflection_invariance_and_force_equivariance(potential, mo
 def test_rotation_error_stays_below_bound_for_large_weights_only_with_the_anisotropy_bound(molecule, bound):
     """Trained grid MLPs have large first-layer weights; the default anisotropy bound keeps the
     whole-model rotation error below 1e-6 for them, the unbounded layer does not."""
-    potential = make_potential(num_channels=8, grid_anisotropy_bound=bound)
+    potential = make_potential(num_channels=8, grid_quadrature="lebedev", grid_anisotropy_bound=bound)
     with torch.no_grad():
         for layer in potential.backbone.layers:
             layer.node_mlp.mlp[0].weight.mul_(30.0)
@@ -108,6 +108,16 @@ def test_rotation_error_stays_below_bound_for_large_weights_only_with_the_anisot
             assert_rotation_invariant(potential, molecule, ROTATION_TOLERANCE)
     else:
         assert_rotation_invariant(potential, molecule, ROTATION_TOLERANCE)
+
+
+def test_axial_grid_keeps_a_potential_exactly_symmetric_for_large_weights(molecule):
+    potential = make_potential(num_channels=8)  # lmax 1 defaults: axial rule, no anisotropy bound
+    assert potential.backbone.config["grid_quadrature"] == "axial"
+    with torch.no_grad():
+        for layer in potential.backbone.layers:
+            layer.node_mlp.mlp[0].weight.mul_(30.0)
+            layer.linear_update.weight.mul_(3.0)
+    assert_rotation_invariant(potential, molecule, 1e-11)
 
 
 @pytest.mark.parametrize(
@@ -261,7 +271,8 @@ def test_config_builds_through_build_potential(molecule):
     potential = build_potential(config, statistics={"avg_num_neighbors": 4.5}).double()
     assert potential.backbone.config["avg_num_neighbors"] == 4.5
     assert potential.backbone.config["grid_degree"] == 10 * backbone_config["lmax"] + 1
-    assert potential.backbone.config["grid_quadrature"] == "lebedev"
+    assert potential.backbone.config["grid_quadrature"] == "axial"  # the exact rule at lmax 1
+    assert potential.backbone.config["grid_anisotropy_bound"] is None
     assert torch.isfinite(predict(potential, molecule)["forces"]).all()
     rebuilt = Potential.from_config(potential.config)
     assert isinstance(rebuilt.backbone, FacetBackbone)

@@ -220,3 +220,41 @@ def test_anisotropy_bound_scales_only_the_l_above_0_part_of_the_pre_activation()
     assert not torch.allclose(layer(anisotropic), unbounded(anisotropic), atol=1e-6)
     with pytest.raises(ValueError, match="anisotropy_bound"):
         GridMLP(1, 3, 5, 2, degree=7, anisotropy_bound=0.0)
+
+
+def test_axial_grid_mlp_is_the_continuous_grid_mlp_and_exactly_equivariant():
+    """lmax 1: each hidden channel a + b·x integrated along its own axis b̂ equals the grid MLP on a
+    very fine grid (the continuous layer), and is equivariant to rounding even for large weights."""
+    from mlip.nn.spherical_grid import AxialGridMLP
+
+    torch.manual_seed(5)
+    axial = AxialGridMLP(1, 8, 16, 8, degree=41)
+    fine = GridMLP(1, 8, 16, 8, degree=101)  # 1202-point Lebedev rule
+    fine.load_state_dict(axial.state_dict())  # same parameters
+    coefficients = torch.randn(6, 4, 8) / 2.0
+    assert torch.allclose(axial(coefficients), fine(coefficients), atol=1e-13, rtol=0)
+    with torch.no_grad():
+        axial.mlp[0].weight.mul_(20.0)  # weights as large as training makes them
+    for rotation in (o3.rand_matrix(), -o3.rand_matrix()):
+        wigner = spherical_signal_irreps(1).D_from_matrix(rotation)
+        reference = rotate(axial(coefficients), wigner)
+        assert ((axial(rotate(coefficients, wigner)) - reference).norm() / reference.norm()) < 1e-13
+
+
+def test_axial_grid_mlp_derivatives_are_finite_for_isotropic_input():
+    """An isolated atom has no l = 1 part: forces and force-training second derivatives must stay finite."""
+    from mlip.nn.spherical_grid import AxialGridMLP
+
+    torch.manual_seed(6)
+    layer = AxialGridMLP(1, 5, 7, 3, degree=11)
+    isotropic = torch.zeros(3, 4, 5)
+    isotropic[:, 0] = torch.randn(3, 5)
+    isotropic.requires_grad_(True)
+    (gradient,) = torch.autograd.grad(layer(isotropic).sum(), isotropic, create_graph=True)
+    (second,) = torch.autograd.grad(gradient.square().sum(), layer.mlp[0].weight)
+    assert torch.isfinite(gradient).all() and torch.isfinite(second).all()
+    general = torch.randn(2, 4, 5, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (general,))
+    assert torch.autograd.gradgradcheck(layer, (general,))
+    with pytest.raises(ValueError, match="lmax = 1"):
+        AxialGridMLP(2, 5, 7, 3, degree=11)

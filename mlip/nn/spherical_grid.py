@@ -187,6 +187,19 @@ class SphericalGrid(Float64Buffers):
         return f"lmax={self.lmax}, degree={self.degree}, quadrature={self.quadrature}, num_points={self.num_points}"
 
 
+def bound_anisotropy(anisotropic: torch.Tensor, bound: float | None) -> torch.Tensor:
+    """Scale l > 0 coefficients (N, K - 1, H) of each hidden channel by 1 / sqrt(1 + ρ² / bound²).
+
+    ρ² = Σ_k (l > 0) c_k² is the spherical mean square of the channel's anisotropic part (a
+    rotation invariant), so the result is equivariant and its ρ stays below `bound`; None
+    returns the input unchanged.
+    """
+    if bound is None:
+        return anisotropic
+    mean_square = anisotropic.square().sum(dim=1, keepdim=True)  # (N, 1, H)
+    return anisotropic * torch.rsqrt(1.0 + mean_square / bound**2)
+
+
 class GridMLP(torch.nn.Module):
     """Facet's equivariant node layer: coefficients -> grid -> pointwise MLP over channels -> coefficients.
 
@@ -249,10 +262,7 @@ class GridMLP(torch.nn.Module):
         first, last = self.mlp[0], self.mlp[2]
         leading, size = coefficients.shape[:-2], coefficients.shape[-2]
         hidden = coefficients.reshape(-1, size, coefficients.shape[-1]) @ first.weight.T  # (N, K, H)
-        anisotropic = hidden[:, 1:]  # (N, K - 1, H)
-        if self.anisotropy_bound is not None:
-            mean_square = anisotropic.square().sum(dim=1, keepdim=True)  # (N, 1, H), rotation invariant
-            anisotropic = anisotropic * torch.rsqrt(1.0 + mean_square / self.anisotropy_bound**2)
+        anisotropic = bound_anisotropy(hidden[:, 1:], self.anisotropy_bound)  # (N, K - 1, H)
         hidden = torch.cat([hidden[:, :1] + first.bias, anisotropic], dim=1)  # bias: constant function
         # directions as the fast axis: one GEMM each way, (N·H, K) @ (K, G) and (N·H, G) @ (G, K)
         rows = hidden.transpose(1, 2).reshape(-1, size)  # (N·H, K)
@@ -260,6 +270,78 @@ class GridMLP(torch.nn.Module):
         on_grid = torch.nn.functional.silu(rows @ self.grid.to_grid_matrix.to(dtype).T)  # (N·H, G)
         projected = (on_grid @ self.grid.from_grid_matrix.to(dtype).T).view(hidden.shape[0], -1, size)  # (N, H, K)
         output = projected.transpose(1, 2) @ last.weight.T  # (N, K, C_out)
+        output = torch.cat([output[:, :1] + last.bias, output[:, 1:]], dim=1)
+        return output.reshape(*leading, size, output.shape[-1])
+
+
+class AxialGridMLP(torch.nn.Module):
+    """The grid MLP for lmax = 1, exactly equivariant: each hidden channel on its own axial grid.
+
+    Same function as `GridMLP` (Linear(C, H) -> SiLU -> Linear(H, C_out) at every direction,
+    projected onto l <= 1), same parameters (`mlp`), but evaluated without aliasing. At lmax 1 a
+    hidden channel's pre-activation is h(x) = a + b·x (a = its l = 0 coefficient, b = √3 times
+    its l = 1 coefficients c), which is constant on circles around the axis b̂. With t = b̂·x
+    (uniformly distributed on [-1, 1] for uniform x) the projections are one-dimensional:
+
+        l = 0:   ½ ∫ SiLU(a + |b| t) dt
+        l = 1:   √3 b̂ · ½ ∫ SiLU(a + |b| t) t dt  =  3 c · (½ ∫ SiLU(a + |b| t) t dt) / |b|
+
+    evaluated by Gauss-Legendre quadrature in t with n = ceil((degree + 1) / 2) nodes. The result
+    depends on c only through c times invariants, so it is rotation and inversion equivariant
+    to rounding for any weights, with no bound on the anisotropy; the quadrature only sets how
+    accurately the integrals (an invariant function of a and |b|) are computed. Cost: n SiLU
+    evaluations per hidden channel instead of G grid points.
+
+    Args:
+        lmax: must be 1.
+        in_channels, hidden_channels, out_channels: MLP widths C, H, C_out.
+        degree: the 1D rule integrates polynomials in t of degree <= `degree` exactly.
+        anisotropy_bound: as in `GridMLP` (not needed for symmetry here; None = no bound).
+    """
+
+    def __init__(
+        self,
+        lmax: int,
+        in_channels: int,
+        hidden_channels: int,
+        out_channels: int,
+        degree: int,
+        anisotropy_bound: float | None = None,
+    ):
+        super().__init__()
+        if anisotropy_bound is not None and anisotropy_bound <= 0:
+            raise ValueError(f"AxialGridMLP: anisotropy_bound must be positive or None, got {anisotropy_bound}")
+        self.anisotropy_bound = anisotropy_bound
+        if lmax != 1:
+            raise ValueError(f"AxialGridMLP: only lmax = 1 signals are axially symmetric per channel, got lmax={lmax}")
+        if degree < 1:
+            raise ValueError(f"AxialGridMLP: degree must be >= 1, got {degree}")
+        self.degree = int(degree)
+        nodes, weights = np.polynomial.legendre.leggauss(max(1, math.ceil((degree + 1) / 2)))
+        self.register_buffer("nodes", torch.from_numpy(nodes), persistent=False)  # (n,) t in [-1, 1]
+        self.register_buffer("weights", torch.from_numpy(weights / 2.0), persistent=False)  # (n,) sum to 1
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(in_channels, hidden_channels),
+            torch.nn.SiLU(),
+            torch.nn.Linear(hidden_channels, out_channels),
+        )
+
+    def forward(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """(..., 4, C) -> (..., 4, C_out)."""
+        first, last = self.mlp[0], self.mlp[2]
+        leading, size = coefficients.shape[:-2], coefficients.shape[-2]
+        hidden = coefficients.reshape(-1, size, coefficients.shape[-1]) @ first.weight.T  # (N, 4, H)
+        level = hidden[:, 0] + first.bias  # (N, H): a
+        vector = bound_anisotropy(hidden[:, 1:], self.anisotropy_bound)  # (N, 3, H): c
+        # |b| = √3 |c|, floored at 1e-6 (before the square root, so that its derivatives stay finite at c = 0)
+        slope = torch.sqrt((3.0 * vector.square().sum(dim=1)).clamp(min=1e-12))  # (N, H)
+        nodes, weights = self.nodes.to(hidden.dtype), self.weights.to(hidden.dtype)
+        values = torch.nn.functional.silu(level.unsqueeze(-1) + slope.unsqueeze(-1) * nodes)  # (N, H, n)
+        mean = values @ weights  # (N, H): l = 0 projection
+        first_moment = values @ (weights * nodes)  # (N, H): ½ ∫ SiLU(a + |b| t) t dt
+        projected_vector = vector * (3.0 * first_moment / slope).unsqueeze(1)  # (N, 3, H)
+        projected = torch.cat([mean.unsqueeze(1), projected_vector], dim=1)  # (N, 4, H)
+        output = projected @ last.weight.T  # (N, 4, C_out)
         output = torch.cat([output[:, :1] + last.bias, output[:, 1:]], dim=1)
         return output.reshape(*leading, size, output.shape[-1])
 

@@ -40,6 +40,7 @@ from e3nn import o3
 
 from mlip.models.backbones.base import Backbone, BackboneInputs, NodeFeatures
 from mlip.nn.spherical_grid import (
+    AxialGridMLP,
     Float64Buffers,
     GridMLP,
     degree_of_coefficient,
@@ -65,6 +66,20 @@ def default_grid_degree(lmax: int) -> int:
 # SiLU channel's aliasing error on the default grid is < 1.3e-7 relative for any isotropic level
 # (docs/facet.md).
 DEFAULT_GRID_ANISOTROPY_BOUND = 0.8
+
+
+# grids of the grid MLP: the two spherical quadratures, and the exact per-channel axial rule (lmax 1)
+GRID_MLP_QUADRATURES = ("lebedev", "gauss_legendre", "axial")
+
+
+def resolve_grid_options(lmax: int, quadrature: str | None, anisotropy_bound: float | str | None):
+    """Defaults of the grid MLP: the exact axial rule at lmax 1 (no bound needed), else a Lebedev
+    grid with the anisotropy bound that keeps trained models' aliasing below 1e-6 (docs/facet.md)."""
+    if quadrature is None:
+        quadrature = "axial" if lmax == 1 else "lebedev"
+    if anisotropy_bound == "auto":
+        anisotropy_bound = None if quadrature == "axial" else DEFAULT_GRID_ANISOTROPY_BOUND
+    return quadrature, anisotropy_bound
 
 
 class DegreeWiseLinear(torch.nn.Module):
@@ -143,10 +158,16 @@ class FacetInteraction(torch.nn.Module):
         self.linear_up = DegreeWiseLinear(lmax, num_channels, num_channels)
         # [M_i, h_i] -> W_msg M_i + W_self h_i in one per-degree GEMM
         self.linear_update = DegreeWiseLinear(lmax, 2 * num_channels, num_channels)
-        self.node_mlp = GridMLP(
-            lmax, num_channels, mlp_hidden_factor * num_channels, num_channels, grid_degree, grid_quadrature,
-            anisotropy_bound=grid_anisotropy_bound,
-        )
+        hidden_channels = mlp_hidden_factor * num_channels
+        if grid_quadrature == "axial":
+            self.node_mlp = AxialGridMLP(
+                lmax, num_channels, hidden_channels, num_channels, grid_degree, anisotropy_bound=grid_anisotropy_bound
+            )
+        else:
+            self.node_mlp = GridMLP(
+                lmax, num_channels, hidden_channels, num_channels, grid_degree, grid_quadrature,
+                anisotropy_bound=grid_anisotropy_bound,
+            )
 
     def forward(self, features: torch.Tensor, edge_index: torch.Tensor, geometry: EdgeGeometry) -> torch.Tensor:
         """features (n, K, C) -> updated features (n, K, C)."""
@@ -216,12 +237,15 @@ class FacetBackbone(Backbone):
         lmax: largest degree of node features and edge spherical harmonics.
         num_layers: interaction layers.
         num_spline_knots: knot intervals of each spline on [0, cutoff].
-        grid_quadrature: "lebedev" (default, fewest points) or "gauss_legendre" (product grid).
+        grid_quadrature: "axial" (lmax 1 only: every hidden channel integrated along its own axis,
+            exactly equivariant, `AxialGridMLP`), "lebedev" (fewest points) or "gauss_legendre"
+            (product grid); None = "axial" at lmax 1, else "lebedev".
         grid_degree: polynomial degree the grid MLP's quadrature integrates exactly; None =
             `default_grid_degree(lmax)` (rotation error < 1e-6, docs/facet.md).
         grid_anisotropy_bound: bound on the spherical RMS of the l > 0 part of every grid-MLP
             pre-activation (`GridMLP`), which keeps the aliasing error bounded for any trained
-            weights; None = unbounded (the error then grows as training enlarges the weights).
+            weights; None = unbounded (on a spherical grid the error then grows as training
+            enlarges the weights); "auto" = None for "axial" (exact anyway), else 0.8.
         mlp_hidden_factor: hidden width of the grid MLP = factor x C.
         avg_num_neighbors: normalisation of the neighbour sum (dataset statistic).
     """
@@ -235,9 +259,9 @@ class FacetBackbone(Backbone):
         lmax: int = 1,
         num_layers: int = 2,
         num_spline_knots: int = 16,
-        grid_quadrature: str = "lebedev",
+        grid_quadrature: str | None = None,
         grid_degree: int | None = None,
-        grid_anisotropy_bound: float | None = DEFAULT_GRID_ANISOTROPY_BOUND,
+        grid_anisotropy_bound: float | str | None = "auto",
         mlp_hidden_factor: int = 2,
         avg_num_neighbors: float = 1.0,
     ):
@@ -248,6 +272,11 @@ class FacetBackbone(Backbone):
             raise ValueError(f"FacetBackbone: num_layers and num_channels must be >= 1, got {num_layers}, {num_channels}")
         if avg_num_neighbors <= 0:
             raise ValueError(f"FacetBackbone: avg_num_neighbors must be positive, got {avg_num_neighbors}")
+        grid_quadrature, grid_anisotropy_bound = resolve_grid_options(lmax, grid_quadrature, grid_anisotropy_bound)
+        if grid_quadrature not in GRID_MLP_QUADRATURES:
+            raise ValueError(f"FacetBackbone: grid_quadrature must be one of {GRID_MLP_QUADRATURES}, got {grid_quadrature!r}")
+        if grid_quadrature == "axial" and lmax != 1:
+            raise ValueError(f"FacetBackbone: grid_quadrature='axial' is exact for lmax = 1 only, got lmax={lmax}")
         self.grid_degree = int(grid_degree) if grid_degree is not None else default_grid_degree(lmax)
         # resolved constructor arguments: Potential stores them to rebuild the model from a checkpoint
         self.config = {
