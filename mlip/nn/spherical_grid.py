@@ -19,7 +19,7 @@ The grids
 A grid is a set of unit vectors x_g with weights w_g (summing to one) that integrates every
 polynomial in (x, y, z) of total degree <= D exactly; D is the grid's `degree`. Two rules:
 
-* "lebedev" (default for the grid MLP): Lebedev-Laikov rules with octahedral symmetry, taken
+* "lebedev" (FacetBackbone's grid for lmax >= 2): Lebedev-Laikov rules with octahedral symmetry, taken
   from `scipy.integrate.lebedev_rule`; the fewest points for a given degree (50 points for
   D = 11, 170 for D = 21, 350 for D = 31). Only some odd degrees exist; a request is rounded up
   to the next available rule.

@@ -55,7 +55,7 @@ def default_grid_degree(lmax: int) -> int:
 
     The smallest simple rule whose grid-MLP rotation error stays below 1e-6 relative at unit
     amplitude for lmax 1-3, with either quadrature (scripts/equivariance_vs_grid.py, tables in
-    docs/facet.md). With the default Lebedev rules that is 50, 170 and 350 points; the
+    docs/facet.md). With Lebedev rules that is 50, 170 and 350 points; the
     Gauss-Legendre product grids of the same degree have 72, 242 and 512.
     """
     return 10 * lmax + 1
