@@ -200,7 +200,44 @@ def bound_anisotropy(anisotropic: torch.Tensor, bound: float | None) -> torch.Te
     return anisotropic * torch.rsqrt(1.0 + mean_square / bound**2)
 
 
-class GridMLP(torch.nn.Module):
+class SphericalMLP(torch.nn.Module):
+    """Linear(C, H) -> SiLU -> Linear(H, C_out) applied at every direction of coefficient signals
+    (..., K, C), projected back onto the same degrees: the shared part of the grid MLPs.
+
+    Both Linears act on channels and commute with projections on directions, so they run on the
+    K coefficients; the biases are constant functions on the sphere, i.e. l = 0 coefficients.
+    Subclasses supply `project_silu`, the projection of SiLU of the hidden signal onto degrees
+    <= lmax. Optionally the l > 0 part of every hidden channel is bounded first (`bound_anisotropy`).
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, anisotropy_bound: float | None):
+        super().__init__()
+        if anisotropy_bound is not None and anisotropy_bound <= 0:
+            raise ValueError(f"{type(self).__name__}: anisotropy_bound must be positive or None, got {anisotropy_bound}")
+        self.anisotropy_bound = anisotropy_bound
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(in_channels, hidden_channels),
+            torch.nn.SiLU(),
+            torch.nn.Linear(hidden_channels, out_channels),
+        )
+
+    def project_silu(self, level: torch.Tensor, anisotropic: torch.Tensor) -> torch.Tensor:
+        """level (N, H) l = 0 and anisotropic (N, K - 1, H) l > 0 hidden coefficients -> projection of SiLU (N, K, H)."""
+        raise NotImplementedError
+
+    def forward(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """(..., K, C) -> (..., K, C_out)."""
+        first, last = self.mlp[0], self.mlp[2]
+        leading, size = coefficients.shape[:-2], coefficients.shape[-2]
+        hidden = coefficients.reshape(-1, size, coefficients.shape[-1]) @ first.weight.T  # (N, K, H)
+        level = hidden[:, 0] + first.bias  # (N, H): bias = constant function
+        anisotropic = bound_anisotropy(hidden[:, 1:], self.anisotropy_bound)  # (N, K - 1, H)
+        output = self.project_silu(level, anisotropic) @ last.weight.T  # (N, K, C_out)
+        output = torch.cat([output[:, :1] + last.bias, output[:, 1:]], dim=1)
+        return output.reshape(*leading, size, output.shape[-1])
+
+
+class GridMLP(SphericalMLP):
     """Facet's equivariant node layer: coefficients -> grid -> pointwise MLP over channels -> coefficients.
 
     At every grid point the C channel values f_c(x_g) go through Linear(C, H) -> SiLU ->
@@ -246,35 +283,20 @@ class GridMLP(torch.nn.Module):
         quadrature: str = "lebedev",
         anisotropy_bound: float | None = None,
     ):
-        super().__init__()
-        if anisotropy_bound is not None and anisotropy_bound <= 0:
-            raise ValueError(f"GridMLP: anisotropy_bound must be positive or None, got {anisotropy_bound}")
-        self.anisotropy_bound = anisotropy_bound
+        super().__init__(in_channels, hidden_channels, out_channels, anisotropy_bound)
         self.grid = SphericalGrid(lmax, degree, quadrature)
-        self.mlp = torch.nn.Sequential(
-            torch.nn.Linear(in_channels, hidden_channels),
-            torch.nn.SiLU(),
-            torch.nn.Linear(hidden_channels, out_channels),
-        )
 
-    def forward(self, coefficients: torch.Tensor) -> torch.Tensor:
-        """(..., K, C) -> (..., K, C_out)."""
-        first, last = self.mlp[0], self.mlp[2]
-        leading, size = coefficients.shape[:-2], coefficients.shape[-2]
-        hidden = coefficients.reshape(-1, size, coefficients.shape[-1]) @ first.weight.T  # (N, K, H)
-        anisotropic = bound_anisotropy(hidden[:, 1:], self.anisotropy_bound)  # (N, K - 1, H)
-        hidden = torch.cat([hidden[:, :1] + first.bias, anisotropic], dim=1)  # bias: constant function
+    def project_silu(self, level: torch.Tensor, anisotropic: torch.Tensor) -> torch.Tensor:
+        hidden = torch.cat([level.unsqueeze(1), anisotropic], dim=1)  # (N, K, H)
+        size, dtype = hidden.shape[1], hidden.dtype
         # directions as the fast axis: one GEMM each way, (N·H, K) @ (K, G) and (N·H, G) @ (G, K)
         rows = hidden.transpose(1, 2).reshape(-1, size)  # (N·H, K)
-        dtype = coefficients.dtype
         on_grid = torch.nn.functional.silu(rows @ self.grid.to_grid_matrix.to(dtype).T)  # (N·H, G)
         projected = (on_grid @ self.grid.from_grid_matrix.to(dtype).T).view(hidden.shape[0], -1, size)  # (N, H, K)
-        output = projected.transpose(1, 2) @ last.weight.T  # (N, K, C_out)
-        output = torch.cat([output[:, :1] + last.bias, output[:, 1:]], dim=1)
-        return output.reshape(*leading, size, output.shape[-1])
+        return projected.transpose(1, 2)  # (N, K, H)
 
 
-class AxialGridMLP(torch.nn.Module):
+class AxialGridMLP(SphericalMLP):
     """The grid MLP for lmax = 1, exactly equivariant: each hidden channel on its own axial grid.
 
     Same function as `GridMLP` (Linear(C, H) -> SiLU -> Linear(H, C_out) at every direction,
@@ -308,42 +330,26 @@ class AxialGridMLP(torch.nn.Module):
         degree: int,
         anisotropy_bound: float | None = None,
     ):
-        super().__init__()
-        if anisotropy_bound is not None and anisotropy_bound <= 0:
-            raise ValueError(f"AxialGridMLP: anisotropy_bound must be positive or None, got {anisotropy_bound}")
-        self.anisotropy_bound = anisotropy_bound
         if lmax != 1:
             raise ValueError(f"AxialGridMLP: only lmax = 1 signals are axially symmetric per channel, got lmax={lmax}")
         if degree < 1:
             raise ValueError(f"AxialGridMLP: degree must be >= 1, got {degree}")
+        super().__init__(in_channels, hidden_channels, out_channels, anisotropy_bound)
         self.degree = int(degree)
         nodes, weights = np.polynomial.legendre.leggauss(max(1, math.ceil((degree + 1) / 2)))
         self.register_buffer("nodes", torch.from_numpy(nodes), persistent=False)  # (n,) t in [-1, 1]
         self.register_buffer("weights", torch.from_numpy(weights / 2.0), persistent=False)  # (n,) sum to 1
-        self.mlp = torch.nn.Sequential(
-            torch.nn.Linear(in_channels, hidden_channels),
-            torch.nn.SiLU(),
-            torch.nn.Linear(hidden_channels, out_channels),
-        )
 
-    def forward(self, coefficients: torch.Tensor) -> torch.Tensor:
-        """(..., 4, C) -> (..., 4, C_out)."""
-        first, last = self.mlp[0], self.mlp[2]
-        leading, size = coefficients.shape[:-2], coefficients.shape[-2]
-        hidden = coefficients.reshape(-1, size, coefficients.shape[-1]) @ first.weight.T  # (N, 4, H)
-        level = hidden[:, 0] + first.bias  # (N, H): a
-        vector = bound_anisotropy(hidden[:, 1:], self.anisotropy_bound)  # (N, 3, H): c
+    def project_silu(self, level: torch.Tensor, anisotropic: torch.Tensor) -> torch.Tensor:
+        vector = anisotropic  # (N, 3, H): c
         # |b| = √3 |c|, floored at 1e-6 (before the square root, so that its derivatives stay finite at c = 0)
         slope = torch.sqrt((3.0 * vector.square().sum(dim=1)).clamp(min=1e-12))  # (N, H)
-        nodes, weights = self.nodes.to(hidden.dtype), self.weights.to(hidden.dtype)
+        nodes, weights = self.nodes.to(level.dtype), self.weights.to(level.dtype)
         values = torch.nn.functional.silu(level.unsqueeze(-1) + slope.unsqueeze(-1) * nodes)  # (N, H, n)
         mean = values @ weights  # (N, H): l = 0 projection
         first_moment = values @ (weights * nodes)  # (N, H): ½ ∫ SiLU(a + |b| t) t dt
         projected_vector = vector * (3.0 * first_moment / slope).unsqueeze(1)  # (N, 3, H)
-        projected = torch.cat([mean.unsqueeze(1), projected_vector], dim=1)  # (N, 4, H)
-        output = projected @ last.weight.T  # (N, 4, C_out)
-        output = torch.cat([output[:, :1] + last.bias, output[:, 1:]], dim=1)
-        return output.reshape(*leading, size, output.shape[-1])
+        return torch.cat([mean.unsqueeze(1), projected_vector], dim=1)  # (N, 4, H)
 
 
 def gaunt_tensor(lmax_1: int, lmax_2: int, lmax_out: int) -> torch.Tensor:

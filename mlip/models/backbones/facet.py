@@ -40,6 +40,7 @@ from e3nn import o3
 
 from mlip.models.backbones.base import Backbone, BackboneInputs, NodeFeatures
 from mlip.nn.spherical_grid import (
+    GRID_QUADRATURES,
     AxialGridMLP,
     Float64Buffers,
     GridMLP,
@@ -69,7 +70,7 @@ DEFAULT_GRID_ANISOTROPY_BOUND = 0.8
 
 
 # grids of the grid MLP: the two spherical quadratures, and the exact per-channel axial rule (lmax 1)
-GRID_MLP_QUADRATURES = ("lebedev", "gauss_legendre", "axial")
+GRID_MLP_QUADRATURES = (*GRID_QUADRATURES, "axial")
 
 
 def resolve_grid_options(lmax: int, quadrature: str | None, anisotropy_bound: float | str | None):
