@@ -4,8 +4,9 @@ An exported file is a plain ``torch.save`` dict (readable with ``weights_only=Tr
 everything needed to rebuild the model without the Hydra run directory or the training data:
 
     format, format_version       "mlip-model", 1
-    potential_config             `Potential.config`: backbone hyperparameters, elements,
-                                 reference energies, scale, shift, cutoff, ...
+    potential_config             `Potential.config`: backbone hyperparameters (with the
+                                 registry `name` and class path `_target_` of the backbone),
+                                 elements, reference energies, scale, shift, cutoff, ...
     state_dict                   weights (the EMA weights when exported from training)
     dtype                        "float32" / "float64"
     cutoff, elements             Å; atomic numbers, species order
@@ -13,6 +14,11 @@ everything needed to rebuild the model without the Hydra run directory or the tr
     config                       the resolved training config (provenance; or None)
     training                     e.g. {"global_step", "monitor", "value"} (or None)
     mlip_version, torch_version
+
+Loading a file never runs code from it: it is read with ``weights_only=True`` (tensors and
+plain containers only), its backbone must be one of `mlip.models.backbones.BACKBONES` (by
+`name`, or a `_target_` equal to a registered class path; nothing is imported) and every
+keyword is checked to be plain data before the model is built (see docs/calculator.md).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 
 FORMAT = "mlip-model"
 FORMAT_VERSION = 1
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def _plain(value: Any) -> Any:
@@ -52,6 +59,17 @@ def _evaluation_potential(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def _potential_config(potential: torch.nn.Module) -> dict:
+    """`potential.config` as plain containers, with the backbone's registry `name` when it has one."""
+    from mlip.models.backbones import BACKBONES
+
+    config = _plain(potential.config)
+    names = [name for name, cls in BACKBONES.items() if cls is type(potential.backbone)]
+    if names and config.get("backbone"):
+        config["backbone"] = {"name": names[0], **config["backbone"]}
+    return config
+
+
 def export_model(
     model: torch.nn.Module,
     path: str | os.PathLike,
@@ -73,7 +91,7 @@ def export_model(
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "potential_config": _plain(potential.config),
+        "potential_config": _potential_config(potential),
         "state_dict": {name: tensor.detach().cpu().clone() for name, tensor in potential.state_dict().items()},
         "dtype": str(dtype).removeprefix("torch."),
         "cutoff": float(potential.cutoff),
@@ -105,15 +123,21 @@ def read_export(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(
             f"mlip.load: {path} has format_version {payload['format_version']}; this mlip reads up to {FORMAT_VERSION}"
         )
+    if payload.get("dtype") not in DTYPES:
+        raise ValueError(f"mlip.load: {path}: `dtype` is {payload.get('dtype')!r}; expected one of {sorted(DTYPES)}")
     return payload
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Rebuild the `Potential` stored by `export_model` (in eval mode, on ``device``)."""
+    """Rebuild the `Potential` stored by `export_model` (in eval mode, on ``device``).
+
+    Only registered backbones are built (see the module docstring): a file naming anything else
+    raises `mlip.models.potential.UnregisteredBackboneError` before anything is imported or called.
+    """
     from mlip.models.potential import Potential
 
     payload = read_export(path)
-    potential = Potential.from_config(payload["potential_config"])
-    potential = potential.to(getattr(torch, payload["dtype"]))
+    potential = Potential.from_config(payload.get("potential_config"), where=f"mlip.load: {path}: potential_config")
+    potential = potential.to(DTYPES[payload["dtype"]])
     potential.load_state_dict(payload["state_dict"])
     return potential.to(device).eval()

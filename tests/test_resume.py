@@ -1,4 +1,5 @@
-"""Hard-kill resume: `mlip-train` killed with SIGKILL mid-epoch continues from `last.ckpt` with nothing lost."""
+"""Hard-kill resume: `mlip-train` killed with SIGKILL mid-epoch continues from `last.ckpt` with nothing lost
+(training state and the metrics logged before the kill)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-from train_helpers import REPO_ROOT, tiny_overrides, write_emt_data
+from train_helpers import REPO_ROOT, read_metrics, tiny_overrides, write_emt_data
 
 MAX_EPOCHS = 3
 BATCH_SIZE = 2
@@ -69,14 +70,20 @@ def test_resume_after_kill_9_mid_epoch(tmp_path):
     steps_per_epoch = math.ceil(n_train / BATCH_SIZE)
     total_steps = MAX_EPOCHS * steps_per_epoch
     assert 0 < saved_step < total_steps and saved_step % steps_per_epoch != 0  # killed mid-epoch
+    before_kill = read_metrics(run_dir)  # the loggers are flushed before every checkpoint
+    assert before_kill and all(row["step"] <= saved_step for row in before_kill)
 
     resumed = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_environment(),
                              capture_output=True, text=True, timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {last}" in resumed.stdout + resumed.stderr
 
+    after = read_metrics(run_dir)
+    assert after[: len(before_kill)] == before_kill  # appended to, not overwritten
+    assert any("val/loss" in row for row in after)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["resumed_from"] == str(last)
+    assert "val/loss" in results["fit"]
     assert results["global_step"] == total_steps  # finished the schedule, no step lost or repeated
 
     final = torch.load(last, map_location="cpu", weights_only=False)

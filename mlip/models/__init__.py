@@ -8,9 +8,10 @@ from mlip.models.backbones import (
     MACEBackbone,
     NodeFeatures,
     TransIPBackbone,
+    register_backbone,
 )
 from mlip.models.conditioning import ChargeSpinEmbedding
-from mlip.models.potential import Potential, build_backbone, build_potential
+from mlip.models.potential import Potential, UnregisteredBackboneError, build_backbone, build_potential
 
 __all__ = [
     "BACKBONES",
@@ -22,6 +23,8 @@ __all__ = [
     "NodeFeatures",
     "Potential",
     "TransIPBackbone",
+    "UnregisteredBackboneError",
     "build_backbone",
     "build_potential",
+    "register_backbone",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -142,16 +143,30 @@ class Potential(torch.nn.Module):
         return torch.nn.Linear(backbone.num_scalar_features, 3)
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], dtype: torch.dtype | None = None) -> Potential:
-        """Rebuild from `potential.config` (a fully resolved dict, e.g. stored in a checkpoint).
+    def from_config(
+        cls,
+        config: Mapping[str, Any],
+        dtype: torch.dtype | None = None,
+        trusted: bool = False,
+        where: str = "config",
+    ) -> Potential:
+        """Rebuild from `potential.config` (a fully resolved dict, e.g. stored in a model file).
 
         `dtype` (e.g. torch.float64): build in that precision (see `build_potential`).
+        `trusted`: see `backbone_class`; False (the default, what `mlip.load` uses) accepts only
+        registered backbones and plain-data keyword values, and never imports anything.
+        `where`: how `config` is named in error messages (e.g. "<file>: potential_config").
         """
+        if not isinstance(config, Mapping):
+            raise ValueError(f"{where} must be a dict, got {type(config).__name__}")
         config = dict(config)
-        if not config.get("backbone"):
-            raise ValueError("Potential.from_config: config has no `backbone` entry (a dict with `_target_`)")
+        backbone_config = config.pop("backbone", None)
+        if not isinstance(backbone_config, Mapping) or not backbone_config:
+            raise ValueError(f"{where}.backbone must be a dict with `name` or `_target_`, got {backbone_config!r}")
+        check_keywords(cls, config, where, plain=not trusted)
         with default_dtype(dtype):
-            potential = cls(backbone=build_backbone(config.pop("backbone")), **config)
+            backbone = build_backbone(backbone_config, trusted=trusted, where=f"{where}.backbone")
+            potential = cls(backbone=backbone, **config)
         return potential if dtype is None else potential.to(dtype)
 
     # --------------------------------------------------------------------------------- forward
@@ -265,26 +280,101 @@ class Potential(torch.nn.Module):
 
 
 # --------------------------------------------------------------------------------- builders
-def backbone_class(config: Mapping[str, Any]) -> type:
-    """The backbone class named by `_target_` (import path) or `name` (registry key) in `config`."""
-    from mlip.models.backbones import BACKBONES
+class UnregisteredBackboneError(ValueError):
+    """A config names a backbone class that it may not: not registered, and not trusted to import."""
 
-    target = config.get("_target_")
-    name = config.get("name")
-    if target is not None:
-        module_name, _, class_name = target.rpartition(".")
-        return getattr(importlib.import_module(module_name), class_name)
+
+def backbone_class(config: Mapping[str, Any], trusted: bool = False, where: str = "backbone") -> type[Backbone]:
+    """The backbone class named by `name` (registry key) and/or `_target_` (import path) in `config`.
+
+    Untrusted (the default; model files): only classes of `mlip.models.backbones.BACKBONES` are
+    found: `name` must be a registry key, `_target_` must equal a registered class's path
+    (``module.QualifiedName``), and when both are given they must name the same class. Nothing
+    is imported, so a config cannot make mlip run code. `trusted=True` (the user's own training
+    config) also imports a `_target_` outside the registry, which must be a `Backbone` subclass.
+    `where`: how `config` is named in error messages (e.g. "model.backbone").
+    Raises `UnregisteredBackboneError` (a ValueError) for a class the config may not name.
+    """
+    from mlip.models.backbones import BACKBONES, class_path
+
+    registered = {class_path(cls): cls for cls in BACKBONES.values()}
+    known = ", ".join(f"{key} ({class_path(cls)})" for key, cls in sorted(BACKBONES.items()))
+    target, name = config.get("_target_"), config.get("name")
+    if target is None and name is None:
+        raise ValueError(f"{where}: needs `name` (a registered backbone: {known}) or `_target_` (an import path)")
+    named = None
     if name is not None:
-        if name not in BACKBONES:
-            raise ValueError(f"build_backbone: unknown backbone {name!r}; known: {sorted(BACKBONES)}")
-        return BACKBONES[name]
-    raise ValueError("build_backbone: config needs `_target_` (import path) or `name` (e.g. 'mace')")
+        if not isinstance(name, str) or name not in BACKBONES:
+            raise UnregisteredBackboneError(f"{where}.name = {name!r} is not a registered backbone; known: {known}")
+        named = BACKBONES[name]
+    if target is None:
+        return named
+    if not isinstance(target, str):
+        raise UnregisteredBackboneError(f"{where}._target_ must be a class path string, got {type(target).__name__}")
+    cls = registered.get(target)
+    if cls is None and trusted:
+        cls = _import_backbone(target, where)
+    if cls is None:
+        raise UnregisteredBackboneError(
+            f"{where}._target_ = {target!r} is not a registered mlip backbone (registered: {known}); a model "
+            "file may only name one of these and cannot make mlip import code. If this is your own Backbone "
+            "subclass, import it and call mlip.models.backbones.register_backbone(name, cls) before loading"
+        )
+    if named is not None and named is not cls:
+        raise UnregisteredBackboneError(
+            f"{where}: `name` {name!r} is {class_path(named)} but `_target_` is {target!r}; they must name one class"
+        )
+    return cls
 
 
-def build_backbone(config: Mapping[str, Any]) -> Backbone:
-    """Instantiate a backbone from a dict with `_target_` or `name` plus its keyword arguments."""
+def _import_backbone(target: str, where: str) -> type[Backbone]:
+    """Import the class at ``target`` (trusted configs only); it must subclass `Backbone`."""
+    module_name, _, class_name = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"{where}._target_ = {target!r} cannot be imported ({error})") from error
+    if not (isinstance(cls, type) and issubclass(cls, Backbone)):
+        raise ValueError(f"{where}._target_ = {target!r} is not a subclass of mlip.models.backbones.Backbone")
+    return cls
+
+
+def _is_plain(value: Any) -> bool:
+    """Numbers, strings, booleans, None, and lists/tuples/string-keyed dicts of them."""
+    if value is None or isinstance(value, (str, bool, numbers.Number)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(item) for item in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(key, (str, int)) and _is_plain(item) for key, item in value.items())
+    return False
+
+
+def check_keywords(function, kwargs: Mapping[str, Any], where: str, plain: bool = True) -> None:
+    """Every key of ``kwargs`` must be a keyword of ``function`` (a class: of its ``__init__``);
+    with ``plain``, every value must be plain data (see `_is_plain`). ValueError naming the field."""
+    parameters = inspect.signature(function).parameters
+    any_keyword = any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters.values())
+    accepted = [key for key, parameter in parameters.items() if parameter.kind is not parameter.VAR_POSITIONAL]
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not (any_keyword or key in accepted):
+            raise ValueError(f"{where}.{key} is not a keyword of {function.__name__} (it takes {', '.join(accepted)})")
+        if plain and not _is_plain(value):
+            raise ValueError(
+                f"{where}.{key} must be plain data (numbers, strings, booleans, None, lists, dicts), "
+                f"got {type(value).__name__}"
+            )
+
+
+def build_backbone(config: Mapping[str, Any], trusted: bool = False, where: str = "backbone") -> Backbone:
+    """Instantiate a backbone from a dict with `name` and/or `_target_` plus its keyword arguments.
+
+    `trusted`, `where`: see `backbone_class`; untrusted keyword values must also be plain data.
+    """
+    cls = backbone_class(config, trusted=trusted, where=where)
     kwargs = {key: value for key, value in config.items() if key not in ("_target_", "name")}
-    return backbone_class(config)(**kwargs)
+    check_keywords(cls, kwargs, where, plain=not trusted)
+    return cls(**kwargs)
 
 
 def _statistic(statistics, key: str, default=None):
@@ -311,7 +401,9 @@ def default_dtype(dtype: torch.dtype | None):
         torch.set_default_dtype(previous)
 
 
-def build_potential(config: Mapping[str, Any], statistics=None, dtype: torch.dtype | None = None) -> Potential:
+def build_potential(
+    config: Mapping[str, Any], statistics=None, dtype: torch.dtype | None = None, trusted: bool = False
+) -> Potential:
     """Build a `Potential` from a model config and (optionally) dataset statistics.
 
     `config`: {"backbone": {"_target_": ..., hyperparameters...}, "cutoff": Å, optional
@@ -322,6 +414,8 @@ def build_potential(config: Mapping[str, Any], statistics=None, dtype: torch.dty
     from the potential; `avg_num_neighbors` from statistics unless the backbone config sets it.
     The resolved config is `potential.config`; `Potential.from_config` rebuilds the same model.
     `dtype` (e.g. torch.float64) builds the model in that precision (see `default_dtype`).
+    `trusted=True` lets `backbone._target_` import a class outside the registry: for the user's
+    own training config (`mlip.train.build.build_model`), never for a file from elsewhere.
     """
     config = dict(config)
     backbone_config = dict(config.pop("backbone"))
@@ -338,7 +432,8 @@ def build_potential(config: Mapping[str, Any], statistics=None, dtype: torch.dty
     backbone_config["num_elements"] = len(config["elements"])
     backbone_config["cutoff"] = float(config["cutoff"])
     backbone_config["condition_dim"] = int(config.get("condition_dim", 16)) if conditioning else 0
-    accepts_average = "avg_num_neighbors" in inspect.signature(backbone_class(backbone_config)).parameters
+    backbone = backbone_class(backbone_config, trusted=trusted, where="model.backbone")
+    accepts_average = "avg_num_neighbors" in inspect.signature(backbone).parameters
     if accepts_average and backbone_config.get("avg_num_neighbors") is None:
         average = _statistic(statistics, "avg_num_neighbors")
         if average is not None and average > 0:  # 0 for a data set of isolated atoms
@@ -346,5 +441,5 @@ def build_potential(config: Mapping[str, Any], statistics=None, dtype: torch.dty
         else:
             backbone_config.pop("avg_num_neighbors", None)
     with default_dtype(dtype):
-        potential = Potential(backbone=build_backbone(backbone_config), **config)
+        potential = Potential(backbone=build_backbone(backbone_config, trusted, "model.backbone"), **config)
     return potential if dtype is None else potential.to(dtype)

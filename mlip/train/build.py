@@ -1,9 +1,11 @@
 """From a composed Hydra config to a finished training run.
 
 `train(config, run_dir)` is the whole of `mlip-train` minus the command line: it builds the data
-module, computes the statistics of the training split, builds the potential, the Lightning
-module, callbacks, loggers and trainer, resumes if asked, fits, tests and exports. Each
-``build_*`` function does one of those steps and can be used on its own.
+module, checks that the validation/test elements occur in the training split, computes the
+statistics of the training split, builds the potential and the Lightning module, checks a
+checkpoint to resume from against it (before any file of the run is rewritten), builds the
+callbacks, loggers and trainer, fits, validates the final weights if fit ended without doing so,
+exports, and tests. Each ``build_*`` and ``check_*`` function does one step and can be used alone.
 
 Run directory layout::
 
@@ -13,7 +15,7 @@ Run directory layout::
     <run dir>/checkpoints/last.ckpt    rolling checkpoint (resume from here)
     <run dir>/checkpoints/best.ckpt    best validation checkpoint
     <run dir>/best_model.pt        self-contained export of the best EMA weights (`mlip.load`)
-    <run dir>/logs/metrics.csv     CSV logger
+    <run dir>/logs/metrics.csv     CSV logger (a resumed run appends to it)
     <run dir>/results.json         final validation/test metrics
 """
 
@@ -28,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
+from ase.data import chemical_symbols
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import (
     ModelCheckpoint,
@@ -39,7 +43,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mlip.train.callbacks import BestModelExport, LastCheckpoint
-from mlip.train.checkpoint import AtomicCheckpointIO, find_resume_checkpoint
+from mlip.train.checkpoint import AtomicCheckpointIO, find_resume_checkpoint, load_checkpoint_file
 from mlip.train.datamodule import PotentialDataModule, torch_dtype
 from mlip.train.module import PotentialModule
 
@@ -95,11 +99,16 @@ def model_statistics(statistics: Any) -> dict[str, Any]:
 
 
 def build_model(config: DictConfig, statistics: Any) -> torch.nn.Module:
-    """The `Potential` of ``config.model`` with elements/references/scale/shift from ``statistics``."""
+    """The `Potential` of ``config.model`` with elements/references/scale/shift from ``statistics``.
+
+    The training config is the user's own: its ``model.backbone._target_`` may import a backbone
+    class of their code (``trusted=True``; model files never can, see `mlip.export`).
+    """
     from mlip.models.potential import build_potential
 
     model_config = OmegaConf.to_container(config.model, resolve=True)
-    return build_potential(model_config, model_statistics(statistics)).to(torch_dtype(config.dtype))
+    potential = build_potential(model_config, model_statistics(statistics), trusted=True)
+    return potential.to(torch_dtype(config.dtype))
 
 
 def build_module(config: DictConfig, potential: torch.nn.Module) -> PotentialModule:
@@ -115,6 +124,8 @@ def build_module(config: DictConfig, potential: torch.nn.Module) -> PotentialMod
         if config.symmetry.equivariance_loss
         else None,
         rotation_gradient_penalty=config.symmetry.get("rotation_gradient_penalty"),
+        nonfinite=config.get("nonfinite", "raise"),
+        check_weights_every_n_steps=config.get("check_weights_every_n_steps", 100),
     )
 
 
@@ -173,6 +184,128 @@ def build_trainer(config: DictConfig, run_dir: Path, callbacks: list, loggers: l
     )
 
 
+# ----------------------------------------------------------------------------- checks
+MAX_LISTED = 5  # offending structures named per split in an error message
+
+
+def _element_names(numbers) -> str:
+    return ", ".join(f"{chemical_symbols[int(z)]} (Z={int(z)})" for z in numbers)
+
+
+def _first(items: Sequence[str], total: int | None = None) -> str:
+    """The first `MAX_LISTED` items joined by "; ", and how many more there are."""
+    total = len(items) if total is None else total
+    more = f"; and {total - MAX_LISTED} more" if total > MAX_LISTED else ""
+    return "; ".join(items[:MAX_LISTED]) + more
+
+
+def check_split_elements(datamodule: PotentialDataModule) -> None:
+    """Every element of the validation and test splits must occur in the training split.
+
+    The model knows only the training split's elements (its statistics); without this check a
+    foreign element fails validation after a whole epoch, before any checkpoint. Raises
+    ValueError naming the elements and, per split, the first structures (file, index, id).
+    """
+    from mlip.data.reader import numbers_to_bitmask
+
+    datamodule.setup()
+    known = [int(z) for z in datamodule.train_set.elements]
+    known_mask = numbers_to_bitmask(known)
+    problems = []
+    for split, dataset in (("validation", datamodule.val_set), ("test", datamodule.test_set)):
+        if dataset is None or len(dataset) == 0:
+            continue
+        unknown = sorted(set(int(z) for z in dataset.elements) - set(known))
+        if not unknown:
+            continue
+        offending = np.flatnonzero(((dataset.element_masks & ~known_mask) != 0).any(axis=1))
+        listed = []
+        for index in offending[:MAX_LISTED]:  # reads only these structures
+            path, local_index = dataset.locate(int(index))
+            structure = dataset.get_structure(int(index))
+            label = f", id {structure.id!r}" if structure.id else ""
+            extra = sorted(set(int(z) for z in structure.numbers) - set(known))
+            listed.append(f"{path} structure {local_index}{label} has {_element_names(extra)}")
+        problems.append(
+            f"{_element_names(unknown)} in {len(offending)} structure(s) of the {split} split: "
+            + _first(listed, total=len(offending))
+        )
+    if problems:
+        raise ValueError(
+            f"data: elements missing from the training split (which has {_element_names(known)}), so the model "
+            f"cannot predict them: {'. '.join(problems)}. Add training structures with these elements, leave "
+            "the structures out (e.g. data.subsets), or draw another split (data.split_seed, data.val_fraction)"
+        )
+
+
+def _flat(tree: Any, prefix: str) -> dict[str, Any]:
+    """Nested dicts as {"a.b.c": leaf}."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}.{key}"))
+    return flat
+
+
+def _config_changes(previous_config: Path, config: DictConfig, sections=("model", "data")) -> list[str]:
+    """"key: old -> new" for entries of ``sections`` that differ from ``previous_config`` (if it exists)."""
+    if not previous_config.is_file():
+        return []
+    previous = OmegaConf.to_container(OmegaConf.load(previous_config), resolve=False)
+    current = OmegaConf.to_container(config, resolve=True)
+    changes = []
+    for section in sections:
+        old, new = _flat(previous.get(section, {}), section), _flat(current.get(section, {}), section)
+        changes += [f"{key}: {old.get(key, '(unset)')} -> {new.get(key, '(unset)')}"
+                    for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    return changes
+
+
+def check_resume_compatible(
+    checkpoint_path: str, module: torch.nn.Module, config: DictConfig, previous_config: Path
+) -> None:
+    """The checkpoint's weights must have the names and shapes of ``module``'s.
+
+    Reads the checkpoint with ``weights_only=True``. On a mismatch raises ValueError naming the
+    model/data settings changed since ``previous_config`` (the run's config.yaml) and the tensors
+    that differ, before the run directory is touched.
+    """
+    stored = load_checkpoint_file(checkpoint_path).get("state_dict", {})
+    expected = module.state_dict()
+    differences = []
+    for name in sorted(set(stored) | set(expected), key=lambda name: (name.startswith("ema."), name)):  # EMA last
+        if name not in expected:
+            differences.append(f"{name} only in the checkpoint")
+        elif name not in stored:
+            differences.append(f"{name} only in the configured model")
+        elif tuple(stored[name].shape) != tuple(expected[name].shape):
+            old_shape, new_shape = tuple(stored[name].shape), tuple(expected[name].shape)
+            differences.append(f"{name} {old_shape} in the checkpoint, {new_shape} configured")
+    if not differences:
+        return
+    changes = _config_changes(previous_config, config)
+    changed = f" Changed since {previous_config}: {'; '.join(changes)}." if changes else ""
+    raise ValueError(
+        f"resume: {checkpoint_path} does not fit the configured model.{changed} Tensors that differ: "
+        f"{_first(differences)}. Nothing in {previous_config.parent} was changed; train under another "
+        "name=..., or resume=never to start afresh"
+    )
+
+
+def best_checkpoint(trainer: pl.Trainer, checkpoint_dir: Path) -> str | None:
+    """This run's best checkpoint, looked up in ``checkpoint_dir`` (None: none saved).
+
+    The checkpoint state stores an absolute path, which still points into the original folder
+    after a run directory was copied; only its file name is used.
+    """
+    callback = trainer.checkpoint_callback
+    if callback is None or not callback.best_model_path:
+        return None
+    path = checkpoint_dir / Path(callback.best_model_path).name
+    return str(path) if path.is_file() else None
+
+
 # ----------------------------------------------------------------------------- files
 @rank_zero_only
 def write_json(path: Path, data: dict) -> None:
@@ -223,28 +356,37 @@ def train(config: DictConfig, run_dir: str | os.PathLike, extra_callbacks: Seque
 
 def _train(config: DictConfig, run_dir: str | os.PathLike, extra_callbacks: list[pl.Callback]) -> dict[str, Any]:
     run_dir = Path(run_dir).resolve()
+    checkpoint_dir = run_dir / "checkpoints"
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(config.seed, workers=True)
-    write_config(run_dir / "config.yaml", config)
+    resume_from = find_resume_checkpoint(config.resume, checkpoint_dir)
 
     datamodule = build_datamodule(config)
+    check_split_elements(datamodule)
     statistics = datamodule.statistics()
+    module = build_module(config, build_model(config, statistics))
+    if resume_from:  # before anything of the run directory is overwritten
+        check_resume_compatible(resume_from, module, config, run_dir / "config.yaml")
+    write_config(run_dir / "config.yaml", config)
     write_json(run_dir / "statistics.json", statistics.to_dict())
     rank_zero_info(f"mlip-train: run directory {run_dir}; split sizes {datamodule.split_sizes()}")
 
-    module = build_module(config, build_model(config, statistics))
     callbacks = build_callbacks(config, run_dir, statistics) + extra_callbacks
+    export = next(callback for callback in callbacks if isinstance(callback, BestModelExport))
     trainer = build_trainer(config, run_dir, callbacks, build_loggers(config, run_dir))
-    resume_from = find_resume_checkpoint(config.resume, run_dir / "checkpoints")
     if resume_from:
         rank_zero_info(f"mlip-train: resuming from {resume_from}")
     with _quiet_known_warnings():
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         results = {"global_step": trainer.global_step, "epoch": trainer.current_epoch, "resumed_from": resume_from}
         results["fit"] = _metrics(trainer)
+        if export.validated_step != trainer.global_step:  # stopped before a validation, or nothing left to train
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            results["fit"].update(_metrics(trainer))
+        export.export_current(trainer, module)
         if config.test_after_fit and datamodule.test_set is not None and len(datamodule.test_set) > 0:
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            best = best_checkpoint(trainer, checkpoint_dir)
+            trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
             results["test"] = {k: v for k, v in _metrics(trainer).items() if k.startswith("test/")}
     results["best_model"] = str(run_dir / BEST_MODEL) if (run_dir / BEST_MODEL).is_file() else None
     write_json(run_dir / "results.json", results)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from mlip.train.checkpoint import LAST_CHECKPOINT
 
@@ -18,7 +18,8 @@ class LastCheckpoint(pl.Callback):
     Saving goes through the trainer (so all DDP ranks take part and rank 0 writes) and its
     checkpoint IO; with `AtomicCheckpointIO` a hard kill while saving keeps the previous file.
     A checkpoint saved mid-epoch resumes mid-epoch: Lightning restores the step and batch
-    counters; the rest of that epoch is drawn from a fresh shuffle.
+    counters; the rest of that epoch is drawn from a fresh shuffle. The loggers are flushed
+    before each save, so a resume after ``kill -9`` finds every row logged before the checkpoint.
     """
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int = 50):
@@ -33,6 +34,8 @@ class LastCheckpoint(pl.Callback):
         if trainer.global_step == self._last_saved_step or trainer.sanity_checking:
             return
         self._last_saved_step = trainer.global_step
+        for logger in trainer.loggers:  # the logged history reaches the disk before the checkpoint
+            logger.save()
         trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
@@ -48,7 +51,9 @@ class BestModelExport(pl.Callback):
 
     The file is what `mlip.load` reads (see `mlip.export`); it is written on rank 0 only and
     atomically. The best value so far is part of the checkpoint, so a resumed run only
-    overwrites the export with a truly better model.
+    overwrites the export with a truly better model. `validated_step` is the global step of the
+    last validation of this process (-1: none yet); `export_current` writes the current EMA
+    weights when no validation ever gave a finite value (see `mlip.train.build.train`).
     """
 
     def __init__(self, path: str | Path, monitor: str, mode: str, config: dict, statistics: Any):
@@ -61,17 +66,30 @@ class BestModelExport(pl.Callback):
         self.config = config
         self.statistics = statistics
         self.best = math.inf if mode == "min" else -math.inf
+        self.validated_step = -1
 
     def _improved(self, value: float) -> bool:
         return value < self.best if self.mode == "min" else value > self.best
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+        if trainer.sanity_checking:
+            return
+        self.validated_step = trainer.global_step
+        if self.monitor not in trainer.callback_metrics:
             return
         value = float(trainer.callback_metrics[self.monitor])
         if not math.isfinite(value) or not self._improved(value):
             return
         self.best = value
+        self._export(pl_module, trainer.global_step, value)
+
+    def export_current(self, trainer: pl.Trainer, pl_module) -> None:
+        """Export the current EMA weights if there is no export yet (e.g. every validation was NaN)."""
+        if self.path.is_file():
+            return
+        value = float(trainer.callback_metrics.get(self.monitor, math.nan))
+        step = trainer.global_step
+        rank_zero_warn(f"{self.monitor} = {value} at step {step}: exporting the final EMA weights to {self.path}")
         self._export(pl_module, trainer.global_step, value)
 
     @rank_zero_only

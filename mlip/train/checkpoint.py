@@ -1,13 +1,17 @@
-"""Crash-safe checkpoints and finding the checkpoint to resume from.
+"""Crash-safe checkpoints, safe checkpoint loading and finding the checkpoint to resume from.
 
 `AtomicCheckpointIO` writes every Lightning checkpoint to ``<path>.tmp``, flushes it to disk and
 renames it over ``<path>`` (``os.replace`` is atomic on POSIX), so a ``kill -9`` while saving
-leaves the previous ``last.ckpt`` intact instead of a truncated file.
+leaves the previous ``last.ckpt`` intact instead of a truncated file. It reads checkpoints with
+`load_checkpoint_file`: always ``weights_only=True`` (tensors and plain containers), whatever
+torch's default or the ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` environment variable say, so that
+resuming from a tampered checkpoint cannot run code. mlip's checkpoints hold nothing else.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +36,41 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """A checkpoint read with ``torch.load(..., weights_only=True)``, never by unpickling objects.
+
+    Raises FileNotFoundError for a missing file and ValueError naming the file for one that holds
+    anything but tensors and plain containers (mlip's never do: it may have been tampered with).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"checkpoint {path} cannot be loaded with weights_only=True: it holds objects other than tensors "
+            f"and plain containers, which mlip checkpoints never do, so it was refused ({error})"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"checkpoint {path} is a {type(checkpoint).__name__}, not a Lightning checkpoint dict")
+    return checkpoint
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO that never leaves a partially written checkpoint behind."""
+    """Lightning checkpoint IO that never leaves a partially written checkpoint behind and only
+    reads checkpoints with ``weights_only=True`` (see `load_checkpoint_file`)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location: Any = "cpu", weights_only: bool | None = None) -> dict[str, Any]:
+        """`load_checkpoint_file`; ``weights_only=False`` is refused rather than honoured."""
+        if weights_only is False:
+            raise ValueError(f"{type(self).__name__} loads checkpoints with weights_only=True only; {path} not read")
+        return load_checkpoint_file(path, map_location=map_location)
 
 
 def find_resume_checkpoint(resume: str | None, checkpoint_dir: str | os.PathLike) -> str | None:
