@@ -11,7 +11,8 @@ from conftest import random_crystal, random_molecule
 
 from mlip.data.errors import MLIPDataError
 from mlip.data.reader import StructureReader
-from mlip.data.schema import validate_structure
+from mlip.data.dataset import HDF5Dataset
+from mlip.data.schema import MAX_ABS_CHARGE, MAX_MULTIPLICITY, validate_structure
 from mlip.data.structure import Structure
 from mlip.data.writer import StructureWriter, write_structures
 
@@ -73,6 +74,13 @@ BAD_STRUCTURES = {
         "cell",
     ),
     "stress on a molecule": (lambda: molecule(stress=np.zeros((3, 3))), "stress"),
+    "stress on a slab without volume": (
+        lambda: crystal(pbc=np.array([True, True, False]), cell=np.diag([3.0, 4.0, 0.0]), stress=np.eye(3)),
+        "stress",
+    ),
+    "charge beyond the supported range": (lambda: molecule(charge=2_000_000_000), "charge"),
+    "charge just beyond the supported range": (lambda: molecule(charge=-(MAX_ABS_CHARGE + 1)), "charge"),
+    "multiplicity beyond the supported range": (lambda: molecule(spin=MAX_MULTIPLICITY + 1), "spin"),
     "spin multiplicity 0": (lambda: molecule(spin=0), "spin"),
     "negative spin": (lambda: molecule(spin=-1), "spin"),
     "non-integer spin": (lambda: molecule(spin=1.5), "spin"),
@@ -98,6 +106,10 @@ def test_valid_edge_cases_pass_validation():
     validate_structure(crystal(pbc=np.array([True, True, False]), cell=np.diag([3.0, 4.0, 0.0])), 2, SOURCE)
     # A molecule in a non-periodic box keeps its cell.
     validate_structure(molecule(cell=np.eye(3) * 10.0), 3, SOURCE)
+    # A slab in a box with vacuum has a volume, so its stress is defined (ASE's convention).
+    validate_structure(crystal(pbc=np.array([True, True, False]), cell=np.diag([3.0, 4.0, 20.0]), stress=np.eye(3)), 4, SOURCE)
+    # The supported charge and multiplicity ranges are inclusive.
+    validate_structure(molecule(charge=-MAX_ABS_CHARGE, spin=MAX_MULTIPLICITY), 5, SOURCE)
 
 
 def test_writer_refuses_bad_structure_and_leaves_nothing(tmp_path):
@@ -260,3 +272,78 @@ def test_label_absent_from_the_whole_file_reads_as_missing(good_file):
 def test_missing_file_is_a_file_not_found_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         StructureReader(tmp_path / "nope.h5")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("charge", 2_000_000_000), ("charge", -(MAX_ABS_CHARGE + 1)), ("spin", 0), ("spin", -3), ("spin", MAX_MULTIPLICITY + 1)],
+)
+def test_out_of_range_charge_or_spin_in_a_file_is_refused_on_open(good_file, field, value):
+    """Training would otherwise produce NaN (or crash mid-epoch) without naming the file."""
+    with h5py.File(good_file, "r+") as file:
+        file[f"structures/{field}"][1] = value
+    with pytest.raises(MLIPDataError) as caught:
+        StructureReader(good_file)
+    assert_names(caught.value, good_file, 1, field, "quartz-3")
+    assert str(value) in str(caught.value)
+
+
+def test_charge_too_large_for_int32_in_an_int64_dataset_is_not_wrapped(good_file):
+    with h5py.File(good_file, "r+") as file:
+        charges = file["structures/charge"][()].astype(np.int64)
+        charges[0] = 2**32  # would wrap to 0 in the reader's int32 array
+        del file["structures/charge"]
+        file["structures/charge"] = charges
+    with pytest.raises(MLIPDataError) as caught:
+        StructureReader(good_file)
+    assert_names(caught.value, good_file, 0, "charge", "water-dimer-12")
+
+
+def test_stress_on_a_zero_volume_cell_in_a_file_is_refused(good_file):
+    with h5py.File(good_file, "r+") as file:  # structure 1 becomes a slab without a third vector
+        file["structures/cell"][1, 2] = 0.0
+        file["structures/pbc"][1] = [True, True, False]
+    reader = StructureReader(good_file)
+    with pytest.raises(MLIPDataError) as caught:
+        reader.read(1)
+    assert_names(caught.value, good_file, 1, "stress", "quartz-3")
+    assert "volume" in str(caught.value)
+
+
+def test_non_finite_cell_in_a_file_is_refused(good_file):
+    with h5py.File(good_file, "r+") as file:
+        file["structures/cell"][1, 0, 0] = np.nan
+    with pytest.raises(MLIPDataError) as caught:
+        StructureReader(good_file).read(1)
+    assert_names(caught.value, good_file, 1, "cell", "quartz-3")
+
+
+def test_coincident_atoms_in_a_file_are_refused_by_the_dataset(good_file):
+    with h5py.File(good_file, "r+") as file:  # atom 1 of the crystal onto atom 0, plus 0.02 Å
+        positions = file["atoms/positions"]
+        positions[6] = positions[5] + [0.0, 0.02, 0.0]
+    reader = StructureReader(good_file)
+    reader.read(1)  # the reader alone does not build neighbour lists
+    for cutoff in (4.0, None):  # from the graph's edges, or a search of its own without a cutoff
+        with pytest.raises(MLIPDataError) as caught:
+            HDF5Dataset(good_file, cutoff=cutoff)[1]
+        assert_names(caught.value, good_file, 1, "positions", "quartz-3")
+        assert "atoms 0 (Si) and 1 (O) are 0.02 Å apart" in str(caught.value)
+    assert HDF5Dataset(good_file, cutoff=4.0, min_distance=0.01)[1].num_nodes == 4
+    assert HDF5Dataset(good_file, cutoff=4.0, min_distance=None)[1].num_nodes == 4
+
+
+def test_coincidence_through_a_periodic_image_is_refused_by_the_dataset(tmp_path):
+    cell = np.eye(3) * 5.0
+    structure = Structure([3, 3], [[0.01, 1.0, 1.0], [4.98, 1.0, 1.0]], cell=cell, pbc=True, id="li-image")
+    path = tmp_path / "image.h5"
+    write_structures(path, [molecule(), structure])
+    with pytest.raises(MLIPDataError) as caught:
+        HDF5Dataset(path, cutoff=3.0)[1]
+    assert_names(caught.value, path, 1, "positions", "li-image")
+    assert "0.03 Å" in str(caught.value) and "image" in str(caught.value)
+
+
+def test_error_with_an_id_but_no_index_still_names_the_structure():
+    error = MLIPDataError("too close", None, structure_id="x-1", field="positions")
+    assert "structure (id 'x-1')" in str(error)

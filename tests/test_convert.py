@@ -26,6 +26,7 @@ from mlip.cli.convert import main
 from mlip.data.convert import (
     _iter_json_object_items,
     convert,
+    convert_with_summary,
     detect_format,
     read_aselmdb,
     read_mace_hdf5,
@@ -561,3 +562,268 @@ def test_mlip_files_can_be_merged_and_relabelled(tmp_path):
     for original, copy in zip(originals * 2, copies, strict=True):
         np.testing.assert_allclose(copy.positions, original.positions)
         assert copy.energy == original.energy
+
+
+# ----------------------------------------------------------------------------- geometry checks
+
+
+def test_coincident_atoms_are_refused_naming_the_pair(tmp_path, capsys):
+    rng = np.random.default_rng(17)
+    frames = labelled_frames(rng)
+    crystal = frames[0]
+    crystal.positions[2] = crystal.positions[1] + [0.0, 0.0, 0.03]
+    source = tmp_path / "close.xyz"
+    ase.io.write(source, frames, format="extxyz")
+    symbols = crystal.get_chemical_symbols()
+    message = expect_failure(tmp_path, capsys, [source, *REF_KEYS], "close.xyz", "structure 0", "'positions'",
+                             f"atoms 1 ({symbols[1]}) and 2 ({symbols[2]}) are 0.03 Å apart", "--min-distance")
+    assert "min_distance 0.1 Å" in message
+    output = tmp_path / "out.h5"
+    assert main([str(source), *REF_KEYS, "-o", str(output), "--min-distance", "0.01", "-q"]) == 0
+    assert len(read_back(output)) == 3
+
+
+def test_coincidence_through_a_periodic_image_is_refused(tmp_path, capsys):
+    atoms = Atoms("Cu2", positions=[[0.01, 1.0, 1.0], [3.57, 1.0, 1.0]], cell=np.eye(3) * 3.6, pbc=True)
+    source = tmp_path / "image.xyz"
+    ase.io.write(source, [random_molecule(np.random.default_rng(0)), atoms], format="extxyz")
+    expect_failure(tmp_path, capsys, [source], "image.xyz", "structure 1", "image.xyz:1",
+                   "atoms 0 (Cu) and 1 (Cu) are 0.04 Å apart", "image")
+
+
+def test_stress_on_a_slab_without_volume_is_refused(tmp_path, capsys):
+    slab = Atoms("Cu2", positions=[[0, 0, 0], [1.3, 1.3, 1.8]], cell=np.diag([2.6, 2.6, 0.0]), pbc=[True, True, False])
+    slab.calc = SinglePointCalculator(slab, energy=-7.0, stress=np.zeros(6))
+    source = tmp_path / "slab.xyz"
+    ase.io.write(source, [slab], format="extxyz")
+    message = expect_failure(tmp_path, capsys, [source], "slab.xyz", "structure 0", "'stress'", "volume")
+    assert "slab.xyz:0" in message
+
+
+def test_virials_of_a_zero_volume_cell_are_refused(tmp_path, capsys):
+    source = tmp_path / "old.h5"
+    with h5py.File(source, "w") as file:
+        group = file.create_group("config_batch_0/config_0")
+        group["atomic_numbers"] = np.array([14])
+        group["positions"] = np.zeros((1, 3))
+        group["cell"] = np.diag([2.0, 3.0, 0.0])
+        group["pbc"] = np.array([True, True, False])
+        group["virials"] = np.eye(3)
+    expect_failure(tmp_path, capsys, [source], "old.h5", "structure 0", "'virials'", "volume")
+
+
+# ----------------------------------------------------------------------------- label keys that match nothing
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_label_key_found_in_no_structure_is_warned_about_even_when_quiet(tmp_path, capsys, quiet):
+    rng = np.random.default_rng(18)
+    source = tmp_path / "train.xyz"
+    ase.io.write(source, labelled_frames(rng), format="extxyz")
+    output = tmp_path / "train.h5"
+    arguments = [str(source), "-o", str(output), "--energy-key", "REF_enrgy", "--forces-key", "REF_forces",
+                 "--spin-key", "multiplicity", *(["-q"] if quiet else [])]
+    assert main(arguments) == 0
+    captured = capsys.readouterr()
+    assert "mlip-convert: warning: --energy-key 'REF_enrgy' was found in no structure" in captured.err
+    assert "mlip-convert: warning: --spin-key 'multiplicity' was found in no structure" in captured.err
+    assert "--forces-key" not in captured.err  # found: no warning
+    assert ("wrote" in captured.out) is not quiet
+    assert all(s.energy is None for s in read_back(output))
+
+
+def test_python_conversion_warns_about_unmatched_keys(tmp_path):
+    rng = np.random.default_rng(19)
+    source = tmp_path / "train.xyz"
+    ase.io.write(source, labelled_frames(rng), format="extxyz")
+    with pytest.warns(UserWarning, match=r"--stress-key 'virial' was found in no structure of train.xyz"):
+        summary = convert_with_summary(source, tmp_path / "out.h5", stress_key="virial")
+    assert summary.n_structures == 3 and summary.n_with_stress == 0
+    assert len(summary.warnings) == 1 and "--stress-key 'virial'" in summary.warnings[0]
+
+
+def test_a_label_key_for_a_format_without_keys_is_warned_about(tmp_path, capsys):
+    rng = np.random.default_rng(20)
+    source = tmp_path / "MPtrj.json"
+    write_mptrj(rng, source)
+    assert main([str(source), "-o", str(tmp_path / "out.h5"), "--energy-key", "E", "-q"]) == 0
+    assert "--energy-key 'E'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- temporary files
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def with_pid(temporary: Path, pid: int) -> Path:
+    """The temporary name that process ``pid`` would have used."""
+    return temporary.with_name(temporary.name.replace(f".{os.getpid()}.", f".{pid}."))
+
+
+def test_temporaries_of_killed_conversions_are_swept(tmp_path):
+    from mlip.data.writer import temporary_path_for
+
+    rng = np.random.default_rng(21)
+    source = tmp_path / "a.xyz"
+    ase.io.write(source, labelled_frames(rng), format="extxyz")
+    output = tmp_path / "out.h5"
+    ours = temporary_path_for(output)
+    assert ours.parent == tmp_path and ours.name.startswith(".out.h5.") and ours.name.endswith(".mlip-tmp")
+    assert f".{os.getpid()}." in ours.name
+
+    pid = dead_pid()
+    stale = with_pid(temporary_path_for(output), pid)
+    alive = temporary_path_for(output)  # this process is alive: its file may still be written to
+    other_output = with_pid(temporary_path_for(tmp_path / "other.h5"), pid)  # not ours to sweep
+    for path in (stale, alive, other_output):
+        path.write_bytes(b"half-written")
+    assert main([str(source), "-o", str(output), "-q"]) == 0
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".mlip-tmp") == sorted(
+        [alive.name, other_output.name])
+
+
+def test_a_conversion_killed_with_sigkill_leaves_a_recognisable_temporary(tmp_path):
+    """SIGKILL runs no cleanup: the temporary stays, named after the output and the dead pid."""
+    import signal
+
+    rng = np.random.default_rng(22)
+    source = tmp_path / "a.xyz"
+    ase.io.write(source, labelled_frames(rng) * 400, format="extxyz")
+    output = tmp_path / "out.h5"
+    script = (
+        "import os, signal, sys\n"
+        "from mlip.data import writer\n"
+        "original = writer.StructureWriter._flush\n"
+        "def flush_then_die(self):\n"
+        "    original(self)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "writer.StructureWriter._flush = flush_then_die\n"
+        "from mlip.cli.convert import main\n"
+        f"main([{str(source)!r}, '-o', {str(output)!r}, '-q'])\n"
+    )
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    completed = subprocess.run([sys.executable, "-c", script], env=environment, timeout=120)
+    assert completed.returncode == -signal.SIGKILL
+    leftovers = [p for p in tmp_path.iterdir() if p.name.endswith(".mlip-tmp")]
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".out.h5.") and not output.exists()
+    assert main([str(source), "-o", str(output), "-q"]) == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".mlip-tmp")] == []
+    assert len(read_back(output)) == 1200
+
+
+def test_mace_and_aselmdb_writers_use_recognisable_temporaries(tmp_path, monkeypatch):
+    seen = []
+    import mlip.data.convert as convert_module
+
+    original = convert_module.temporary_path_for
+
+    def spy(path):
+        seen.append(original(path))
+        return seen[-1]
+
+    monkeypatch.setattr(convert_module, "temporary_path_for", spy)
+    rng = np.random.default_rng(23)
+    write_aselmdb(tmp_path / "a.aselmdb", omol_like_molecules(rng, 2))
+    write_mace_hdf5(tmp_path / "m.h5", [Structure(numbers=[1], positions=np.zeros((1, 3)))])
+    assert [p.name.split(".")[1] for p in seen] == ["a", "m"]
+    assert all(p.name.endswith(".mlip-tmp") and not p.exists() for p in seen)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.aselmdb", "m.h5"]
+
+
+# ----------------------------------------------------------------------------- values of the wrong type
+
+
+def mptrj_with(tmp_path, change) -> Path:
+    rng = np.random.default_rng(24)
+    source = tmp_path / "MPtrj.json"
+    _, content = write_mptrj(rng, source)
+    change(content["mp-22"]["mp-22-3-7"])
+    source.write_text(json.dumps(content))
+    return source
+
+
+def set_in(frame, path, value):
+    target = frame
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+
+
+MPTRJ_TYPE_CONFUSIONS = {  # (where in the frame, value, field named, fragment of the reason)
+    "species as a list of strings": (("structure", "sites", 1, "species"), ["Cu"], "structure.sites[1].species",
+                                     "expected a list of"),
+    "species as a string": (("structure", "sites", 1, "species"), "Cu", "structure.sites[1].species",
+                            "expected a list of"),
+    "element as a number": (("structure", "sites", 1, "species", 0, "element"), 29, "structure.sites[1].species",
+                            "unknown element 29"),
+    "occupancy as text": (("structure", "sites", 1, "species", 0, "occu"), "full", "structure.sites[1].species",
+                          "occupancy"),
+    "site as a list": (("structure", "sites", 1), [0.0, 0.0, 0.0], "structure.sites[1]", "expected an object"),
+    "sites as an object": (("structure", "sites"), {"0": {}}, "structure.sites", "list"),
+    "lattice as a list": (("structure", "lattice"), [[3, 0, 0], [0, 3, 0], [0, 0, 3]], "structure.lattice.matrix",
+                          "missing"),
+    "matrix of text": (("structure", "lattice", "matrix"), [["a", "b", "c"]] * 3, "structure.lattice.matrix",
+                       "not numeric"),
+    "xyz as text": (("structure", "sites", 1, "xyz"), "0 0 0", "structure.sites[1].xyz", "not numeric"),
+    "charge as text": (("structure", "charge"), "neutral", "structure.charge", "not numeric"),
+    "energy as an object": (("uncorrected_total_energy",), {"value": -1.0}, "uncorrected_total_energy", "not numeric"),
+    "force as a number": (("force",), 0.0, "force", "expected shape"),
+    "stress as text": (("stress",), "0", "stress", "expected 6"),
+}
+
+
+@pytest.mark.parametrize("case", list(MPTRJ_TYPE_CONFUSIONS))
+def test_mptrj_values_of_the_wrong_type_are_located_errors(tmp_path, capsys, case):
+    path, value, field, fragment = MPTRJ_TYPE_CONFUSIONS[case]
+    source = mptrj_with(tmp_path, lambda frame: set_in(frame, path, value))
+    with pytest.raises(MLIPDataError) as caught:
+        list(read_mptrj(source))
+    error = caught.value
+    assert (error.index, error.structure_id, error.field) == (2, "mp-22/mp-22-3-7", field), str(error)
+    assert fragment in error.reason, str(error)
+    expect_failure(tmp_path, capsys, [source], "MPtrj.json", "structure 2", "mp-22/mp-22-3-7", repr(field))
+
+
+def test_a_frame_of_the_wrong_type_is_located(tmp_path):
+    source = tmp_path / "MPtrj.json"
+    source.write_text(json.dumps({"mp-1": {"f": ["not", "a", "frame"]}}))
+    with pytest.raises(MLIPDataError) as caught:
+        list(read_mptrj(source))
+    assert (caught.value.index, caught.value.structure_id, caught.value.field) == (0, "mp-1/f", "frame")
+
+
+def test_mace_weight_of_the_wrong_type_is_located(tmp_path, capsys):
+    source = tmp_path / "mace.h5"
+    write_mace_hdf5(source, [Structure(numbers=[1, 1], positions=[[0, 0, 0], [0, 0, 0.74]], energy=-1.0)])
+    with h5py.File(source, "r+") as file:
+        del file["config_batch_0/config_0/property_weights/energy"]
+        file["config_batch_0/config_0/property_weights/energy"] = "heavy"
+    expect_failure(tmp_path, capsys, [source], "mace.h5", "structure 0", "'property_weights/energy'")
+
+
+def test_aselmdb_data_of_the_wrong_type_is_located(tmp_path, capsys):
+    source = tmp_path / "bad.aselmdb"
+    environment = lmdb.open(str(source), subdir=False, map_size=1 << 24, lock=False)
+    row = {"numbers": [1, 1], "positions": [[0, 0, 0], [0, 0, 0.74]], "cell": [[0.0] * 3] * 3,
+           "pbc": [False] * 3, "data": ["charge", 0]}
+    with environment.begin(write=True) as transaction:
+        transaction.put(b"1", zlib.compress(json.dumps(row).encode()))
+    environment.close()
+    expect_failure(tmp_path, capsys, [source], "bad.aselmdb", "structure 0", "bad.aselmdb:1", "'data'")
+
+
+def test_pbc_of_the_wrong_type_is_located(tmp_path, capsys):
+    source = tmp_path / "bad.aselmdb"
+    environment = lmdb.open(str(source), subdir=False, map_size=1 << 24, lock=False)
+    row = {"numbers": [1, 1], "positions": [[0, 0, 0], [0, 0, 0.74]], "cell": [[0.0] * 3] * 3,
+           "pbc": "periodic"}
+    with environment.begin(write=True) as transaction:
+        transaction.put(b"1", zlib.compress(json.dumps(row).encode()))
+    environment.close()
+    expect_failure(tmp_path, capsys, [source], "bad.aselmdb", "structure 0", "'pbc'")

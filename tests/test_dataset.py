@@ -13,6 +13,8 @@ from conftest import random_crystal, random_molecule
 from torch_geometric.loader import DataLoader
 
 from mlip.data.dataset import HDF5Dataset
+from mlip.data.errors import MLIPDataError
+from mlip.data.graph import DEFAULT_MIN_DISTANCE
 from mlip.data.structure import Structure
 from mlip.data.writer import StructureWriter, write_structures
 
@@ -194,3 +196,60 @@ def test_memory_stays_flat_while_iterating_a_large_file(tmp_path):
     gc.collect()
     growth = rss_megabytes() - before
     assert growth < 20, f"RSS grew by {growth:.1f} MB over {len(sample)} reads"
+
+
+# ---------------------------------------------------------------------------- selection arguments
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"subsets": []}, "empty subset list; use None for all subsets"),
+        ({"charges": []}, "empty charge list; use None for all charges"),
+        ({"spins": ()}, "empty spin list; use None for all spins"),
+        ({"elements": []}, "empty element list; use None for all elements"),
+    ],
+)
+def test_an_empty_selection_list_is_an_error_not_everything(shards, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        HDF5Dataset(shards, **arguments)
+
+
+def test_an_unknown_subset_is_refused_with_the_known_ones_and_their_files(shards):
+    with pytest.raises(ValueError) as caught:
+        HDF5Dataset(shards, subsets=["crystal", "neutrl"])
+    message = str(caught.value)
+    assert "unknown subset 'neutrl'" in message
+    assert "crystal (shard-0.h5, shard-1.h5)" in message and "neutral (shard-0.h5, shard-1.h5)" in message
+
+
+def test_charges_and_spins_that_no_structure_has_are_refused(shards):
+    with pytest.raises(ValueError, match=r"no structure has charge 7.*charges present: \[-1, 0\]"):
+        HDF5Dataset(shards, charges=[0, 7])
+    with pytest.raises(ValueError, match=r"no structure has spin multiplicity 3.*present: \[1, 2\]"):
+        HDF5Dataset(shards, spins=3)
+    assert len(HDF5Dataset(shards, charges="-1")) == 4  # a single value given as text (e.g. from a CLI)
+
+
+def test_min_distance_and_max_neighbours_reach_the_graph_builder(shards):
+    dataset = HDF5Dataset(shards, cutoff=3.0, min_distance=0.2, max_neighbours=50)
+    assert (dataset.min_distance, dataset.max_neighbours) == (0.2, 50)
+    train = dataset.split(0.25, seed=1).train  # views keep the settings
+    assert (train.min_distance, train.max_neighbours) == (0.2, 50)
+    assert HDF5Dataset(shards).min_distance == DEFAULT_MIN_DISTANCE == 0.1
+    with pytest.raises(MLIPDataError, match="max_neighbours=1"):
+        HDF5Dataset(shards, cutoff=3.0, max_neighbours=1)[2]  # the crystal has more neighbours
+
+
+def test_datamodule_takes_one_subset_as_a_string_and_refuses_an_empty_list(shards):
+    from mlip.train.datamodule import PotentialDataModule
+
+    datamodule = PotentialDataModule([shards], cutoff=3.0, subsets="crystal", val_fraction=0.34,
+                                     statistics_cache=False, min_distance=0.2, max_neighbours=500)
+    datamodule.setup()
+    assert datamodule.subsets == ["crystal"] and len(datamodule.dataset) == 3
+    assert (datamodule.dataset.min_distance, datamodule.dataset.max_neighbours) == (0.2, 500)
+    with pytest.raises(ValueError, match=r"data.subsets: empty subset list; use null for all subsets"):
+        PotentialDataModule([shards], cutoff=3.0, subsets=[])
+    with pytest.raises(ValueError, match=r"data.subsets: unknown subset 'neutrl'"):
+        PotentialDataModule([shards], cutoff=3.0, subsets=["neutrl"]).setup()

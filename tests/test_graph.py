@@ -12,8 +12,12 @@ from ase.build import bulk, molecule
 from scipy.spatial.transform import Rotation
 from torch_geometric.data import Batch
 
+from mlip.data.errors import MLIPDataError
 from mlip.data.graph import (
+    DEFAULT_MAX_NEIGHBOURS,
     atoms_to_graph,
+    check_min_distance,
+    closest_pair,
     edge_vectors,
     neighbour_list,
     structure_to_graph,
@@ -347,3 +351,83 @@ def test_batched_edge_vectors_use_each_graphs_cell():
     assert torch.allclose(batched, separate, atol=1e-12)
     # Every edge of every graph is shorter than the cutoff with its own cell.
     assert batched.norm(dim=1).max() < 4.0
+
+
+# ---------------------------------------------------------------------------- coincident atoms
+
+
+def test_closest_pair_sees_periodic_images():
+    """Atoms 9.95 Å apart inside a 10 Å cell are 0.05 Å apart through the next image."""
+    cell = np.eye(3) * 10.0
+    positions = np.array([[0.02, 1.0, 1.0], [9.97, 1.0, 1.0], [5.0, 5.0, 5.0]])
+    pair = closest_pair(positions, cell, True, within=0.1)
+    assert (pair.i, pair.j) == (0, 1) or (pair.i, pair.j) == (1, 0)
+    assert pair.distance == pytest.approx(0.05)
+    assert abs(pair.shift[0]) == 1 and pair.shift[1:] == (0, 0)
+    assert closest_pair(positions, cell, True, within=0.04) is None
+    assert closest_pair(positions, None, False, within=0.1) is None  # no image without pbc
+
+
+def test_closest_pair_of_an_atom_with_its_own_image():
+    pair = closest_pair(np.zeros((1, 3)), np.diag([0.05, 3.0, 3.0]), True, within=0.1)
+    assert (pair.i, pair.j) == (0, 0) and pair.distance == pytest.approx(0.05)
+
+
+def test_check_min_distance_names_the_pair_elements_and_distance():
+    structure = Structure([8, 1, 1], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.96], [0.0, 0.0, 0.97]], id="water-9")
+    with pytest.raises(MLIPDataError) as caught:
+        check_min_distance(structure, 0.1, file="in.xyz", index=4)
+    error = caught.value
+    assert (error.file, error.index, error.structure_id, error.field) == ("in.xyz", 4, "water-9", "positions")
+    assert "atoms 1 (H) and 2 (H)" in str(error) and "0.01 Å" in str(error) and "0.1 Å" in str(error)
+    check_min_distance(structure, 0.005, file="in.xyz", index=4)  # a lower threshold passes
+    check_min_distance(structure, None)  # None (or 0) disables the check
+
+
+def test_structure_to_graph_refuses_coincident_atoms_from_its_own_edges():
+    cell = np.eye(3) * 4.0
+    structure = Structure([14, 14], [[0.0, 0.0, 0.0], [3.99, 0.0, 0.0]], cell=cell, pbc=True, id="si-2")
+    with pytest.raises(MLIPDataError, match=r"atoms 0 \(Si\) and 1 \(Si\) are 0.01 Å apart") as caught:
+        structure_to_graph(structure, cutoff=3.0, min_distance=0.1, source="si.h5", index=7)
+    assert (caught.value.file, caught.value.index, caught.value.field) == ("si.h5", 7, "positions")
+    assert "shift" in str(caught.value)
+    # Without a threshold (the default) the graph is built; with cutoff=None the check still runs.
+    assert structure_to_graph(structure, cutoff=3.0).edge_index.shape[1] > 0
+    with pytest.raises(MLIPDataError, match="0.01 Å apart"):
+        structure_to_graph(structure, cutoff=None, min_distance=0.1)
+
+
+def test_a_collapsed_cell_is_refused_before_the_neighbour_search():
+    """One atom in a 0.1 Å cube has ~520,000 images within 5 Å: refused at once, not built."""
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"max_neighbours") as caught:
+        neighbour_list(np.zeros((1, 3)), np.eye(3) * 0.1, True, cutoff=5.0)
+    assert time.perf_counter() - start < 1.0
+    assert "523" in str(caught.value)  # the estimated count (4/3 π 5³ / 0.001 ≈ 523,599 per atom)
+    structure = Structure([29], np.zeros((1, 3)), cell=np.eye(3) * 0.1, pbc=True, id="collapsed")
+    with pytest.raises(MLIPDataError, match="max_neighbours") as caught:
+        structure_to_graph(structure, cutoff=5.0, source="cu.h5", index=3)
+    assert (caught.value.file, caught.value.index, caught.value.structure_id) == ("cu.h5", 3, "collapsed")
+
+
+@pytest.mark.parametrize("pbc", [(True, True, False), (True, False, False)])
+def test_a_collapsed_slab_or_wire_is_refused_before_the_neighbour_search(pbc):
+    cell = np.diag([0.05, 0.05, 0.0]) if pbc[1] else np.diag([0.001, 0.0, 0.0])
+    with pytest.raises(ValueError, match="max_neighbours"):
+        neighbour_list(np.zeros((2, 3)) + [[0, 0, 0], [0, 0, 1.0]], cell, pbc, cutoff=5.0)
+
+
+def test_the_actual_neighbour_count_is_bounded_too():
+    """A dense cluster (no cell to estimate from) is refused after the search, with its count."""
+    positions = np.random.default_rng(0).uniform(0, 1.0, size=(40, 3))
+    with pytest.raises(ValueError, match=r"1560 neighbour edges \(39.0 per atom\).*max_neighbours=10"):
+        neighbour_list(positions, None, False, cutoff=3.0, max_neighbours=10)
+    assert neighbour_list(positions, None, False, cutoff=3.0)[0].shape == (2, 1560)
+
+
+def test_small_cells_with_many_images_stay_within_the_default_bound():
+    # 8 Å cutoff around one atom in a 2 Å cube: 250 images (~268 by density), far below the bound.
+    edge_index, _ = neighbour_list(np.zeros((1, 3)), np.eye(3) * 2.0, True, cutoff=8.0)
+    assert edge_index.shape[1] == 250 < DEFAULT_MAX_NEIGHBOURS

@@ -5,18 +5,27 @@
     mlip-convert MPtrj_2022.9_full.json -o mptrj.h5 --mptrj-energy uncorrected
 
 Bad input ends the program with exit status 1 and a one-line message naming the file, the
-structure and the field (no traceback); no output file is left behind.
+structure and the field (no traceback); no output file is left behind. Warnings (e.g. a
+``--energy-key`` that matched no structure) go to stderr, also with ``-q``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from mlip.data.convert import FORMATS, MPTRJ_ENERGY_LABELS, ConversionSummary, convert_with_summary
+from mlip.data.convert import (
+    FORMATS,
+    MPTRJ_ENERGY_LABELS,
+    ConversionSummary,
+    LabelKeyWarning,
+    convert_with_summary,
+)
 from mlip.data.errors import MLIPDataError
+from mlip.data.neighbours import DEFAULT_MIN_DISTANCE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="MPtrj energy label: uncorrected_total_energy (default), corrected_total_energy, "
         "or energy_per_atom times the atom count",
     )
+    parser.add_argument(
+        "--min-distance", type=float, default=DEFAULT_MIN_DISTANCE, metavar="Å",
+        help=f"refuse structures with two atoms (or an atom and a periodic image) closer than this "
+        f"(default {DEFAULT_MIN_DISTANCE} Å; 0 disables the check)",
+    )
     attributes = parser.add_argument_group("output file attributes")
     attributes.add_argument("--level-of-theory", default="", help='e.g. "PBE/PAW (VASP)"')
     attributes.add_argument("--energy-reference", default="", help='e.g. "total energy, no atomic references removed"')
@@ -63,33 +77,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     if Path(args.output).exists() and not args.overwrite:
         print(f"mlip-convert: error: {args.output} exists; pass --overwrite to replace it", file=sys.stderr)
         return 1
-    try:
-        summary = convert_with_summary(
-            args.inputs,
-            args.output,
-            args.format,
-            level_of_theory=args.level_of_theory,
-            energy_reference=args.energy_reference,
-            source=args.source,
-            compression=None if args.compression == "none" else args.compression,
-            overwrite=args.overwrite,
-            energy_key=args.energy_key,
-            forces_key=args.forces_key,
-            stress_key=args.stress_key,
-            magmom_key=args.magmom_key,
-            charges_key=args.charges_key,
-            charge_key=args.charge_key,
-            spin_key=args.spin_key,
-            subset_key=args.subset_key,
-            subset=args.subset,
-            mptrj_energy=args.mptrj_energy,
-        )
-    except (MLIPDataError, ValueError, OSError) as error:
-        print(f"mlip-convert: error: {error}", file=sys.stderr)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LabelKeyWarning)  # every unmatched key, not once per line of code
+        try:
+            summary, failure = _convert(args), None
+        except (MLIPDataError, ValueError, OSError) as error:
+            summary, failure = None, error
+    for warning in caught:  # on stderr whatever -q says
+        print(f"mlip-convert: warning: {warning.message}", file=sys.stderr)
+    if failure is not None:
+        print(f"mlip-convert: error: {failure}", file=sys.stderr)
         return 1
     if not args.quiet:
         _print_summary(summary)
     return 0
+
+
+def _convert(args: argparse.Namespace) -> ConversionSummary:
+    """`convert_with_summary` with the command-line options."""
+    return convert_with_summary(
+        args.inputs,
+        args.output,
+        args.format,
+        level_of_theory=args.level_of_theory,
+        energy_reference=args.energy_reference,
+        source=args.source,
+        compression=None if args.compression == "none" else args.compression,
+        overwrite=args.overwrite,
+        energy_key=args.energy_key,
+        forces_key=args.forces_key,
+        stress_key=args.stress_key,
+        magmom_key=args.magmom_key,
+        charges_key=args.charges_key,
+        charge_key=args.charge_key,
+        spin_key=args.spin_key,
+        subset_key=args.subset_key,
+        subset=args.subset,
+        mptrj_energy=args.mptrj_energy,
+        min_distance=args.min_distance,
+    )
 
 
 def _print_summary(summary: ConversionSummary) -> None:

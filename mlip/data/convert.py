@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -35,8 +36,10 @@ import numpy as np
 from ase.units import GPa
 
 from mlip.data.errors import MLIPDataError
-from mlip.data.schema import validate_structure
+from mlip.data.neighbours import DEFAULT_MIN_DISTANCE, check_min_distance
+from mlip.data.schema import validate_structure, zero_volume_reason
 from mlip.data.structure import Structure
+from mlip.data.writer import StructureWriter, sweep_stale_temporaries, temporary_path_for
 
 FORMATS = ("extxyz", "ase", "asedb", "aselmdb", "mptrj", "mace-hdf5", "mlip")
 
@@ -94,14 +97,30 @@ class _FieldError(Exception):
         self.reason = reason
 
 
+#: What a parser may raise on a value of an unexpected type (a list where an object belongs, ...).
+_TYPE_CONFUSIONS = (TypeError, AttributeError, KeyError, IndexError, ValueError)
+
+
 @contextmanager
-def _located(path: str | os.PathLike, index: int, structure_id: str | None = None):
-    """Turn a `_FieldError` raised inside into an `MLIPDataError` naming file and structure."""
+def _located(path: str | os.PathLike, index: int, structure_id: str | None = None, record: str = "-"):
+    """Turn a `_FieldError` raised inside into an `MLIPDataError` naming file and structure.
+
+    A safety net catches what the parsers did not foresee (a value of a type no check expects)
+    and reports it as an error in ``record`` (the input's unit: ``frame``, ``row``, ...),
+    located in the same way, rather than as a traceback.
+    """
     try:
         yield
     except _FieldError as error:
         raise MLIPDataError(
             error.reason, path, index=index, structure_id=structure_id, field=error.field
+        ) from None
+    except MLIPDataError:
+        raise
+    except _TYPE_CONFUSIONS as error:
+        raise MLIPDataError(
+            f"unexpected value ({type(error).__name__}: {error})", path, index=index,
+            structure_id=structure_id, field=record,
         ) from None
 
 
@@ -129,14 +148,17 @@ def _float_array(value: Any, field: str) -> np.ndarray:
     return array
 
 
-def _energy(value: Any, field: str) -> float | None:
-    """Total energy in eV, or None."""
+def _number(value: Any, field: str) -> float | None:
+    """One finite number (a total energy in eV, a MACE label weight), or None when absent."""
     if _is_missing(value):
         return None
     array = _float_array(value, field)
     if array.size != 1:
         raise _FieldError(field, f"expected one number, got shape {array.shape}")
     return float(array.reshape(()))
+
+
+_energy = _number
 
 
 def _per_atom_vectors(value: Any, n_atoms: int, field: str) -> np.ndarray | None:
@@ -209,7 +231,7 @@ def _cell_and_pbc(cell: Any, pbc: Any) -> tuple[np.ndarray | None, np.ndarray]:
     """Cell in Å (None for a non-periodic structure) and (3,) periodicity flags."""
     if isinstance(cell, Mapping):  # ASE's Cell.todict(): {"array": ..., "pbc": ...}
         cell = cell.get("array")
-    pbc_flags = np.broadcast_to(np.asarray(False if pbc is None else pbc, dtype=bool), (3,)).copy()
+    pbc_flags = _pbc_flags(pbc)
     if not pbc_flags.any():
         return None, pbc_flags
     if _is_missing(cell):
@@ -222,6 +244,23 @@ def _cell_and_pbc(cell: Any, pbc: Any) -> tuple[np.ndarray | None, np.ndarray]:
         if not np.any(cell_array[axis]):
             raise _FieldError("cell", f"lattice vector {axis} is zero along a periodic direction")
     return cell_array, pbc_flags
+
+
+def _pbc_flags(pbc: Any) -> np.ndarray:
+    """(3,) periodicity flags from one boolean or three (also 0/1); None means not periodic."""
+    if pbc is None:
+        return np.zeros(3, dtype=bool)
+    flags = np.asarray(pbc).reshape(-1)
+    if flags.size not in (1, 3) or flags.dtype.kind not in "biu" or not np.isin(flags, (0, 1)).all():
+        raise _FieldError("pbc", f"expected one or three booleans, got {pbc!r}")
+    return np.broadcast_to(flags.astype(bool), (3,)).copy()
+
+
+def _mapping_or_none(value: Any, field: str) -> Mapping | None:
+    """A label dictionary (a row's ``data`` or key-value pairs), or None when absent."""
+    if value is None or isinstance(value, Mapping):
+        return value
+    raise _FieldError(field, f"expected an object of labels, got {type(value).__name__}")
 
 
 def _validated(structure: Structure, path: Path, index: int) -> Structure:
@@ -248,35 +287,47 @@ def _labelled_structure(
     keys: LabelKeys,
     default_id: str,
     subset: str | None,
+    found_keys: Counter | None = None,
 ) -> Structure:
-    """A Structure from geometry plus label dictionaries searched in order (see `LabelKeys`)."""
+    """A Structure from geometry plus label dictionaries searched in order (see `LabelKeys`).
+
+    ``found_keys``, if given, counts per `LabelKeys` field (``"energy"``, ``"charge"``, ...) the
+    structures in which its key was found, so that a key matching nothing can be reported.
+    """
     numbers = _atomic_numbers(numbers, "numbers")
     n_atoms = numbers.shape[0]
     positions = _per_atom_vectors(positions, n_atoms, "positions")
     if positions is None:
         raise _FieldError("positions", "missing")
     cell, pbc = _cell_and_pbc(cell, pbc)
+
+    def lookup(label: str, sources: Sequence[Mapping | None]) -> Any:
+        value = _first_present(getattr(keys, label), sources)
+        if value is not None and found_keys is not None:
+            found_keys[label] += 1
+        return value
+
     subset_value = subset
     if subset_value is None:
         found = (_first_present(key, scalars) for key in keys.subset_keys())
-        subset_value = next((_text(value) for value in found if value is not None), "")
+        subset_value = next((_text(value) for value in found if value is not None), None)
+        if subset_value is not None and found_keys is not None:
+            found_keys["subset"] += 1
     structure_id = _first_present(keys.id, scalars)
     return Structure(
         numbers=numbers,
         positions=positions,
         cell=cell,
         pbc=pbc,
-        energy=_energy(_first_present(keys.energy, scalars), keys.energy),
-        forces=_per_atom_vectors(_first_present(keys.forces, per_atom), n_atoms, keys.forces),
-        stress=_stress_tensor(_first_present(keys.stress, scalars), keys.stress),
-        magmom=_per_atom_scalars(_first_present(keys.magmom, per_atom), n_atoms, keys.magmom),
-        partial_charges=_per_atom_scalars(
-            _first_present(keys.partial_charges, per_atom), n_atoms, keys.partial_charges
-        ),
-        charge=_integer(_first_present(keys.charge, scalars), keys.charge, default=0),
-        spin=_integer(_first_present(keys.spin, scalars), keys.spin, default=1),
+        energy=_energy(lookup("energy", scalars), keys.energy),
+        forces=_per_atom_vectors(lookup("forces", per_atom), n_atoms, keys.forces),
+        stress=_stress_tensor(lookup("stress", scalars), keys.stress),
+        magmom=_per_atom_scalars(lookup("magmom", per_atom), n_atoms, keys.magmom),
+        partial_charges=_per_atom_scalars(lookup("partial_charges", per_atom), n_atoms, keys.partial_charges),
+        charge=_integer(lookup("charge", scalars), keys.charge, default=0),
+        spin=_integer(lookup("spin", scalars), keys.spin, default=1),
         id=default_id if structure_id is None else _text(structure_id),
-        subset=subset_value,
+        subset=subset_value or "",
     )
 
 
@@ -315,6 +366,7 @@ def read_ase(
     spin_key: str = "spin",
     subset_key: str | None = None,
     subset: str | None = None,
+    found_keys: Counter | None = None,
 ) -> Iterator[Structure]:
     """Structures of any file `ase.io.iread` reads (``format=None``: ASE guesses).
 
@@ -323,6 +375,9 @@ def read_ase(
     reader moves ``energy``, ``forces``, ``stress`` there). ``subset`` fixes the subset label of
     every structure; otherwise it is read from ``subset_key`` (default: ``subset``, then
     ``config_type``). The id is ``atoms.info["id"]`` or ``"<file name>:<index>"``.
+    ``found_keys`` (a Counter), if given, receives per label (``"energy"``, ``"forces"``,
+    ``"stress"``, ``"magmom"``, ``"partial_charges"``, ``"charge"``, ``"spin"``, ``"subset"``)
+    the number of structures in which its key was found.
     """
     import ase.io
 
@@ -341,8 +396,8 @@ def read_ase(
             return
         except Exception as error:  # ASE's parsers raise many types; report them uniformly
             raise MLIPDataError(f"ASE could not parse it: {error}", path, index=index) from None
-        with _located(path, index, atoms.info.get(keys.id)):
-            structure = _structure_from_atoms(atoms, keys, f"{path.name}:{index}", subset)
+        with _located(path, index, atoms.info.get(keys.id), record="atoms"):
+            structure = _structure_from_atoms(atoms, keys, f"{path.name}:{index}", subset, found_keys)
         yield _validated(structure, path, index)
         index += 1
 
@@ -352,7 +407,9 @@ def read_extxyz(path: str | os.PathLike, **options) -> Iterator[Structure]:
     return read_ase(path, format="extxyz", **options)
 
 
-def _structure_from_atoms(atoms, keys: LabelKeys, default_id: str, subset: str | None) -> Structure:
+def _structure_from_atoms(
+    atoms, keys: LabelKeys, default_id: str, subset: str | None, found_keys: Counter | None = None
+) -> Structure:
     results = atoms.calc.results if atoms.calc is not None else {}
     return _labelled_structure(
         atoms.numbers,
@@ -364,6 +421,7 @@ def _structure_from_atoms(atoms, keys: LabelKeys, default_id: str, subset: str |
         keys=keys,
         default_id=default_id,
         subset=subset,
+        found_keys=found_keys,
     )
 
 
@@ -374,12 +432,14 @@ def _structure_from_atoms(atoms, keys: LabelKeys, default_id: str, subset: str |
 
 def _structure_from_row(
     row: Mapping, data: Mapping | None, key_value_pairs: Mapping | None,
-    keys: LabelKeys, default_id: str, subset: str | None,
+    keys: LabelKeys, default_id: str, subset: str | None, found_keys: Counter | None = None,
 ) -> Structure:
     """A Structure from an ASE database row held as a dict (``numbers``, ``positions``, ``cell``,
     ``pbc``, calculator results such as ``energy``/``forces``/``stress``, ``data``, and
     ``key_value_pairs``). Labels are looked up in ``data``, then ``key_value_pairs``, then the
     row's own columns."""
+    data = _mapping_or_none(data, "data")
+    key_value_pairs = _mapping_or_none(key_value_pairs, "key_value_pairs")
     return _labelled_structure(
         row.get("numbers"),
         row.get("positions"),
@@ -390,6 +450,7 @@ def _structure_from_row(
         keys=keys,
         default_id=default_id,
         subset=subset,
+        found_keys=found_keys,
     )
 
 
@@ -405,6 +466,7 @@ def read_asedb(
     spin_key: str = "spin",
     subset_key: str | None = None,
     subset: str | None = None,
+    found_keys: Counter | None = None,
 ) -> Iterator[Structure]:
     """Structures of an ASE database (``ase.db.connect``), in row order.
 
@@ -412,7 +474,7 @@ def read_asedb(
     columns. Note that ASE's SQLite rows carry a built-in ``charge`` column (the sum of initial
     charges) that hides a key-value pair named ``charge``: store the total charge in ``data``
     or under another key (``charge_key="total_charge"``). The id is ``"<file name>:<row id>"``
-    unless the row has an ``id`` entry in ``data``.
+    unless the row has an ``id`` entry in ``data``. ``found_keys``: as for `read_ase`.
     """
     import ase.db
 
@@ -438,9 +500,9 @@ def read_asedb(
         columns = {name: value for name, value in row.__dict__.items() if not name.startswith("_")}
         columns.pop("id", None)  # the row id is not a structure label
         row_data = dict(row.data)
-        with _located(path, index, f"{path.name}:{row.id}"):
+        with _located(path, index, f"{path.name}:{row.id}", record="row"):
             structure = _structure_from_row(
-                columns, row_data, row.key_value_pairs, keys, f"{path.name}:{row.id}", subset
+                columns, row_data, row.key_value_pairs, keys, f"{path.name}:{row.id}", subset, found_keys
             )
         yield _validated(structure, path, index)
         index += 1
@@ -458,6 +520,7 @@ def read_aselmdb(
     spin_key: str = "spin",
     subset_key: str | None = None,
     subset: str | None = None,
+    found_keys: Counter | None = None,
 ) -> Iterator[Structure]:
     """Structures of a fairchem ASE-LMDB shard (``*.aselmdb``, e.g. OMol25), without fairchem.
 
@@ -468,6 +531,7 @@ def read_aselmdb(
     The keys ``nextid``, ``metadata`` and ``deleted_ids`` are bookkeeping and skipped. Rows are
     read in increasing id order. OMol25 keeps ``charge`` and ``spin`` (multiplicity) in the
     row's ``data``; key-value pairs are searched too. The id is ``"<file name>:<row id>"``.
+    ``found_keys``: as for `read_ase`.
     """
     import lmdb
 
@@ -487,10 +551,10 @@ def read_aselmdb(
         with environment.begin(write=False) as transaction:
             for index, row_id in enumerate(_aselmdb_row_ids(transaction, path)):
                 structure_id = f"{path.name}:{row_id}"
-                with _located(path, index, structure_id):
+                with _located(path, index, structure_id, record="row"):
                     row = _decode_aselmdb_row(transaction.get(str(row_id).encode("ascii")))
                     structure = _structure_from_row(
-                        row, row.get("data"), row.get("key_value_pairs"), keys, structure_id, subset
+                        row, row.get("data"), row.get("key_value_pairs"), keys, structure_id, subset, found_keys
                     )
                 yield _validated(structure, path, index)
     finally:
@@ -545,8 +609,8 @@ def write_aselmdb(
     if info_as not in ("data", "key_value_pairs"):
         raise ValueError(f"info_as must be 'data' or 'key_value_pairs', got {info_as!r}")
     path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.unlink(missing_ok=True)
+    sweep_stale_temporaries(path)
+    temporary = temporary_path_for(path)
     environment = lmdb.open(str(temporary), subdir=False, map_size=2**36, lock=False, meminit=False)
     n_rows = 0
     try:
@@ -608,7 +672,7 @@ def read_mptrj(
             )
         for frame_id, frame in frames.items():
             structure_id = f"{mp_id}/{frame_id}"
-            with _located(path, index, structure_id):
+            with _located(path, index, structure_id, record="frame"):
                 structure = _structure_from_mptrj_frame(frame, energy, structure_id, subset or "")
             yield _validated(structure, path, index)
             index += 1
@@ -663,20 +727,15 @@ def _parse_pymatgen_structure(structure: Any) -> tuple[np.ndarray, np.ndarray, n
         raise _FieldError("structure.lattice.matrix", f"expected shape (3, 3), got {cell.shape}")
     sites = structure.get("sites")
     if not isinstance(sites, list) or not sites:
-        raise _FieldError("structure.sites", "missing or empty")
+        found = "empty" if isinstance(sites, list) else ("missing" if sites is None else type(sites).__name__)
+        raise _FieldError("structure.sites", f"expected a non-empty list of sites, got {found}")
     numbers = np.empty(len(sites), dtype=np.int64)
     positions = np.empty((len(sites), 3))
     for site_index, site in enumerate(sites):
         where = f"structure.sites[{site_index}]"
-        species = site.get("species") if isinstance(site, Mapping) else None
-        if not species:
-            raise _FieldError(f"{where}.species", "missing")
-        if len(species) != 1 or float(species[0].get("occu", 1.0)) != 1.0:
-            raise _FieldError(f"{where}.species", "disordered site (partial occupancy) is not supported")
-        element = species[0].get("element")
-        if element not in atomic_numbers:
-            raise _FieldError(f"{where}.species", f"unknown element {element!r}")
-        numbers[site_index] = atomic_numbers[element]
+        if not isinstance(site, Mapping):
+            raise _FieldError(where, f"expected an object (a pymatgen site), got {type(site).__name__}")
+        numbers[site_index] = _site_element(site.get("species"), f"{where}.species", atomic_numbers)
         if site.get("xyz") is not None:
             positions[site_index] = _site_coordinates(site["xyz"], f"{where}.xyz")
         elif site.get("abc") is not None:
@@ -684,6 +743,23 @@ def _parse_pymatgen_structure(structure: Any) -> tuple[np.ndarray, np.ndarray, n
         else:
             raise _FieldError(f"{where}.xyz", "missing position (neither 'xyz' nor 'abc')")
     return numbers, positions, cell
+
+
+def _site_element(species: Any, field: str, atomic_numbers: Mapping[str, int]) -> int:
+    """Atomic number of an ordered pymatgen site, ``species = [{"element": "Cu", "occu": 1}]``."""
+    if species is None or (isinstance(species, list) and not species):
+        raise _FieldError(field, "missing")
+    if not isinstance(species, list) or not all(isinstance(entry, Mapping) for entry in species):
+        raise _FieldError(field, f'expected a list of {{"element": ..., "occu": ...}} objects, got {species!r}')
+    occupancy = species[0].get("occu", 1.0)
+    if isinstance(occupancy, bool) or not isinstance(occupancy, (int, float)):
+        raise _FieldError(field, f"occupancy 'occu' is not a number: {occupancy!r}")
+    if len(species) != 1 or float(occupancy) != 1.0:
+        raise _FieldError(field, "disordered site (partial occupancy) is not supported")
+    element = species[0].get("element")
+    if not isinstance(element, str) or element not in atomic_numbers or element == "X":
+        raise _FieldError(field, f"unknown element {element!r}")
+    return atomic_numbers[element]
 
 
 def _site_coordinates(value: Any, field: str) -> np.ndarray:
@@ -805,7 +881,7 @@ def read_mace_hdf5(path: str | os.PathLike, *, subset: str | None = None) -> Ite
             batch = file[batch_name]
             for config_name in _numbered_members(batch, "config_", path):
                 structure_id = f"{path.name}:{index}"
-                with _located(path, index, structure_id):
+                with _located(path, index, structure_id, record="config"):
                     structure = _structure_from_mace_group(batch[config_name], structure_id, subset)
                 yield _validated(structure, path, index)
                 index += 1
@@ -827,8 +903,9 @@ def _structure_from_mace_group(group, structure_id: str, subset: str | None) -> 
 
     def label(name: str) -> Any:
         """A label, or None if absent or given zero weight (MACE's mark of a filled-in label)."""
+        weight_field = f"property_weights/{name}" if weights is not None else f"{name}_weight"
         weight = value(name, weights) if weights is not None else value(f"{name}_weight")
-        if not _is_missing(weight) and float(np.asarray(weight).reshape(-1)[0]) == 0.0:
+        if _number(weight, weight_field) == 0.0:
             return None
         return value(name, properties)
 
@@ -844,6 +921,9 @@ def _structure_from_mace_group(group, structure_id: str, subset: str | None) -> 
         if virials is not None:
             if cell is None:
                 raise _FieldError("virials", "virials of a non-periodic structure cannot give a stress")
+            no_volume = zero_volume_reason(cell)
+            if no_volume:
+                raise _FieldError("virials", f"virials cannot give a stress: {no_volume}")
             stress = -virials / abs(np.linalg.det(cell))
     config_type = value("config_type")
     if subset is None:
@@ -881,10 +961,11 @@ def write_mace_hdf5(
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
+    sweep_stale_temporaries(path)
+    temporary = temporary_path_for(path)
     n_written = 0
     try:
-        with h5py.File(temporary, "w") as file:
+        with h5py.File(temporary, "x") as file:
             for n_written, structure in enumerate(structures, start=1):
                 index = n_written - 1
                 batch_index, config_index = (0, index) if batch_size is None else divmod(index, batch_size)
@@ -955,10 +1036,10 @@ _KEY_OPTIONS = tuple(_KEY_OPTION_FIELDS)
 
 # Which `read_structures` options each format understands; others are ignored for that format.
 _FORMAT_OPTIONS = {
-    "extxyz": {*_KEY_OPTIONS, "subset"},
-    "ase": {*_KEY_OPTIONS, "subset"},
-    "asedb": {*_KEY_OPTIONS, "subset"},
-    "aselmdb": {*_KEY_OPTIONS, "subset"},
+    "extxyz": {*_KEY_OPTIONS, "subset", "found_keys"},
+    "ase": {*_KEY_OPTIONS, "subset", "found_keys"},
+    "asedb": {*_KEY_OPTIONS, "subset", "found_keys"},
+    "aselmdb": {*_KEY_OPTIONS, "subset", "found_keys"},
     "mptrj": {"mptrj_energy", "subset"},
     "mace-hdf5": {"subset"},
     "mlip": {"subset"},
@@ -1003,8 +1084,9 @@ def read_structures(path: str | os.PathLike, format: str = "auto", **options) ->
 
     Options: ``energy_key``, ``forces_key``, ``stress_key``, ``magmom_key``, ``charges_key``,
     ``charge_key``, ``spin_key``, ``subset_key`` (ASE-style formats), ``mptrj_energy``
-    (``uncorrected``/``corrected``/``per_atom``) and ``subset`` (all formats). Options a format
-    does not use are ignored for it, so one set of options can serve several input files.
+    (``uncorrected``/``corrected``/``per_atom``), ``found_keys`` (ASE-style formats; see
+    `read_ase`) and ``subset`` (all formats). Options a format does not use are ignored for it,
+    so one set of options can serve several input files.
     """
     unknown = set(options) - _ALL_OPTIONS
     if unknown:
@@ -1021,7 +1103,7 @@ def read_structures(path: str | os.PathLike, format: str = "auto", **options) ->
 
 @dataclass
 class ConversionSummary:
-    """What a conversion wrote."""
+    """What a conversion wrote, and the warnings it gave."""
 
     output: Path
     n_structures: int = 0
@@ -1031,6 +1113,7 @@ class ConversionSummary:
     n_with_forces: int = 0
     n_with_stress: int = 0
     subsets: Counter = field(default_factory=Counter)  # subset -> structure count
+    warnings: list[str] = field(default_factory=list)  # e.g. a requested label key found nowhere
 
     def add(self, structure: Structure) -> None:
         self.n_structures += 1
@@ -1040,6 +1123,10 @@ class ConversionSummary:
         self.n_with_forces += structure.forces is not None
         self.n_with_stress += structure.stress is not None
         self.subsets[structure.subset] += 1
+
+
+class LabelKeyWarning(UserWarning):
+    """A label key given explicitly (``energy_key="REF_energy"``, ...) matched no structure."""
 
 
 def convert_with_summary(
@@ -1052,11 +1139,18 @@ def convert_with_summary(
     source: str = "",
     compression: str = "gzip",
     overwrite: bool = False,
+    min_distance: float | None = DEFAULT_MIN_DISTANCE,
     **options,
 ) -> ConversionSummary:
-    """`convert`, returning a `ConversionSummary` (counts of structures, atoms, elements, labels)."""
-    from mlip.data.writer import StructureWriter
+    """`convert`, returning a `ConversionSummary` (counts of structures, atoms, elements, labels).
 
+    ``min_distance`` (Å): a structure with two atoms closer than this, periodic images
+    included, is an error naming the pair (`mlip.data.neighbours.check_min_distance`); None or
+    0 disables the check. Every label key given explicitly (``energy_key``, ``forces_key``,
+    ..., ``subset_key``) that was found in no structure gives a `LabelKeyWarning` (also listed
+    in ``summary.warnings``): a mistyped key would otherwise silently store the label as
+    missing everywhere.
+    """
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not paths:
         raise ValueError("no input files given")
@@ -1064,8 +1158,15 @@ def convert_with_summary(
     for path in paths:
         if Path(path).resolve() == output.resolve():
             raise ValueError(f"input {os.fspath(path)!r} is also the output file")
+    if min_distance is not None and not min_distance >= 0:
+        raise ValueError(f"min_distance must be a distance >= 0 in Å (0 or None: no check), got {min_distance!r}")
     # Check every input exists and the options are known before anything is written.
-    streams = [read_structures(_existing_file(path), format, **options) for path in paths]
+    formats = [detect_format(_existing_file(path)) if format == "auto" else format for path in paths]
+    found_keys: Counter = Counter()
+    streams = [
+        read_structures(_existing_file(path), path_format, found_keys=found_keys, **options)
+        for path, path_format in zip(paths, formats, strict=True)
+    ]
     summary = ConversionSummary(output=output)
     with StructureWriter(
         output,
@@ -1075,11 +1176,42 @@ def convert_with_summary(
         compression=compression,
         overwrite=overwrite,
     ) as writer:
-        for stream in streams:
-            for structure in stream:
+        for path, stream in zip(paths, streams, strict=True):
+            for index, structure in enumerate(stream):
+                check_min_distance(structure, min_distance, file=path, index=index)
                 writer.write(structure)
                 summary.add(structure)
+    summary.warnings = _unmatched_key_warnings(options, found_keys, paths, formats, summary.n_structures)
+    for message in summary.warnings:
+        warnings.warn(message, LabelKeyWarning, stacklevel=2)
     return summary
+
+
+def _unmatched_key_warnings(options: Mapping, found_keys: Counter, paths, formats, n_structures: int) -> list[str]:
+    """One message per explicitly given label key that no structure had."""
+    keyed = [
+        Path(path).name
+        for path, path_format in zip(paths, formats, strict=True)
+        if "found_keys" in _FORMAT_OPTIONS[path_format]  # the formats that use label keys
+    ]
+    messages = []
+    for option, label in _KEY_OPTION_FIELDS.items():
+        key = options.get(option)
+        if key is None or found_keys[label]:
+            continue
+        flag = "--" + option.replace("_", "-")
+        if keyed:
+            where = f"was found in no structure of {', '.join(keyed)}"
+            effect = {"charge": "charge 0 used", "spin": "multiplicity 1 used", "subset": "no subset label"}.get(
+                label, f"{label} stored as missing"
+            )
+            messages.append(f"{flag} {key!r} {where} ({effect} for all {n_structures} structures)")
+        else:
+            messages.append(
+                f"{flag} {key!r} was found in no structure: it applies to extxyz/ASE files, ASE databases and "
+                f"ASE-LMDB shards only, and the inputs are {', '.join(sorted(set(formats)))}"
+            )
+    return messages
 
 
 def convert(
@@ -1093,8 +1225,9 @@ def convert(
     ``format`` applies to every input (``"auto"``: detected per file from its name). Keywords:
     ``level_of_theory``, ``energy_reference``, ``source`` (file attributes; ``source`` defaults
     to the input file names), ``compression``, ``overwrite``, and the reader options of
-    `read_structures`. Structures are written as they are read, never all held in memory; on
-    any error the output file is not created (the writer writes to a temporary file).
+    `read_structures`, and ``min_distance`` (see `convert_with_summary`). Structures are written
+    as they are read, never all held in memory; on any error the output file is not created
+    (the writer writes to a temporary file).
     """
     return convert_with_summary(inputs, output, format, **options).n_structures
 

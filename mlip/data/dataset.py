@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mlip.data.graph import structure_to_graph
+from mlip.data.graph import DEFAULT_MAX_NEIGHBOURS, DEFAULT_MIN_DISTANCE, structure_to_graph
 from mlip.data.reader import StructureReader, bitmask_to_numbers, numbers_to_bitmask
 from mlip.data.structure import Structure
 
@@ -51,8 +51,18 @@ class HDF5Dataset(Dataset):
         charges: keep only structures whose total charge is one of these.
         spins: keep only structures whose spin multiplicity is one of these.
         elements: keep only structures made exclusively of these elements (symbols or atomic
-            numbers).
+            numbers). Elements that no file contains are allowed (a model's element list).
         max_atoms: keep only structures with at most this many atoms.
+        min_distance: refuse (`MLIPDataError` naming file, structure and the pair of atoms) a
+            structure with two atoms closer than this, Å, periodic images included; checked on
+            the edge lengths of each graph, so it costs no extra neighbour search. None or 0:
+            no check.
+        max_neighbours: refuse a structure with more neighbour edges per atom (mean) than this
+            (a collapsed cell would exhaust memory); see `mlip.data.graph.neighbour_list`.
+
+    Selections (``subsets``, ``charges``, ``spins``, ``elements``) take one value or a list;
+    None keeps everything. An empty list, a subset name, charge or multiplicity that no file
+    holds (a typo) raise `SelectionError`, naming what the files do hold.
     """
 
     def __init__(
@@ -65,10 +75,14 @@ class HDF5Dataset(Dataset):
         spins: Iterable[int] | int | None = None,
         elements: Iterable[str | int] | None = None,
         max_atoms: int | None = None,
+        min_distance: float | None = DEFAULT_MIN_DISTANCE,
+        max_neighbours: float | None = DEFAULT_MAX_NEIGHBOURS,
     ) -> None:
         self.paths = resolve_paths(paths)
         self.cutoff = cutoff
         self.dtype = dtype
+        self.min_distance = min_distance
+        self.max_neighbours = max_neighbours
         self.readers = [StructureReader(path) for path in self.paths]
         sizes = np.array([len(reader) for reader in self.readers], dtype=np.int64)
         self._file_starts = np.concatenate([[0], np.cumsum(sizes)])  # (n_files+1,) global index space
@@ -82,21 +96,50 @@ class HDF5Dataset(Dataset):
         """(S_total,) bool: which structures of all files pass every filter."""
         keep = np.ones(self._file_starts[-1], dtype=bool)
         if subsets is not None:
-            wanted = {subsets} if isinstance(subsets, str) else set(subsets)
-            codes = self._all_subset_codes()
-            wanted_codes = [code for code, name in enumerate(self._all_subset_names()) if name in wanted]
-            keep &= np.isin(codes, wanted_codes)
-        if charges is not None:
-            keep &= np.isin(self._concatenated("charge"), list(_as_int_set(charges)))
-        if spins is not None:
-            keep &= np.isin(self._concatenated("spin"), list(_as_int_set(spins)))
+            wanted = _selection("subsets", "subset", subsets, str)
+            names = self._all_subset_names()
+            unknown = [name for name in wanted if name not in names]
+            if unknown:
+                raise SelectionError(
+                    "subsets",
+                    f"unknown subset{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                    f"known subsets: {self._subsets_and_files()}",
+                )
+            keep &= np.isin(self._all_subset_codes(), [names.index(name) for name in wanted])
+        for argument, attribute, description, values in (
+            ("charges", "charge", "charge", charges),
+            ("spins", "spin", "spin multiplicity", spins),
+        ):
+            if values is None:
+                continue
+            wanted = _selection(argument, attribute, values, _as_int)
+            present = self._concatenated(attribute)
+            values_present = np.unique(present).tolist()
+            absent = sorted(set(wanted) - set(values_present))
+            if absent:
+                raise SelectionError(
+                    argument,
+                    f"no structure has {description} {', '.join(map(str, absent))}; "
+                    f"{attribute}s present: {values_present}",
+                )
+            keep &= np.isin(present, wanted)
         if elements is not None:
-            allowed = numbers_to_bitmask(_as_atomic_numbers(elements))
+            allowed = numbers_to_bitmask(_as_atomic_numbers(_selection("elements", "element", elements, None)))
             masks = np.concatenate([reader.element_masks for reader in self.readers]) if self.readers else np.zeros((0, 2), np.uint64)
             keep &= ((masks & ~allowed) == 0).all(axis=1)
         if max_atoms is not None:
             keep &= self._concatenated("n_atoms") <= max_atoms
         return keep
+
+    def _subsets_and_files(self) -> str:
+        """"crystal (crystals.h5), neutral (molecules.h5), ..." for error messages."""
+        files_of: dict[str, list[str]] = {}
+        for path, reader in zip(self.paths, self.readers, strict=True):
+            for name in reader.subset_names:
+                files_of.setdefault(name, []).append(path.name)
+        if not files_of:
+            return "none (the files are empty)"
+        return ", ".join(f"{name or '(empty label)'} ({', '.join(files)})" for name, files in sorted(files_of.items()))
 
     def _concatenated(self, attribute: str) -> np.ndarray:
         """A per-structure reader attribute over all files, in the global index space."""
@@ -197,7 +240,16 @@ class HDF5Dataset(Dataset):
         """The graph of structure ``index`` (see mlip.data.graph.structure_to_graph)."""
         if isinstance(index, torch.Tensor):
             index = index.item()
-        return structure_to_graph(self.get_structure(index), cutoff=self.cutoff, dtype=self.dtype)
+        file_number, local_index = self._locate(index)
+        return structure_to_graph(
+            self.readers[file_number].read(local_index),
+            cutoff=self.cutoff,
+            dtype=self.dtype,
+            min_distance=self.min_distance,
+            max_neighbours=self.max_neighbours,
+            source=str(self.paths[file_number]),
+            index=local_index,
+        )
 
     def __iter__(self):
         for index in range(len(self)):
@@ -294,10 +346,47 @@ def resolve_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
     return resolved
 
 
-def _as_int_set(values: Iterable[int] | int) -> set[int]:
-    if isinstance(values, (int, np.integer)):
-        return {int(values)}
-    return {int(value) for value in values}
+class SelectionError(ValueError):
+    """A selection argument of `HDF5Dataset` that would silently select the wrong structures.
+
+    ``argument`` names it (``subsets``, ``charges``, ``spins``, ``elements``), so that callers
+    such as the training config can say which of their settings is wrong.
+    """
+
+    def __init__(self, argument: str, reason: str) -> None:
+        super().__init__(f"{argument}: {reason}")
+        self.argument = argument
+        self.reason = reason
+
+
+def _selection(argument: str, noun: str, values, convert) -> list:
+    """One value or an iterable of them as a list (a single string is one value, not letters).
+
+    Raises `SelectionError` for an empty list: "select nothing" is never what was meant, and
+    None already means "everything".
+    """
+    if isinstance(values, (str, bytes, int, np.integer)) or not isinstance(values, Iterable):
+        values = [values]
+    values = list(values)
+    if not values:
+        raise SelectionError(argument, f"empty {noun} list; use None for all {noun}s")
+    if convert is None:
+        return values
+    try:
+        return [convert(value) for value in values]
+    except ValueError as error:
+        raise SelectionError(argument, str(error)) from None
+
+
+def _as_int(value) -> int:
+    """An integer selection value; text such as "-1" (from a command line) is accepted."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected an integer, got {value!r}") from None
+    if number != value and not isinstance(value, str):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return number
 
 
 def _as_atomic_numbers(elements: Iterable[str | int]) -> list[int]:

@@ -34,7 +34,7 @@ class MLIPDataError(ValueError):
         super().__init__(self._compose())
 
     def _compose(self) -> str:
-        if self.file is None and self.index is None and self.field is None:
+        if self.file is None and self.index is None and self.structure_id is None and self.field is None:
             return self.reason  # re-raised from a message alone (e.g. by a DataLoader worker)
         where = [f"file {self.file!r}" if self.file is not None else "file <unknown>"]
         if self.index is not None:
@@ -42,6 +42,8 @@ class MLIPDataError(ValueError):
             if self.structure_id:
                 structure += f" (id {self.structure_id!r})"
             where.append(structure)
+        elif self.structure_id:  # e.g. the graph builder, which knows the id but not the index
+            where.append(f"structure (id {self.structure_id!r})")
         else:
             where.append("structure -")
         where.append(f"field {self.field!r}" if self.field else "field -")

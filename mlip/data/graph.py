@@ -8,8 +8,10 @@ so a model sees exactly the same edges in both. The convention, fixed in docs/de
 
 The list is full (both j -> i and i -> j), holds every pair closer than the cutoff, and has a
 self-pair (i -> i) only towards a periodic image of atom i. Neighbour search is done by vesin
-(see docs/graph.md for the comparison with matscipy and why vesin was chosen); it handles any
-triclinic cell, cells smaller than the cutoff, mixed periodicity and cell-less molecules.
+in `mlip.data.neighbours` (re-exported here: `neighbour_list`, `closest_pair`,
+`check_min_distance`, ...), which also bounds the edges per atom and finds coincident atoms.
+`structure_to_graph` refuses atoms closer than ``min_distance`` from the lengths of the edges
+it builds anyway, so the check costs no second search.
 
 `edge_vectors` is the only place edge vectors are computed from (pos, cell, shifts), so that
 forces (d/dpos) and stress (a strain applied to pos and cell) flow through one function.
@@ -17,101 +19,40 @@ forces (d/dpos) and stress (a strain applied to pos and cell) flow through one f
 
 from __future__ import annotations
 
-import math
-import numbers
+import os
 
 import numpy as np
 import torch
-import vesin
 from torch_geometric.data import Data
 
+from mlip.data.errors import MLIPDataError
+from mlip.data.neighbours import (
+    DEFAULT_MAX_NEIGHBOURS,
+    DEFAULT_MIN_DISTANCE,
+    AtomPair,
+    GeometryError,
+    check_edge_lengths,
+    check_min_distance,
+    closest_pair,
+    neighbour_list,
+    neighbour_search,
+)
 from mlip.data.structure import Structure
 
-__all__ = ["atoms_to_graph", "edge_vectors", "neighbour_list", "structure_to_graph"]
-
-
-# --------------------------------------------------------------------------------------------
-# Neighbour search (NumPy in, NumPy out; no torch needed)
-# --------------------------------------------------------------------------------------------
-
-
-def neighbour_list(
-    positions: np.ndarray,
-    cell: np.ndarray | None,
-    pbc,
-    cutoff: float,
-    *,
-    n_threads: int = 1,
-) -> tuple[np.ndarray, np.ndarray]:
-    """All ordered pairs (j -> i) with |pos[j] - pos[i] + shift @ cell| < cutoff.
-
-    Args:
-        positions: (n, 3) Cartesian positions, Å. Atoms need not be wrapped into the cell.
-        cell: (3, 3) lattice vectors as rows, Å, or None for a molecule. Rows of non-periodic
-            directions are ignored (they may be zero).
-        pbc: bool or (3,) bools, periodicity along each cell vector.
-        cutoff: neighbour cutoff radius, Å (> 0).
-        n_threads: threads for vesin. 1 by default, because data loaders run one builder per
-            worker process; the ASE calculator may ask for more on large systems.
-
-    Returns:
-        edge_index: (2, E) int64, row 0 = neighbour j, row 1 = centre i; sorted by centre i
-            (the order of neighbours of one centre is unspecified).
-        shifts: (E, 3) int64 cell-image multiples (zero along non-periodic directions).
-    """
-    positions, cell, pbc = _validated_geometry(positions, cell, pbc, cutoff)
-    if positions.shape[0] == 0:
-        return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
-
-    calculator = vesin.NeighborList(
-        cutoff=float(cutoff), full_list=True, sorted=True, n_threads=n_threads
-    )
-    centres, neighbours, shifts = calculator.compute(
-        points=positions, box=cell, periodic=pbc.tolist(), quantities="ijS", copy=True
-    )
-    # vesin's pair (i, j, S) has vector pos[j] - pos[i] + S @ box: i is our centre (receiver).
-    edge_index = np.stack([neighbours, centres]).astype(np.int64, copy=False)
-    return edge_index, shifts.astype(np.int64, copy=False)
-
-
-def _validated_geometry(positions, cell, pbc, cutoff) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Arrays in the shapes vesin wants, or a ValueError saying which argument is wrong."""
-    positions = np.ascontiguousarray(positions, dtype=np.float64)
-    if positions.ndim != 2 or positions.shape[1] != 3:
-        raise ValueError(f"positions must have shape (n_atoms, 3), got {positions.shape}")
-    if not np.isfinite(positions).all():
-        raise ValueError("positions contain NaN or infinite values")
-    if not (isinstance(cutoff, numbers.Real) and math.isfinite(cutoff) and cutoff > 0):
-        raise ValueError(f"cutoff must be a positive finite number of Å, got {cutoff!r}")
-
-    pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
-    if cell is None:
-        if pbc.any():
-            raise ValueError(f"pbc={pbc.tolist()} needs a cell, but cell is None")
-        cell = np.zeros((3, 3))
-    cell = np.ascontiguousarray(cell, dtype=np.float64)
-    if cell.shape != (3, 3):
-        raise ValueError(f"cell must have shape (3, 3), got {cell.shape}")
-    if not np.isfinite(cell).all():
-        raise ValueError("cell contains NaN or infinite values")
-
-    periodic_vectors = cell[pbc]  # (n_periodic, 3)
-    if len(periodic_vectors) and _is_degenerate(periodic_vectors):
-        raise ValueError(
-            f"the periodic cell vectors are zero or linearly dependent (pbc={pbc.tolist()}, "
-            f"cell={cell.tolist()})"
-        )
-    return positions, cell, pbc
-
-
-def _is_degenerate(vectors: np.ndarray) -> bool:
-    """True when the rows of `vectors` (k, 3) do not span a k-dimensional lattice."""
-    lengths = np.linalg.norm(vectors, axis=1)
-    if (lengths == 0).any():
-        return True
-    singular_values = np.linalg.svd(vectors / lengths[:, None], compute_uv=False)
-    return bool(singular_values[-1] < 1e-8)
-
+__all__ = [
+    "DEFAULT_MAX_NEIGHBOURS",
+    "DEFAULT_MIN_DISTANCE",
+    "AtomPair",
+    "GeometryError",
+    "atoms_to_graph",
+    "check_edge_lengths",
+    "check_min_distance",
+    "closest_pair",
+    "edge_vectors",
+    "neighbour_list",
+    "neighbour_search",
+    "structure_to_graph",
+]
 
 # --------------------------------------------------------------------------------------------
 # Graphs
@@ -119,25 +60,45 @@ def _is_degenerate(vectors: np.ndarray) -> bool:
 
 
 def structure_to_graph(
-    structure: Structure, cutoff: float | None, dtype: torch.dtype = torch.float32
+    structure: Structure,
+    cutoff: float | None,
+    dtype: torch.dtype = torch.float32,
+    *,
+    min_distance: float | None = None,
+    max_neighbours: float | None = DEFAULT_MAX_NEIGHBOURS,
+    source: str | os.PathLike | None = None,
+    index: int | None = None,
 ) -> Data:
     """A `Structure` as a graph with the fields of docs/design.md.
 
     Missing labels are NaN and their mask is False. With ``cutoff=None`` the graph has no edges
     (edge_index (2, 0), shifts (0, 3)), for pipelines that build edges later.
+
+    ``min_distance`` (Å; None = no check, the default here; the dataset passes 0.1): refuse
+    atoms closer than this, from the lengths of the edges just built (no second search unless
+    the cutoff is None or below ``min_distance``). ``max_neighbours``: see `neighbour_list`.
+    Geometry problems raise `MLIPDataError` located by ``source`` (the file) and ``index``.
     """
     n_atoms = structure.n_atoms
     cell = structure.cell if structure.cell is not None else np.zeros((3, 3))
+    check_edges = bool(min_distance) and cutoff is not None and cutoff >= min_distance
     if cutoff is None:
         edge_index = np.zeros((2, 0), dtype=np.int64)
         shifts = np.zeros((0, 3), dtype=np.int64)
     else:
         try:
-            edge_index, shifts = neighbour_list(
-                structure.positions, structure.cell, structure.pbc, cutoff
+            edge_index, shifts, distances = neighbour_search(
+                structure.positions, structure.cell, structure.pbc, cutoff,
+                max_neighbours=max_neighbours, distances=check_edges,
             )
-        except ValueError as error:
-            raise ValueError(f"structure {structure.id!r}: {error}") from error
+        except GeometryError as error:
+            raise MLIPDataError(
+                error.reason, source, index=index, structure_id=structure.id, field=error.field
+            ) from None
+    if check_edges:
+        check_edge_lengths(structure, edge_index, shifts, distances, min_distance, file=source, index=index)
+    elif min_distance:
+        check_min_distance(structure, min_distance, file=source, index=index)
 
     def label(name: str, shape: tuple[int, ...]) -> torch.Tensor:
         values = getattr(structure, name)

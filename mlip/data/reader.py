@@ -25,10 +25,13 @@ from mlip.data.schema import (
     ATOM_FIELDS,
     FIELDS,
     LABEL_FIELDS,
+    INTEGER_RANGES,
     MAX_ATOMIC_NUMBER,
     OFFSETS_PATH,
     STRUCTURE_FIELDS,
     check_header,
+    range_reason,
+    zero_volume_reason,
 )
 from mlip.data.structure import Structure
 
@@ -94,9 +97,37 @@ class StructureReader:
         self.offsets = self._read_whole(OFFSETS_PATH).astype(np.int64, copy=False)
         self._check_offsets()
         self.n_atoms = np.diff(self.offsets)
-        self.charge = self._read_whole("structures/charge").astype(np.int32, copy=False)
-        self.spin = self._read_whole("structures/spin").astype(np.int32, copy=False)
+        self.charge = self._read_in_range("charge")
+        self.spin = self._read_in_range("spin")
         self.masks = {field.name: self._read_mask(field) for field in LABEL_FIELDS}
+
+    def _read_in_range(self, name: str) -> np.ndarray:
+        """The (S,) int32 charges or multiplicities, after checking all are in `INTEGER_RANGES`.
+
+        Checked on open, vectorised, so that a bad value stops a run before training instead of
+        producing NaN (or an embedding index error) in the middle of an epoch.
+        """
+        values = self._read_whole(f"structures/{name}")
+        low, high = INTEGER_RANGES[name]
+        bad = np.flatnonzero((values < low) | (values > high))  # before the cast: no wrap-around
+        if bad.size:
+            index = int(bad[0])
+            more = f" ({bad.size} structures in all)" if bad.size > 1 else ""
+            raise MLIPDataError(
+                range_reason(name, int(values[index])) + more,
+                self.path,
+                index=index,
+                structure_id=self._read_id(index),
+                field=name,
+            )
+        return values.astype(np.int32, copy=False)
+
+    def _read_id(self, index: int) -> str | None:
+        """The id of one structure, for error messages (None if it cannot be read)."""
+        try:
+            return str(self._file()["structures/id"].asstr()[index])
+        except (OSError, KeyError, ValueError):
+            return None
 
     def _count_attribute(self, name: str) -> int:
         value = self.attrs[name]
@@ -457,8 +488,17 @@ class StructureReader:
         if not np.isfinite(positions).all():
             raise MLIPDataError("contains NaN or inf", self.path, index=index, structure_id=structure_id, field="positions")
         cell = np.array(scalars["cell"], dtype=np.float64)
+        if not np.isfinite(cell).all():
+            raise MLIPDataError("contains NaN or inf", self.path, index=index, structure_id=structure_id, field="cell")
         pbc = np.array(scalars["pbc"], dtype=bool)
         energy = label("energy", scalars["energy"])
+        stress = label("stress", scalars["stress"])
+        if stress is not None:
+            no_volume = zero_volume_reason(cell)
+            if no_volume:
+                raise MLIPDataError(
+                    f"stress present but {no_volume}", self.path, index=index, structure_id=structure_id, field="stress"
+                )
         return Structure(
             numbers=numbers,
             positions=positions,
@@ -466,7 +506,7 @@ class StructureReader:
             pbc=pbc,
             energy=None if energy is None else float(energy),
             forces=label("forces", atoms["forces"]),
-            stress=label("stress", scalars["stress"]),
+            stress=stress,
             magmom=label("magmom", atoms["magmom"]),
             partial_charges=label("partial_charges", atoms["partial_charges"]),
             charge=int(self.charge[index]),

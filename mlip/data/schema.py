@@ -31,6 +31,20 @@ SUPPORTED_SCHEMA_VERSIONS = (1,)
 MAX_ATOMIC_NUMBER = 118
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
+#: Largest |total charge| (e) a structure may have. Generous for real systems (highly charged
+#: biomolecule fragments reach a few tens of e) and far beyond the model's charge embedding
+#: (``max_charge`` 4 by default in mlip.models.conditioning, which extrapolates linearly past
+#: it), while keeping that extrapolation numerically tame: a charge of 2e9 would overflow it.
+MAX_ABS_CHARGE = 100
+#: Largest spin multiplicity 2S+1, i.e. up to 100 unpaired electrons (the largest known
+#: molecular spin ground state, the Mn19 cluster with S = 83/2, has 2S+1 = 84). The model's
+#: spin embedding covers 1..``max_multiplicity`` (6 by default) and extrapolates past it.
+MAX_MULTIPLICITY = 101
+#: Inclusive ranges of the integer per-structure fields, checked on writing and on reading.
+INTEGER_RANGES = {"charge": (-MAX_ABS_CHARGE, MAX_ABS_CHARGE), "spin": (1, MAX_MULTIPLICITY)}
+#: A cell whose volume is below this fraction of the product of its vector lengths is flat.
+_FLAT_CELL_TOLERANCE = 1e-8
+
 ATOMS_GROUP = "atoms"
 STRUCTURES_GROUP = "structures"
 OFFSETS_PATH = "structures/offsets"
@@ -178,8 +192,12 @@ def validate_structure(structure: Structure, index: int, source: str) -> None:
 
     Checked: required fields present; array shapes; finite positions, cell and labels; atomic
     numbers in 1..118; per-atom arrays as long as ``numbers``; periodic directions backed by
-    non-zero, linearly independent lattice vectors; stress only for periodic structures;
-    integer charge; integer spin multiplicity >= 1; string id and subset.
+    non-zero, linearly independent lattice vectors; stress only for periodic structures whose
+    cell has a volume; integer charge with |charge| <= `MAX_ABS_CHARGE`; integer spin
+    multiplicity in 1..`MAX_MULTIPLICITY`; string id and subset.
+
+    Not checked here (it needs a neighbour search): atoms closer than a minimum distance; see
+    `mlip.data.graph.check_min_distance`, which the converter and the dataset call.
     """
     if not isinstance(structure, Structure):
         raise MLIPDataError(
@@ -218,13 +236,19 @@ def validate_structure(structure: Structure, index: int, source: str) -> None:
     if pbc.shape != (3,) or pbc.dtype != bool:
         fail("pbc", f"expected 3 booleans, got {pbc!r}")
     _check_periodic_cell(structure.cell, pbc, fail)
-    if structure.stress is not None and not pbc.any():
-        fail("stress", "stress given for a non-periodic structure (stress needs a cell volume)")
+    if structure.stress is not None:
+        if not pbc.any():
+            fail("stress", "stress given for a non-periodic structure (stress needs a cell volume)")
+        stress_volume_problem = zero_volume_reason(structure.cell)
+        if stress_volume_problem:
+            fail("stress", f"stress given but {stress_volume_problem}")
 
     _check_integer(structure.charge, "charge", fail)
     _check_integer(structure.spin, "spin", fail)
-    if structure.spin < 1:
-        fail("spin", f"spin multiplicity 2S+1 must be >= 1, got {structure.spin}")
+    for name in ("charge", "spin"):
+        out_of_range = range_reason(name, getattr(structure, name))
+        if out_of_range:
+            fail(name, out_of_range)
     for name in ("id", "subset"):
         if not isinstance(getattr(structure, name), str):
             fail(name, f"expected a string, got {type(getattr(structure, name)).__name__}")
@@ -269,3 +293,33 @@ def _check_integer(value, name: str, fail) -> None:
         fail(name, f"expected an integer, got {value!r}")
     if not _INT32_MIN <= value <= _INT32_MAX:
         fail(name, f"{value} does not fit the stored int32")
+
+
+def zero_volume_reason(cell) -> str | None:
+    """Why ``cell`` (3, 3) Å has no volume (so stress = (1/V) dE/dstrain is undefined), or None.
+
+    A slab periodic in two directions may have a zero (or any flat) third vector: that is fine
+    for its geometry, but not for a stress label.
+    """
+    if cell is None:
+        return "the structure has no cell (stress needs a cell volume)"
+    cell = np.asarray(cell, dtype=np.float64)
+    lengths = np.linalg.norm(cell, axis=1)
+    volume = abs(float(np.linalg.det(cell)))
+    if lengths.min() == 0.0 or volume <= _FLAT_CELL_TOLERANCE * float(np.prod(lengths)):
+        return (
+            f"the cell has zero volume ({volume:.3g} Å³; stress needs a cell volume: give the "
+            f"non-periodic direction a vacuum vector): {cell.tolist()}"
+        )
+    return None
+
+
+def range_reason(name: str, value: int) -> str | None:
+    """Why an integer field (``charge`` in e, ``spin`` = 2S+1) is outside `INTEGER_RANGES`, or None."""
+    low, high = INTEGER_RANGES[name]
+    if low <= int(value) <= high:
+        return None
+    what = "total charge" if name == "charge" else "spin multiplicity 2S+1 ="
+    unit = " e" if name == "charge" else ""
+    hint = "" if name == "charge" else " (1 = singlet, 2 = doublet, ...)"
+    return f"{what} {int(value)}{unit} outside the supported range {low}..{high}{hint}"

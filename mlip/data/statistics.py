@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -388,13 +387,16 @@ def _write_cache(dataset, key: str, statistics: DatasetStatistics) -> None:
 
 def _write_json_atomically(path: Path, values: dict) -> None:
     """Write JSON to a temporary file in the target directory, then rename it into place."""
+    from mlip.data.writer import sweep_stale_temporaries, temporary_path_for
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    sweep_stale_temporaries(path)  # left by a killed run
+    temporary = temporary_path_for(path)
     try:
-        with os.fdopen(descriptor, "w") as stream:
+        with open(temporary, "x") as stream:
             json.dump(values, stream, indent=2)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 

@@ -20,6 +20,8 @@ import torch
 from torch.utils.data import DataLoader
 from torch_geometric.loader.dataloader import Collater
 
+from mlip.data.graph import DEFAULT_MAX_NEIGHBOURS, DEFAULT_MIN_DISTANCE
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -42,9 +44,13 @@ class PotentialDataModule(pl.LightningDataModule):
         val_fraction, test_fraction: fractions of all structures held out.
         split_seed: seed of the split permutation.
         num_workers: loader worker processes (0 = load in the main process).
-        subsets: keep only structures whose subset label is in this list (None = all).
+        subsets: keep only structures whose subset label is in this list, or equal to this one
+            name (None = all). An empty list and a name that no file holds are errors.
         dtype: "float32" or "float64" for positions and labels.
         statistics_cache: cache the statistics of the training split next to the data.
+        min_distance: refuse structures with atoms closer than this, Å (None or 0: no check);
+            see `mlip.data.dataset.HDF5Dataset`.
+        max_neighbours: refuse structures with more neighbour edges per atom than this.
     """
 
     def __init__(
@@ -57,9 +63,11 @@ class PotentialDataModule(pl.LightningDataModule):
         test_fraction: float = 0.0,
         split_seed: int = 0,
         num_workers: int = 0,
-        subsets: Sequence[str] | None = None,
+        subsets: Sequence[str] | str | None = None,
         dtype: str = "float32",
         statistics_cache: bool = True,
+        min_distance: float | None = DEFAULT_MIN_DISTANCE,
+        max_neighbours: float | None = DEFAULT_MAX_NEIGHBOURS,
     ):
         super().__init__()
         from mlip.data.dataset import resolve_paths
@@ -77,7 +85,9 @@ class PotentialDataModule(pl.LightningDataModule):
         self.test_fraction = float(test_fraction)
         self.split_seed = int(split_seed)
         self.num_workers = int(num_workers)
-        self.subsets = list(subsets) if subsets else None
+        self.subsets = _subset_list(subsets)
+        self.min_distance = None if min_distance is None else float(min_distance)
+        self.max_neighbours = None if max_neighbours is None else float(max_neighbours)
         self.dtype = torch_dtype(dtype)
         self.statistics_cache = statistics_cache
         self.dataset = None
@@ -89,9 +99,19 @@ class PotentialDataModule(pl.LightningDataModule):
         """Open the files and draw the split (idempotent: Lightning calls it again on fit)."""
         if self.dataset is not None:
             return
-        from mlip.data.dataset import HDF5Dataset
+        from mlip.data.dataset import HDF5Dataset, SelectionError
 
-        self.dataset = HDF5Dataset(self.paths, cutoff=self.cutoff, dtype=self.dtype, subsets=self.subsets)
+        try:
+            self.dataset = HDF5Dataset(
+                self.paths,
+                cutoff=self.cutoff,
+                dtype=self.dtype,
+                subsets=self.subsets,
+                min_distance=self.min_distance,
+                max_neighbours=self.max_neighbours,
+            )
+        except SelectionError as error:
+            raise SelectionError(f"data.{error.argument}", error.reason) from None
         if len(self.dataset) == 0:
             raise ValueError(f"data: no structures in {self.paths} (subsets={self.subsets})")
         parts = self.dataset.split(self.val_fraction, test_fraction=self.test_fraction, seed=self.split_seed)
@@ -144,3 +164,16 @@ class PotentialDataModule(pl.LightningDataModule):
         if self.test_set is None or len(self.test_set) == 0:
             raise ValueError("data.test_fraction is 0: there is no test split to evaluate")
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+
+def _subset_list(subsets: Sequence[str] | str | None) -> list[str] | None:
+    """``data.subsets`` as a list: one name (``data.subsets=neutral``) is a list of one name.
+
+    An empty list is refused rather than read as "all subsets" (that is ``null``).
+    """
+    if subsets is None:
+        return None
+    names = [subsets] if isinstance(subsets, str) else [str(name) for name in subsets]
+    if not names:
+        raise ValueError("data.subsets: empty subset list; use null for all subsets")
+    return names
