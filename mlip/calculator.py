@@ -13,8 +13,13 @@ What it adds on top of `Potential.forward`:
 * charge and spin from ``atoms.info["charge"]`` / ``atoms.info["spin"]`` (OMol25 convention:
   total charge in e, multiplicity 2S+1), with defaults 0 / 1;
 * batched evaluation of many structures (`predict_batch`) for throughput;
-* clear errors for empty Atoms, elements the model was not trained on, and a structure without
-  a charge given to a model that was trained on charged structures.
+* clear errors (`MLIPInputError`) for empty Atoms, elements the model was not trained on, a
+  structure without a charge given to a model that was trained on charged structures, NaN or
+  infinite positions or cell, and two atoms closer than ``min_distance`` (0.1 Å by default: the
+  model is not defined for coincident atoms), checked on every call; the closest pair is read
+  from the neighbour list's edge lengths, which the calculator computes anyway. These two
+  geometry errors are `MLIPGeometryError`, a subclass (`mlip.md` reports them as instability);
+* `MLIPPredictionError` when the model returns a NaN or infinite energy, force or stress.
 
 Stress is computed for cells with pbc and nonzero volume (in the same backward pass as the
 forces); asking for stress of a non-periodic structure raises `PropertyNotImplementedError`.
@@ -46,6 +51,14 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 class MLIPInputError(ValueError):
     """A structure the calculator cannot evaluate with this model (the message says why)."""
+
+
+class MLIPGeometryError(MLIPInputError):
+    """NaN or infinite positions or cell, or two atoms closer than ``min_distance`` (a collapse in MD)."""
+
+
+class MLIPPredictionError(ArithmeticError):
+    """The model returned a NaN or infinite energy, force or stress (the message names the atoms)."""
 
 
 def load_potential(model_or_path) -> tuple[torch.nn.Module, dict | None]:
@@ -104,6 +117,8 @@ class MLIPCalculator(Calculator):
             means 0, except for a model trained on charged structures, where a missing charge is
             an error (pass default_charge=0 explicitly to accept 0).
         default_spin: multiplicity 2S+1 used when ``atoms.info`` has no "spin".
+        min_distance: Å; two atoms closer than this are an `MLIPGeometryError` naming them (0 turns
+            the check off). Must be below the cutoff (the pairs come from the neighbour list).
         compile: compile the backbone with `torch.compile` (dynamic shapes; forces and stress are
             still taken by autograd through the compiled graph). The first call compiles (seconds
             to a minute); if compilation fails there, warn and run eagerly. The Facet backbone
@@ -124,6 +139,7 @@ class MLIPCalculator(Calculator):
         skin: float = 0.5,
         default_charge: int | None = None,
         default_spin: int = 1,
+        min_distance: float = 0.1,
         compile: bool = False,
         retain_freed_memory: bool = False,
         **kwargs,
@@ -140,6 +156,9 @@ class MLIPCalculator(Calculator):
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.cutoff = float(self.model.cutoff)
+        if not 0.0 <= min_distance < self.cutoff:
+            raise ValueError(f"MLIPCalculator: min_distance must be in [0, cutoff = {self.cutoff} Å), got {min_distance}")
+        self.min_distance = float(min_distance)
         self.skin = float(skin)
         self.elements = model_elements(self.model)
         self.charged_model = trained_on_charged_structures(self.model, self.statistics)
@@ -171,6 +190,38 @@ class MLIPCalculator(Calculator):
             names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in unknown)
             known = " ".join(chemical_symbols[z] for z in self.elements)
             raise MLIPInputError(f"MLIPCalculator: element(s) {names} not in the model's training elements [{known}]")
+
+    def check_geometry(self, atoms: Atoms) -> None:
+        """Raise `MLIPGeometryError` for NaN or infinite positions (naming the atoms) or cell."""
+        bad = ~np.isfinite(atoms.positions).all(axis=1)
+        if bad.any():
+            raise MLIPGeometryError(f"MLIPCalculator: non-finite position (NaN or inf) of {_atom_list(atoms, np.flatnonzero(bad))}")
+        if not np.isfinite(atoms.cell.array).all():
+            raise MLIPGeometryError(f"MLIPCalculator: the cell contains NaN or inf: {atoms.cell.array.tolist()} Å")
+
+    def check_min_distance(self, atoms: Atoms, edge_index: np.ndarray, shifts: np.ndarray, squared_lengths: np.ndarray) -> None:
+        """Raise `MLIPGeometryError` naming the closest pair if it is closer than `min_distance` Å.
+
+        ``edge_index`` (2, E), ``shifts`` (E, 3) and ``squared_lengths`` (E,) Å² are the
+        neighbour-list edges within the cutoff (all pairs closer than ``min_distance`` are among them).
+        """
+        if self.min_distance <= 0.0 or squared_lengths.size == 0:
+            return
+        k = int(np.argmin(squared_lengths))
+        if squared_lengths[k] >= self.min_distance**2:
+            return
+        j, i = (int(index) for index in edge_index[:, k])
+        distance = float(np.sqrt(squared_lengths[k]))
+        shift = [int(round(value)) for value in shifts[k]]
+        if i == j:
+            pair = f"atom {_atom_name(atoms, i)} and its own periodic image (cell shift {shift}) are"
+        else:
+            image = f" (periodic image, cell shift {shift})" if any(shift) else ""
+            pair = f"atoms {_atom_name(atoms, min(i, j))} and {_atom_name(atoms, max(i, j))}{image} are"
+        raise MLIPGeometryError(
+            f"MLIPCalculator: {pair} {distance:.4f} Å apart, closer than min_distance = {self.min_distance} Å "
+            "(coincident atoms; the model is not defined there)"
+        )
 
     def charge_and_spin(self, atoms: Atoms) -> tuple[int, int]:
         """Total charge (e) and multiplicity 2S+1 of `atoms`, from atoms.info or the defaults."""
@@ -207,6 +258,7 @@ class MLIPCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         self.check_atoms(atoms)
+        self.check_geometry(atoms)  # before the skin test: a NaN displacement never triggers a rebuild
         want_stress = has_volume(atoms)
         if "stress" in properties and not want_stress:
             raise PropertyNotImplementedError(
@@ -216,10 +268,13 @@ class MLIPCalculator(Calculator):
         if self._neighbours is None or self._neighbours.needs_rebuild(atoms):
             self._neighbours = _SkinNeighbourList(atoms, self.cutoff, self.skin)
             self.neighbour_list_builds += 1
-        edge_index, shifts = self._neighbours.edges_within(atoms, self.cutoff)
+        edge_index, shifts, squared_lengths = self._neighbours.edges_within(atoms, self.cutoff)
+        self.check_min_distance(atoms, edge_index, shifts, squared_lengths)
         graph = self._graph(atoms, edge_index, shifts, charge, spin)
         output = self._evaluate(graph, want_stress)
-        self.results = _results_of_graph(output, 0, slice(0, len(atoms)), want_stress)
+        results = _results_of_graph(output, 0, slice(0, len(atoms)), want_stress)
+        _check_finite_results(atoms, results)
+        self.results = results
 
     def _graph(self, atoms: Atoms, edge_index: np.ndarray, shifts: np.ndarray, charge: int, spin: int):
         """One structure as a graph with the fields of docs/design.md (no labels); a Potential takes it as is."""
@@ -264,20 +319,24 @@ class MLIPCalculator(Calculator):
         from mlip.data.graph import neighbour_list
 
         results: list[dict] = []
-        pending: list[tuple] = []  # (atoms, Data) of the batch being assembled
+        pending: list[tuple] = []  # (index, atoms, Data) of the batch being assembled
         pending_atoms = 0
         for index, atoms in enumerate(structures):
             try:
                 self.check_atoms(atoms)
+                self.check_geometry(atoms)
                 charge, spin = self.charge_and_spin(atoms)
-            except MLIPInputError as error:
-                raise MLIPInputError(f"structure {index}: {error}") from None
-            edge_index, shifts = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff)
-            data = self._graph(atoms, np.asarray(edge_index), np.asarray(shifts), charge, spin)
+                edge_index, shifts = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff)
+                vectors = _edge_vectors(atoms, edge_index, shifts)
+                self.check_min_distance(atoms, edge_index, shifts, np.einsum("ij,ij->i", vectors, vectors))
+            except ValueError as error:  # MLIPInputError, or the neighbour list's geometry errors
+                kind = type(error) if isinstance(error, MLIPInputError) else MLIPInputError
+                raise kind(_in_structure(error, atoms, index)) from None
+            data = self._graph(atoms, edge_index, shifts, charge, spin)
             if pending and pending_atoms + len(atoms) > max_atoms_per_batch:
                 results.extend(self._predict_pending(pending))
                 pending, pending_atoms = [], 0
-            pending.append((atoms, data))
+            pending.append((index, atoms, data))
             pending_atoms += len(atoms)
         if pending:
             results.extend(self._predict_pending(pending))
@@ -286,15 +345,56 @@ class MLIPCalculator(Calculator):
     def _predict_pending(self, pending: list[tuple]) -> list[dict]:
         from torch_geometric.data import Batch
 
-        batch = Batch.from_data_list([data for _, data in pending])
-        with_stress = [has_volume(atoms) for atoms, _ in pending]
+        batch = Batch.from_data_list([data for _, _, data in pending])
+        with_stress = [has_volume(atoms) for _, atoms, _ in pending]
         output = self._evaluate(batch, compute_stress=any(with_stress))
         results, start = [], 0
-        for graph_index, (atoms, _) in enumerate(pending):
+        for graph_index, (index, atoms, _) in enumerate(pending):
             atom_slice = slice(start, start + len(atoms))
-            results.append(_results_of_graph(output, graph_index, atom_slice, with_stress[graph_index]))
+            result = _results_of_graph(output, graph_index, atom_slice, with_stress[graph_index])
+            try:
+                _check_finite_results(atoms, result)
+            except MLIPPredictionError as error:
+                raise MLIPPredictionError(_in_structure(error, atoms, index)) from None
+            results.append(result)
             start += len(atoms)
         return results
+
+
+def _atom_name(atoms: Atoms, index: int) -> str:
+    """'3 (H)': index and chemical symbol of one atom."""
+    return f"{index} ({chemical_symbols[int(atoms.numbers[index])]})"
+
+
+def _atom_list(atoms: Atoms, indices, limit: int = 5) -> str:
+    """'atom 3 (H)' or 'atoms 0 (C), 4 (H) and 7 more'."""
+    indices = [int(index) for index in indices]
+    names = ", ".join(_atom_name(atoms, index) for index in indices[:limit])
+    more = f" and {len(indices) - limit} more" if len(indices) > limit else ""
+    return f"atom{'s' if len(indices) > 1 else ''} {names}{more}"
+
+
+def _in_structure(error: Exception, atoms: Atoms, index: int) -> str:
+    """The message of ``error`` located in `predict_batch`'s input: "MLIPCalculator: structure 3 (id 'abc'): ..."."""
+    identifier = atoms.info.get("id")
+    name = f"structure {index}" + (f" (id {identifier!r})" if identifier else "")
+    return f"MLIPCalculator: {name}: {str(error).removeprefix('MLIPCalculator: ')}"
+
+
+def _edge_vectors(atoms: Atoms, edge_index: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """(E, 3) Å: pos[j] - pos[i] + shift @ cell for the edges (j -> i) of ``edge_index``."""
+    senders, receivers = edge_index
+    return atoms.positions[senders] - atoms.positions[receivers] + shifts @ atoms.cell.array
+
+
+def _check_finite_results(atoms: Atoms, results: dict) -> None:
+    """Raise `MLIPPredictionError` if the predicted energy, forces or stress hold NaN or inf."""
+    bad_forces = ~np.isfinite(results["forces"]).all(axis=1)
+    if bad_forces.any():
+        raise MLIPPredictionError(f"MLIPCalculator: the model predicted non-finite forces on {_atom_list(atoms, np.flatnonzero(bad_forces))}")
+    for name in ("energy", "stress"):
+        if name in results and not np.isfinite(results[name]).all():
+            raise MLIPPredictionError(f"MLIPCalculator: the model predicted a non-finite {name}: {results[name]}")
 
 
 def _integer(value, what: str) -> int:
@@ -351,12 +451,13 @@ class _SkinNeighbourList:
         displacement = np.linalg.norm(atoms.positions - self.reference_positions, axis=1)
         return bool(displacement.max() > 0.5 * self.skin)
 
-    def edges_within(self, atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
-        """Stored pairs whose current length is < `cutoff` Å: edge_index (2, E'), shifts (E', 3)."""
-        senders, receivers = self.edge_index
-        vectors = atoms.positions[senders] - atoms.positions[receivers] + self.shifts @ atoms.cell.array
-        inside = np.einsum("ij,ij->i", vectors, vectors) < cutoff * cutoff
-        return self.edge_index[:, inside], self.shifts[inside]
+    def edges_within(self, atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Stored pairs whose current length is < `cutoff` Å: edge_index (2, E'), shifts (E', 3)
+        and their squared lengths (E',) Å²."""
+        vectors = _edge_vectors(atoms, self.edge_index, self.shifts)
+        squared_lengths = np.einsum("ij,ij->i", vectors, vectors)
+        inside = squared_lengths < cutoff * cutoff
+        return self.edge_index[:, inside], self.shifts[inside], squared_lengths[inside]
 
 
 def _to_numpy(array) -> np.ndarray:

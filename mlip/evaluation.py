@@ -9,6 +9,11 @@ Metrics, over the structures that carry the label (missing labels are skipped, n
 * stress: all 9 components of the (3, 3) tensor, meV/Å³ (periodic structures only).
 
 Each is reported as MAE and RMSE, per subset and over all structures ("all").
+
+A model that cannot be evaluated on the test set gets one row with a ``note`` instead of
+numbers, so that the rest of a model zoo is still evaluated: "unsupported elements: ..." when
+the test set holds elements the model was not trained on, "non-finite predictions: ..." when it
+returns NaN/inf for a structure.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from ase.data import chemical_symbols
 
 from mlip.data.structure import Structure
 
@@ -86,9 +92,17 @@ class Evaluation:
     stress: ParityData = field(default_factory=ParityData)
     subset_counts: dict = field(default_factory=dict)
     seconds: float = 0.0
+    note: str = ""  # why the model was not evaluated (then there are no predictions)
 
     def rows(self) -> list[dict]:
-        """One table row for all structures, then one per subset (sorted); errors in meV units."""
+        """One table row for all structures, then one per subset (sorted); errors in meV units.
+
+        A model with a `note` gets a single "all" row holding the note and no numbers.
+        """
+        if self.note:
+            row = {"model": self.model_name, "subset": ALL_SUBSETS, "n_structures": sum(self.subset_counts.values())}
+            row.update({key: float("nan") for key, _ in METRIC_COLUMNS}, structures_per_s=float("nan"), note=self.note)
+            return [row]
         subsets = [ALL_SUBSETS] + sorted(name for name in self.subset_counts if name != ALL_SUBSETS)
         rows = []
         for subset in subsets:
@@ -111,19 +125,48 @@ def mae_rmse(errors: np.ndarray) -> tuple[float, float]:
     return float(np.mean(np.abs(errors))), float(np.sqrt(np.mean(errors**2)))
 
 
+def unsupported_elements(model_elements, structures: list[Structure]) -> str:
+    """'' if every element of `structures` is in `model_elements` (atomic numbers), else e.g.
+    'Cl (Z=17) in 12 of 40 structures, Br (Z=35) in 1 of 40 structures'."""
+    known = {int(z) for z in model_elements}
+    counts: dict[int, int] = {}
+    for structure in structures:
+        for z in {int(z) for z in structure.numbers} - known:
+            counts[z] = counts.get(z, 0) + 1
+    return ", ".join(
+        f"{chemical_symbols[z]} (Z={z}) in {count} of {len(structures)} structures" for z, count in sorted(counts.items())
+    )
+
+
 def evaluate(calculator, structures: list[Structure], model_name: str, max_atoms_per_batch: int = 2000) -> Evaluation:
-    """Predict every structure with `calculator` (an `MLIPCalculator`) and collect parity data."""
+    """Predict every structure with `calculator` (an `MLIPCalculator`) and collect parity data.
+
+    A model lacking an element of the test set, or predicting NaN/inf, is not an error: the
+    returned `Evaluation` has a `note` saying so (and no predictions).
+    """
     from ase.stress import voigt_6_to_full_3x3_stress
 
+    from mlip.calculator import MLIPPredictionError
+
+    evaluation = Evaluation(model_name=model_name)
+    for structure in structures:
+        evaluation.subset_counts[structure.subset] = evaluation.subset_counts.get(structure.subset, 0) + 1
+    missing = unsupported_elements(calculator.elements, structures)
+    if missing:
+        evaluation.note = f"unsupported elements: {missing}"
+        return evaluation
     atoms_list = [structure.to_atoms() for structure in structures]
     for atoms in atoms_list:
         atoms.calc = None
     start = time.perf_counter()
-    predictions = calculator.predict_batch(atoms_list, max_atoms_per_batch=max_atoms_per_batch)
-    evaluation = Evaluation(model_name=model_name, seconds=time.perf_counter() - start)
+    try:
+        predictions = calculator.predict_batch(atoms_list, max_atoms_per_batch=max_atoms_per_batch)
+    except MLIPPredictionError as error:
+        evaluation.note = f"non-finite predictions: {str(error).removeprefix('MLIPCalculator: ')}"
+        return evaluation
+    evaluation.seconds = time.perf_counter() - start
     for structure, prediction in zip(structures, predictions):
         subset = structure.subset
-        evaluation.subset_counts[subset] = evaluation.subset_counts.get(subset, 0) + 1
         if structure.energy is not None:
             evaluation.energy_per_atom.add(
                 np.array(structure.energy / structure.n_atoms), np.array(prediction["energy"] / structure.n_atoms), subset
@@ -141,13 +184,17 @@ def evaluate(calculator, structures: list[Structure], model_name: str, max_atoms
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The error table in Markdown (a '-' where a label is missing from the test set)."""
+    """The error table in Markdown (a '-' where a label is missing from the test set); a "note"
+    column is added when a row has one (a model that was not evaluated)."""
+    with_notes = any(row.get("note") for row in rows)
     header = ["model", "subset", "structures"] + [title for _, title in METRIC_COLUMNS] + ["structures/s"]
+    header += ["note"] if with_notes else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["model"], row["subset"], str(row["n_structures"])]
         cells += [_format_number(row[key]) for key, _ in METRIC_COLUMNS]
         cells.append(_format_number(row.get("structures_per_s", float("nan")), digits=1))
+        cells += [row.get("note", "").replace("|", "/")] if with_notes else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -157,8 +204,9 @@ def _format_number(value: float, digits: int = 2) -> str:
 
 
 def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
-    """The error table as CSV (empty cells where a label is missing), written atomically."""
-    columns = ["model", "subset", "n_structures"] + [key for key, _ in METRIC_COLUMNS] + ["structures_per_s"]
+    """The error table as CSV (empty cells where a label is missing), written atomically.
+    The last column, "note", is empty except for a model that was not evaluated."""
+    columns = ["model", "subset", "n_structures"] + [key for key, _ in METRIC_COLUMNS] + ["structures_per_s", "note"]
     temporary = f"{os.fspath(path)}.tmp"
     with open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)

@@ -9,7 +9,10 @@ needs to judge a potential in MD:
 * speed: steps/s and atom-steps/s (wall clock of the integrator, including force calls);
 * instability flags: non-finite numbers, two atoms closer than `min_distance` Å, a bond (from
   the starting geometry) stretched beyond `max_bond_stretch` × its initial length, or a
-  temperature above `max_temperature_K`. The run stops at the first check that fails.
+  temperature above `max_temperature_K`. The run stops at the first check that fails. Between
+  checks, an `MLIPCalculator` refusing a geometry (NaN/inf positions or cell, coincident atoms:
+  `MLIPGeometryError`) or returning NaN/inf (`MLIPPredictionError`) stops the run the same way,
+  at the step where it happened; the report names it instead of raising.
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ except ImportError:  # pragma: no cover - older ASE
         MaxwellBoltzmannDistribution as thermalize_momenta,
     )
 
+from mlip.calculator import MLIPGeometryError, MLIPPredictionError
+
 ENSEMBLES = ("nve", "nvt")
+COLLAPSE_ERRORS = (MLIPGeometryError, MLIPPredictionError)  # calculator errors that mean "the run blew up"
 
 
 @dataclass
@@ -140,6 +146,10 @@ class InstabilityDetector:
             return "non-finite positions or velocities"
         if energy is not None and not np.isfinite(energy):
             return "non-finite energy"
+        forces = atoms.calc.results.get("forces") if atoms.calc is not None else None  # cached: no new calculation
+        if forces is not None and not np.isfinite(forces).all():
+            bad = np.flatnonzero(~np.isfinite(forces).all(axis=1))
+            return f"non-finite forces on atom(s) {', '.join(map(str, bad[:5]))}" + (" ..." if bad.size > 5 else "")
         temperature = atoms.get_temperature()
         if temperature > criteria.max_temperature_K:
             return f"temperature {temperature:.0f} K above {criteria.max_temperature_K:.0f} K"
@@ -202,7 +212,8 @@ def run_md(
 
     Velocities are drawn at `temperature_K` unless `initialise` is False. Every `check_interval`
     steps the total energy and temperature are recorded and the configuration is checked for
-    instability; the run stops at the first failed check. `trajectory` (an ASE .traj path) gets a
+    instability; the run stops at the first failed check, or at the step where the calculator
+    raises `MLIPGeometryError` / `MLIPPredictionError` (reported, not raised). `trajectory` (an ASE .traj path) gets a
     frame every `trajectory_interval` steps.
     """
     if atoms.calc is None:
@@ -229,24 +240,38 @@ def run_md(
         temperatures.append(atoms.get_temperature())
         return energy
 
-    instability = detector.check(atoms, record(0))
+    def check(step: int) -> str:
+        """'' if the configuration after `step` steps is fine, else what is wrong and the step."""
+        try:
+            problem = detector.check(atoms, record(step))
+        except COLLAPSE_ERRORS as error:
+            problem = str(error)
+        return f"{problem} (at step {step})" if problem else ""
+
+    instability = check(0)
     steps_run = 0
     integrate_seconds = 0.0
     while not instability and steps_run < n_steps:
         chunk = min(check_interval, n_steps - steps_run)
         start = time.perf_counter()
-        dynamics.run(chunk)
+        first_step = dynamics.nsteps
+        try:
+            dynamics.run(chunk)
+        except COLLAPSE_ERRORS as error:
+            instability = str(error)
         integrate_seconds += time.perf_counter() - start
-        steps_run += chunk
-        instability = detector.check(atoms, record(steps_run))
-        if instability:
-            instability = f"{instability} (at step {steps_run})"
+        steps_run += dynamics.nsteps - first_step  # steps completed (all of the chunk unless it failed)
+        if instability:  # the force call of the step after the last completed one refused its positions
+            instability = f"{instability} (at step {steps_run + 1})"
+        else:
+            instability = check(steps_run)
     if writer is not None:
         writer.close()
 
     n_atoms = len(atoms)
-    energies = np.asarray(total_energies)
+    energies = np.asarray(total_energies, dtype=np.float64)
     finite = np.isfinite(energies)
+    finite_energies = energies[finite]
     steps_per_second = steps_run / integrate_seconds if integrate_seconds > 0 else float("nan")
     return MDReport(
         ensemble=ensemble.lower(),
@@ -256,9 +281,13 @@ def run_md(
         timestep_fs=timestep_fs,
         simulated_time_ps=steps_run * timestep_fs / 1000.0,
         energy_drift_meV_per_atom_per_ps=energy_drift(np.asarray(times_ps)[finite], energies[finite], n_atoms),
-        max_energy_deviation_meV_per_atom=float(np.max(np.abs(energies[finite] - energies[0])) * 1000.0 / n_atoms),
-        potential_energy_std_meV_per_atom=float(np.std(np.asarray(potential_energies)[finite]) * 1000.0 / n_atoms),
-        mean_temperature_K=float(np.mean(np.asarray(temperatures)[finite])),
+        max_energy_deviation_meV_per_atom=(
+            float(np.max(np.abs(finite_energies - finite_energies[0])) * 1000.0 / n_atoms) if finite_energies.size else float("nan")
+        ),
+        potential_energy_std_meV_per_atom=(
+            float(np.std(np.asarray(potential_energies)[finite]) * 1000.0 / n_atoms) if finite_energies.size else float("nan")
+        ),
+        mean_temperature_K=float(np.mean(np.asarray(temperatures)[finite])) if finite_energies.size else float("nan"),
         steps_per_second=steps_per_second,
         atom_steps_per_second=steps_per_second * n_atoms,
         stable=not instability,

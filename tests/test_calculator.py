@@ -18,7 +18,7 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.calculator import PropertyNotImplementedError
 
-from mlip.calculator import MLIPCalculator, MLIPInputError
+from mlip.calculator import MLIPCalculator, MLIPInputError, MLIPPredictionError
 from mlip.models.backbones.mace import MACEBackbone
 from mlip.models.potential import Potential
 
@@ -230,6 +230,69 @@ def test_missing_charge_for_a_charged_model_is_a_clear_error():
     explicit = rattled_molecule()
     explicit.calc = MLIPCalculator(potential, default_charge=0)
     assert explicit.get_potential_energy() == pytest.approx(atoms.get_potential_energy())
+
+
+def test_nan_position_after_a_first_call_is_an_error_on_every_call(potential):
+    """A NaN displacement never exceeds skin/2, so the skin list alone would be reused with it."""
+    atoms = rattled_molecule()
+    atoms.calc = MLIPCalculator(potential, skin=0.5)
+    assert np.isfinite(atoms.get_potential_energy())
+    atoms.positions[2, 0] = np.nan
+    for _ in range(2):
+        with pytest.raises(MLIPInputError, match=r"non-finite position \(NaN or inf\) of atom 2 \(H\)"):
+            atoms.get_forces()
+    atoms.positions[2, 0] = np.inf
+    atoms.positions[4, 1] = np.nan
+    with pytest.raises(MLIPInputError, match=r"atoms 2 \(H\), 4 \(H\)"):
+        atoms.get_potential_energy()
+    with pytest.raises(MLIPInputError, match=r"structure 1: .*non-finite position .*atoms 2 \(H\), 4 \(H\)"):
+        atoms.calc.predict_batch([rattled_molecule(), atoms])
+
+
+def test_nan_cell_is_an_error(potential):
+    atoms = rattled_crystal()
+    atoms.calc = MLIPCalculator(potential)
+    assert np.isfinite(atoms.get_potential_energy())
+    cell = atoms.cell.array.copy()
+    cell[1, 2] = np.nan
+    atoms.set_cell(cell)
+    with pytest.raises(MLIPInputError, match="the cell contains NaN or inf"):
+        atoms.get_potential_energy()
+
+
+def test_coincident_atoms_are_named_on_every_call(potential):
+    atoms = rattled_molecule()
+    atoms.calc = MLIPCalculator(potential)
+    assert np.isfinite(atoms.get_potential_energy())
+    atoms.positions[3] = atoms.positions[2] + [0.03, 0.0, 0.0]
+    for _ in range(2):  # ASE would otherwise serve a cached result; the calculator has none to serve
+        with pytest.raises(MLIPInputError, match=r"atoms 2 \(H\) and 3 \(H\) are 0.0300 Å apart, closer than min_distance = 0.1 Å"):
+            atoms.get_potential_energy()
+    with pytest.raises(MLIPInputError, match=r"structure 0: atoms 2 \(H\) and 3 \(H\) are 0.0300 Å apart"):
+        atoms.calc.predict_batch([atoms])
+    atoms.calc = MLIPCalculator(potential, min_distance=0.01)  # the threshold is the caller's
+    assert np.isfinite(atoms.get_potential_energy())
+    with pytest.raises(ValueError, match=r"min_distance must be in \[0, cutoff"):
+        MLIPCalculator(potential, min_distance=CUTOFF)
+
+
+def test_coincident_periodic_image_is_named(potential):
+    atoms = rattled_crystal()
+    atoms.calc = MLIPCalculator(potential)
+    atoms.positions[1] = atoms.positions[0] + atoms.cell.array[0] + [0.0, 0.0, 0.02]  # on atom 0's image
+    with pytest.raises(MLIPInputError, match=r"atoms 0 \(Si\) and 1 \(C\) \(periodic image, cell shift \[.*\]\) are 0.0200 Å apart"):
+        atoms.get_potential_energy()
+
+
+def test_nonfinite_prediction_is_an_error(potential):
+    """With the distance check off, coincident atoms make the MACE-like model return NaN."""
+    atoms = rattled_molecule()
+    atoms.positions[3] = atoms.positions[2]
+    atoms.calc = MLIPCalculator(potential, min_distance=0.0)
+    with pytest.raises(MLIPPredictionError, match=r"non-finite forces on atoms .*2 \(H\), 3 \(H\)"):
+        atoms.get_potential_energy()
+    with pytest.raises(MLIPPredictionError, match=r"structure 1: .*non-finite forces"):
+        atoms.calc.predict_batch([rattled_molecule(), atoms])
 
 
 # ------------------------------------------------------------------------------------------------

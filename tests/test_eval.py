@@ -140,3 +140,56 @@ def test_mlip_eval_reports_a_missing_model_or_test_set(tmp_path):
     empty.mkdir()
     with pytest.raises(SystemExit, match="no model files .* or run folders"):
         main([str(empty), "--data", str(SAMPLE_DATA[0])])
+
+
+
+def tiny_exported_model(path, elements: list[int]):
+    """An untrained tiny MACE potential for `elements` (atomic numbers), exported to `path` (a second to build)."""
+    from mlip.export import export_model
+    from mlip.models.potential import build_potential
+
+    config = {
+        "backbone": {"_target_": "mlip.models.backbones.mace.MACEBackbone", "num_channels": 8, "correlation": 2,
+                     "num_layers": 1, "radial_mlp": [16]},
+        "cutoff": 4.0, "condition_dim": 4, "readout_hidden": [8],
+    }
+    statistics = {"elements": elements, "atomic_energies": {z: -1.0 for z in elements}, "avg_num_neighbors": 8.0}
+    return export_model(build_potential(config, statistics), path)
+
+
+def test_a_model_lacking_an_element_gets_a_row_saying_so_and_the_zoo_goes_on(tmp_path, capsys):
+    from train_helpers import cluster_structures
+
+    from mlip.cli.evaluate import main
+    from mlip.data.writer import write_structures
+
+    structures = cluster_structures(4, seed=1)  # EMT Cu/Al clusters
+    assert all(set(structure.numbers.tolist()) == {13, 29} for structure in structures)
+    test_set = tmp_path / "clusters.h5"
+    write_structures(test_set, structures, source="test")
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    tiny_exported_model(zoo / "a_cu_al.pt", [13, 29])
+    tiny_exported_model(zoo / "b_cu_only.pt", [29])
+    out = tmp_path / "eval"
+    assert main([str(zoo), "--data", str(test_set), "--out", str(out), "--threads", "1"]) == 0
+    note = "unsupported elements: Al (Z=13) in 4 of 4 structures"
+    assert f"b_cu_only not evaluated: {note}" in capsys.readouterr().err
+    rows = {row["model"]: row for row in read_csv(out / "metrics.csv") if row["subset"] == "all"}
+    assert float(rows["a_cu_al"]["forces_mae"]) > 0 and rows["a_cu_al"]["note"] == ""
+    assert rows["b_cu_only"]["note"] == note
+    assert rows["b_cu_only"]["forces_mae"] == "" and rows["b_cu_only"]["n_structures"] == "4"
+    table = (out / "metrics.md").read_text()
+    assert "| note |" in table and f"| b_cu_only | all | 4 | - | - | - | - | - | - | - | {note} |" in table
+    assert (out / "parity_a_cu_al.png").is_file() and not (out / "parity_b_cu_only.png").exists()
+
+
+def test_a_model_predicting_nan_gets_a_row_saying_so(tmp_path):
+    """Coincident atoms with the calculator's distance check off: the MACE-like model returns NaN."""
+    from train_helpers import cluster_structures
+
+    structures = cluster_structures(3, seed=2)
+    structures[1].positions[1] = structures[1].positions[0]
+    model = tiny_exported_model(tmp_path / "model.pt", [13, 29])
+    rows = evaluate(MLIPCalculator(model, min_distance=0.0), structures, "nan_model").rows()
+    assert len(rows) == 1 and rows[0]["note"].startswith("non-finite predictions: structure 1 (id 'cluster-1')")

@@ -140,3 +140,98 @@ def test_mlip_md_cli_rejects_an_index_out_of_range(trained_model):
 
     with pytest.raises(SystemExit, match="out of range"):
         main([str(trained_model), str(SAMPLE_DATA[1]), "--index", "100000"])
+
+
+# ------------------------------------------------------------------------------ calculator errors as instability
+class CollapsingCalculator(MLIPCalculator):
+    """Puts atom 1 onto atom 0 before its `collapse_at`-th calculation (call 1 is step 0, call n is step n - 1)."""
+
+    def __init__(self, *args, collapse_at: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls, self.collapse_at = 0, collapse_at
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+        self.calls += 1
+        if self.calls == self.collapse_at:
+            atoms.positions[1] = atoms.positions[0]
+        super().calculate(atoms, properties, system_changes or ["positions"])
+
+
+def test_coincident_atoms_between_checks_are_an_instability_at_their_step():
+    from test_calculator import tiny_potential
+
+    atoms = molecule("CH3OH")
+    atoms.calc = CollapsingCalculator(tiny_potential(), collapse_at=7)
+    report = run_md(atoms, n_steps=20, check_interval=10, timestep_fs=0.5)
+    assert not report.stable and report.n_steps_run == 5
+    assert "atoms 0 (C) and 1 (O) are 0.0000 Å apart" in report.instability
+    assert report.instability.endswith("(at step 6)")
+    assert np.isfinite(report.mean_temperature_K)
+
+
+def test_coincident_atoms_at_the_start_are_an_instability_at_step_0():
+    from test_calculator import tiny_potential
+
+    atoms = molecule("CH3OH")
+    atoms.positions[3] = atoms.positions[2]
+    atoms.calc = MLIPCalculator(tiny_potential())
+    report = run_md(atoms, n_steps=10)
+    assert not report.stable and report.n_steps_run == 0
+    assert "atoms 2 (H) and 3 (H) are 0.0000 Å apart" in report.instability and "(at step 0)" in report.instability
+    assert "UNSTABLE" in report.summary()
+
+
+def test_instability_detector_flags_nonfinite_forces():
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms = molecule("CH3OH")
+    detector = InstabilityDetector(atoms)
+    forces = np.zeros((len(atoms), 3))
+    forces[4, 2] = np.nan
+    atoms.calc = SinglePointCalculator(atoms, energy=0.0, forces=forces)
+    assert detector.check(atoms, 0.0) == "non-finite forces on atom(s) 4"
+
+
+def test_mlip_md_cli_reports_coincident_atoms_as_instability(trained_model, tmp_path, capsys):
+    import ase.io
+
+    from mlip.cli.md import main
+
+    atoms = first_neutral_molecule()
+    atoms.positions[1] = atoms.positions[0]
+    path = tmp_path / "collapsed.extxyz"
+    ase.io.write(path, atoms, format="extxyz")
+    assert main([str(trained_model), str(path), "--steps", "10", "--threads", "1"]) == 2
+    output = capsys.readouterr().out
+    assert "UNSTABLE: MLIPCalculator: atoms 0" in output and "Å apart" in output and "(at step 0)" in output
+
+
+def test_mlip_md_cli_charge_and_spin_options(trained_model, tmp_path, capsys):
+    """A file without charge/spin needs --charge for a model trained on ions; given options win over the file."""
+    import ase.io
+    from ase.io.trajectory import Trajectory
+
+    from mlip.cli.md import main
+
+    atoms = first_neutral_molecule()
+    del atoms.info["charge"], atoms.info["spin"]
+    bare = tmp_path / "bare.extxyz"
+    ase.io.write(bare, atoms, format="extxyz")
+    with pytest.raises(SystemExit, match=r"no 'charge'.*--charge"):
+        main([str(trained_model), str(bare), "--steps", "2"])
+    atoms.info.update(charge=1, spin=2)
+    labelled = tmp_path / "cation.extxyz"
+    ase.io.write(labelled, atoms, format="extxyz")
+    trajectory = tmp_path / "md.traj"
+
+    def charge_and_spin(path):
+        info = Trajectory(str(path))[0].info
+        return info["charge"], info["spin"]
+
+    arguments = ["--steps", "2", "--trajectory", str(trajectory), "--trajectory-interval", "1", "--threads", "1"]
+    assert main([str(trained_model), str(bare), "--charge", "0", "--spin", "1", *arguments]) == 0
+    assert charge_and_spin(trajectory) == (0, 1)
+    assert main([str(trained_model), str(labelled), *arguments]) == 0  # the file's values
+    assert charge_and_spin(trajectory) == (1, 2)
+    assert main([str(trained_model), str(labelled), "--charge", "-1", *arguments]) == 0  # the option wins
+    assert charge_and_spin(trajectory) == (-1, 2)

@@ -8,6 +8,7 @@ import math
 import os
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from torch_geometric.data import Batch
@@ -284,3 +285,26 @@ def test_transip_with_rotation_gradient_penalty(emt_files, tmp_path):
     epochs = [row["train/rotation_gradient_penalty_loss"] for row in read_metrics(run_dir) if "train/rotation_gradient_penalty_loss" in row]
     assert len(epochs) == 3 and all(math.isfinite(value) for value in epochs)
     assert epochs[-1] < 0.5 * epochs[0]  # the penalty is minimised, not just reported
+
+
+class CoincidentAtoms(pl.Callback):
+    """Moves atom 1 of the first structure of training batch 2 onto atom 0 (records that structure's id)."""
+
+    structure_id = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 2:
+            batch.pos[1] = batch.pos[0]
+            self.structure_id = batch.structure_id[0]
+
+
+def test_training_stops_at_nan_from_coincident_atoms_naming_the_structure(emt_files, tmp_path):
+    """Two coincident atoms make the MACE-like backbone return NaN: the run stops with an error that
+    names the structure, instead of finishing with NaN weights (nonfinite: raise, the default)."""
+    run_dir = tmp_path / "nan"
+    config = compose_config(tiny_overrides(emt_files, run_dir, **{"trainer.max_epochs": 1, "test_after_fit": "false"}))
+    callback = CoincidentAtoms()
+    with pytest.raises(FloatingPointError, match="non-finite training loss") as caught:
+        train(config, run_dir, extra_callbacks=[callback])
+    assert f"structure {callback.structure_id!r}: predicted energy" in str(caught.value)
+    assert not (run_dir / "best_model.pt").exists()

@@ -5,7 +5,9 @@
 MODEL is an exported model (anything `mlip.load` reads), a folder of them, or a folder of
 training runs (each `<run>/best_model.pt` is taken, e.g. `mlip-eval runs/ ...`). The test sets are
 mlip HDF5 files or anything ASE reads with labels (extxyz). Writes eval/metrics.md,
-eval/metrics.csv and eval/parity_<model>.png, and prints the Markdown table.
+eval/metrics.csv and eval/parity_<model>.png, and prints the Markdown table. A model that
+lacks an element of the test sets (or predicts NaN) gets one row with a note saying so, and the
+other models are still evaluated.
 """
 
 from __future__ import annotations
@@ -108,7 +110,9 @@ def main(argv=None) -> int:
         calculator = MLIPCalculator(str(model), device=arguments.device, dtype=arguments.dtype)
         evaluation = evaluate(calculator, structures, name, max_atoms_per_batch=arguments.max_atoms_per_batch)
         rows.extend(evaluation.rows())
-        if not arguments.no_plots:
+        if evaluation.note:
+            print(f"mlip-eval: {name} not evaluated: {evaluation.note}", file=sys.stderr)
+        elif not arguments.no_plots:
             parity_plot(evaluation, output / f"parity_{name.replace('/', '_')}.png")
     table = markdown_table(rows)
     write_text(table, output / "metrics.md")

@@ -4,7 +4,12 @@
 
 STRUCTURE is an mlip HDF5 file (pick a structure with --index) or any file ASE reads (--index
 picks the frame). Prints energy drift (meV/atom/ps, linear fit of the total energy), mean
-temperature, speed, and whether the run went unstable (exit code 2 if it did).
+temperature, speed, and whether the run went unstable (exit code 2 if it did: a collapse, a
+broken bond, overheating, NaN, or two atoms the calculator refuses as coincident, at any step).
+
+Total charge and spin multiplicity come from the file (mlip HDF5; extxyz/ASE `info` keys
+"charge" and "spin"); --charge / --spin set them for files without them and, when given,
+override the file's values.
 """
 
 from __future__ import annotations
@@ -39,6 +44,14 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("structure", help="mlip HDF5 file or a file ASE reads")
     parser.add_argument("--index", type=int, default=0, help="structure index in the file (default 0)")
     parser.add_argument("--supercell", type=int, nargs=3, metavar=("NA", "NB", "NC"), help="repeat a periodic cell")
+    parser.add_argument(
+        "--charge", type=int,
+        help="total charge, e (atoms.info['charge']); overrides the file's value when given (default: the file's, else 0)",
+    )
+    parser.add_argument(
+        "--spin", type=int,
+        help="spin multiplicity 2S+1 (atoms.info['spin']); overrides the file's value when given (default: the file's, else 1)",
+    )
     parser.add_argument("--ensemble", choices=["nve", "nvt"], default="nve")
     parser.add_argument("--temperature", type=float, default=300.0, help="initial / thermostat temperature, K")
     parser.add_argument("--timestep", type=float, default=0.5, help="fs")
@@ -70,7 +83,7 @@ def main(argv=None) -> int:
         import torch
 
         torch.set_num_threads(arguments.threads)
-    from mlip.calculator import MLIPCalculator
+    from mlip.calculator import MLIPCalculator, MLIPInputError
     from mlip.md import InstabilityCriteria, run_md
 
     atoms = read_structure(arguments.structure, arguments.index)
@@ -78,11 +91,20 @@ def main(argv=None) -> int:
         if not atoms.pbc.all():
             raise SystemExit("mlip-md: --supercell needs a structure periodic in all three directions")
         atoms = atoms.repeat(arguments.supercell)
+    for key in ("charge", "spin"):  # an explicit option wins over the file
+        if getattr(arguments, key) is not None:
+            atoms.info[key] = getattr(arguments, key)
     atoms.calc = MLIPCalculator(
         arguments.model, device=arguments.device, dtype=arguments.dtype, skin=arguments.skin,
         compile=arguments.compile,
         retain_freed_memory=arguments.retain_freed_memory and sys.platform.startswith("linux"),  # glibc only
     )
+    try:  # a usage error (element, charge, spin), not an instability: say so before the run
+        atoms.calc.check_atoms(atoms)
+        atoms.calc.charge_and_spin(atoms)
+    except MLIPInputError as error:
+        hint = " (or pass --charge / --spin)" if "charge" in str(error) or "spin" in str(error) else ""
+        raise SystemExit(f"mlip-md: {arguments.structure} (index {arguments.index}): {error}{hint}") from None
     criteria = InstabilityCriteria(
         min_distance=arguments.min_distance,
         max_bond_stretch=arguments.max_bond_stretch,

@@ -3,6 +3,8 @@
 Labels that are missing are NaN in the batch and flagged False in ``energy_mask``,
 ``forces_mask`` and ``stress_mask`` (one flag per structure). Every term selects the labelled
 entries with the boolean masks before comparing, so a NaN never reaches the loss.
+`nonfinite_structures` says which structures of a batch made a loss non-finite anyway (a NaN
+prediction, e.g. from two coincident atoms, or a NaN in a label that is flagged present).
 """
 
 from __future__ import annotations
@@ -81,3 +83,32 @@ class PotentialLoss(torch.nn.Module):
         }
         total = sum(getattr(self.weights, name) * term for name, term in terms.items())
         return total, terms
+
+
+def nonfinite_structures(predictions: dict, batch) -> dict[int, list[str]]:
+    """Structures of ``batch`` with a NaN or infinite value where the loss looks.
+
+    Returns {graph index: [what, ...]}, e.g. ``{3: ["positions", "predicted energy"]}``, over the
+    positions, every predicted quantity (energy, forces, direct_forces, stress) and the labels
+    flagged present by the masks. Empty when every one of them is finite.
+    """
+    n_graphs = batch.num_graphs
+    found: dict[int, list[str]] = {}
+
+    def mark(bad: torch.Tensor, what: str, per_atom: bool) -> None:
+        bad = bad.reshape(bad.shape[0], -1).any(dim=1) if bad.dim() > 1 else bad
+        if per_atom:  # (n_atoms,) -> (n_graphs,)
+            bad = torch.bincount(batch.batch[bad], minlength=n_graphs) > 0
+        for index in torch.nonzero(bad).view(-1).tolist():
+            found.setdefault(index, []).append(what)
+
+    mark(~torch.isfinite(batch.pos), "positions", per_atom=True)
+    for name, per_atom in (("energy", False), ("forces", True), ("direct_forces", True), ("stress", False)):
+        if name in predictions:
+            mark(~torch.isfinite(predictions[name].detach()), f"predicted {name}", per_atom)
+    mark(~torch.isfinite(batch.energy.view(-1)) & batch.energy_mask.view(-1), "energy label", per_atom=False)
+    atom_has_forces = batch.forces_mask.view(-1)[batch.batch]
+    mark(~torch.isfinite(batch.forces).all(dim=1) & atom_has_forces, "forces label", per_atom=True)
+    stress_bad = ~torch.isfinite(batch.stress.view(n_graphs, 9)).all(dim=1)
+    mark(stress_bad & batch.stress_mask.view(-1), "stress label", per_atom=False)
+    return dict(sorted(found.items()))

@@ -5,12 +5,19 @@ One training step: predict energy, forces (and stress where labelled) with ``tra
 masked weighted loss, step AdamW. After every optimiser step the EMA copy of the weights is
 updated; validation and testing run on the EMA copy. Metrics (MAE/RMSE in meV units, per split
 and per subset) are reduced over DDP ranks in the step of each epoch's last batch.
+
+Non-finite numbers never train silently (``nonfinite``): a NaN/inf training loss or gradient
+raises `NonFiniteTrainingError` naming the batch's structure ids (and which predictions or
+labels are not finite), or, with ``nonfinite="skip"``, skips that optimiser step with a warning.
+The weights (raw and EMA) are checked every ``check_weights_every_n_steps`` steps, before every
+validation (so before every export), before every checkpoint is written and when training ends.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -18,7 +25,7 @@ import numpy as np
 import torch
 
 from mlip.train.ema import ExponentialMovingAverage
-from mlip.train.losses import PotentialLoss
+from mlip.train.losses import PotentialLoss, nonfinite_structures
 from mlip.train.metrics import ErrorAccumulator
 from mlip.train.symmetry import LearnedEquivarianceLoss, energy_gradient_rotation_penalty, rotation_augmentation
 
@@ -48,6 +55,37 @@ class LinearWarmup:
         return (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
 
 
+NONFINITE_MODES = ("raise", "skip")
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """A training loss, gradient or weight that is NaN or infinite (the message says where)."""
+
+
+def structure_names(batch, indices) -> str:
+    """``'id-a', 'id-b'`` for graph ``indices`` of ``batch`` (``#k`` where a structure has no id)."""
+    ids = getattr(batch, "structure_id", None)
+    ids = [ids] if isinstance(ids, str) else list(ids or [])
+    return ", ".join(repr(ids[k]) if k < len(ids) and ids[k] else f"#{k}" for k in indices)
+
+
+def nonfinite_tensors(named_tensors) -> list[str]:
+    """Names of the floating-point tensors of ``(name, tensor)`` pairs holding a NaN or inf.
+
+    One fused norm over all tensors decides (cheap, one device sync); only if it is not finite
+    are the tensors checked one by one (a finite but overflowing norm names nothing).
+    """
+    named = [(name, tensor.detach()) for name, tensor in named_tensors if tensor is not None and tensor.is_floating_point()]
+    if not named or torch.isfinite(torch.nn.utils.get_total_norm([tensor for _, tensor in named])):
+        return []
+    return [name for name, tensor in named if not bool(torch.isfinite(tensor).all())]
+
+
+def _listed(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 class PotentialModule(pl.LightningModule):
     """Trains ``potential`` (a `mlip.models.potential.Potential`).
 
@@ -67,6 +105,12 @@ class PotentialModule(pl.LightningModule):
         rotation_gradient_penalty: weight of `mlip.train.symmetry.energy_gradient_rotation_penalty`
             (the mean squared energy derivative with respect to infinitesimal rotations, eV²/rad²;
             costs one more forward and double backward per step). None or 0: off.
+        nonfinite: what a NaN or infinite training loss or gradient does. "raise" (default):
+            stop with `NonFiniteTrainingError`, naming the batch's structure ids. "skip": warn and
+            skip that optimiser step (no weight, moment or EMA change from that batch); in
+            validation/testing the batch is left out of the metrics. Non-finite *weights* always raise.
+        check_weights_every_n_steps: how often (optimiser steps) the raw and EMA weights are
+            checked for NaN/inf between the checks before every validation, checkpoint and at the end.
     """
 
     def __init__(
@@ -80,8 +124,14 @@ class PotentialModule(pl.LightningModule):
         rotation_augmentation: bool = False,
         equivariance_loss: dict | None = None,
         rotation_gradient_penalty: float | None = None,
+        nonfinite: str = "raise",
+        check_weights_every_n_steps: int = 100,
     ):
         super().__init__()
+        if nonfinite not in NONFINITE_MODES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
+        if int(check_weights_every_n_steps) < 1:
+            raise ValueError(f"check_weights_every_n_steps must be >= 1, got {check_weights_every_n_steps}")
         self.potential = potential
         self.loss_fn = PotentialLoss(**(loss or {}))
         self.optimizer_config = dict(optimizer or {"lr": 1e-3})
@@ -96,6 +146,11 @@ class PotentialModule(pl.LightningModule):
         )
         self.rotation_gradient_penalty = float(rotation_gradient_penalty or 0.0)
         self.accumulators = {split: ErrorAccumulator() for split in ("train", "val", "test")}
+        self.nonfinite = nonfinite
+        self.check_weights_every_n_steps = int(check_weights_every_n_steps)
+        self.skipped_batches = 0  # batches skipped for a non-finite loss or gradient (nonfinite="skip")
+        self._skip_step = False  # the current training batch's loss was not finite: skip its optimiser step
+        self._current_batch = None  # (batch_idx, batch) of the training step, for the gradient check's message
 
     # ----------------------------------------------------------------------------- prediction
     def evaluation_model(self) -> torch.nn.Module:
@@ -125,9 +180,14 @@ class PotentialModule(pl.LightningModule):
             penalty = energy_gradient_rotation_penalty(self.potential, batch)
             loss = loss + self.rotation_gradient_penalty * penalty
             terms["rotation_gradient_penalty"] = penalty.detach()
-        self.accumulators["train"].update(predictions, batch)
+        self._current_batch = (batch_idx, batch)
+        self._skip_step = self._nonfinite_loss("training", loss, predictions, batch, batch_idx) or self._skip_step
+        if not self._skip_step:
+            self.accumulators["train"].update(predictions, batch)
         if self._is_last_batch("train", batch_idx):
             self._log_epoch_metrics("train")
+        if self._skip_step:  # a loss with zero gradients keeps DDP's backward in step; the step itself is skipped
+            return sum((parameter * 0.0).sum() for parameter in self.trainable_parameters())
         batch_size = batch.num_graphs
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
         for name, term in terms.items():
@@ -135,17 +195,83 @@ class PotentialModule(pl.LightningModule):
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=batch_size)
         return loss
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Gradients (already summed over DDP ranks, so every rank decides alike) must be finite."""
+        if not self._skip_step:
+            named = [(name, parameter.grad) for name, parameter in self.named_parameters() if parameter.grad is not None]
+            bad = nonfinite_tensors(named)
+            if bad:
+                self._nonfinite_found(
+                    f"non-finite gradient at {self._where(*self._current_batch)}: "
+                    f"{len(bad)} of {len(named)} gradient tensors hold NaN/inf ({_listed(bad)})"
+                )
+                self._skip_step = True
+        if self._skip_step:
+            optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient untouched
+
     def optimizer_step(self, *args, **kwargs) -> None:
-        """The optimiser step, then the EMA update (before any callback can checkpoint this step)."""
+        """The optimiser step, then the EMA update (before any callback can checkpoint this step).
+
+        A skipped batch (``nonfinite="skip"``) changes neither the weights nor the EMA.
+        """
         super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:
+        if self.ema is not None and not self._skip_step:
             self.ema.update(self.potential)
+        self._skip_step = False
+        if (self.global_step + 1) % self.check_weights_every_n_steps == 0:
+            self.check_weights(f"after optimiser step {self.global_step + 1}")
+
+    # ----------------------------------------------------------------------------- non-finite guards
+    def _nonfinite_loss(self, split: str, loss: torch.Tensor, predictions: dict, batch, batch_idx: int) -> bool:
+        """False if ``loss`` is finite on every DDP rank; else raise, or warn and return True (skip)."""
+        local = not bool(torch.isfinite(loss.detach()))
+        if not self.trainer.strategy.reduce_boolean_decision(local, all=False):  # any rank
+            return False
+        culprits = nonfinite_structures(predictions, batch) if local else {}
+        if culprits:
+            cause = "; ".join(f"structure {structure_names(batch, [k])}: {', '.join(what)}" for k, what in culprits.items())
+        else:
+            cause = "no prediction or label is NaN/inf (the loss overflowed)" if local else "on another DDP rank"
+        self._nonfinite_found(f"non-finite {split} loss ({float(loss.detach())}) at {self._where(batch_idx, batch)}: {cause}")
+        return True
+
+    def _where(self, batch_idx: int, batch) -> str:
+        """'global step s, epoch e, batch b (batch of structures ...)' for error messages."""
+        return (
+            f"global step {self.global_step}, epoch {self.current_epoch}, batch {batch_idx} "
+            f"(batch of structures {structure_names(batch, range(batch.num_graphs))})"
+        )
+
+    def _nonfinite_found(self, message: str) -> None:
+        """Raise `NonFiniteTrainingError` (nonfinite="raise") or warn that the batch is skipped."""
+        if self.nonfinite == "raise":
+            raise NonFiniteTrainingError(
+                f"PotentialModule: {message}. Fix the data, or set nonfinite=skip to skip such batches with a warning."
+            )
+        self.skipped_batches += 1
+        warnings.warn(f"PotentialModule: {message}; batch skipped ({self.skipped_batches} so far)", stacklevel=2)
+
+    def check_weights(self, when: str) -> None:
+        """Raise `NonFiniteTrainingError` if a raw or EMA weight (or buffer) is NaN/inf; ``when`` goes into the message."""
+        bad = nonfinite_tensors([*self.named_parameters(), *self.named_buffers()])
+        if bad:
+            raise NonFiniteTrainingError(
+                f"PotentialModule: non-finite weights {when} (global step {self.global_step}): "
+                f"{len(bad)} tensors hold NaN/inf ({_listed(bad)}); not continuing, checkpointing or exporting them"
+            )
+
+    def on_validation_start(self) -> None:
+        self.check_weights("before validation (and so before the export)")
+
+    def on_train_end(self) -> None:
+        self.check_weights("at the end of training")
 
     def _evaluation_step(self, split: str, batch, batch_idx: int) -> None:
         predictions = self.predict_batch(self.evaluation_model(), batch, training=False)
         loss, _ = self.loss_fn(predictions, batch)
-        self.accumulators[split].update(predictions, batch)
-        self.log(f"{split}/loss", loss.detach(), on_epoch=True, batch_size=batch.num_graphs, sync_dist=True)
+        if not self._nonfinite_loss(split, loss, predictions, batch, batch_idx):
+            self.accumulators[split].update(predictions, batch)
+            self.log(f"{split}/loss", loss.detach(), on_epoch=True, batch_size=batch.num_graphs, sync_dist=True)
         if self._is_last_batch(split, batch_idx):
             self._log_epoch_metrics(split)
 
@@ -228,7 +354,9 @@ class PotentialModule(pl.LightningModule):
         """Random-number-generator states, so that a resumed run draws the same random numbers.
 
         Stored as tensors and built-in types only, so the checkpoint loads with ``weights_only=True``.
+        Refuses (`NonFiniteTrainingError`) to write a checkpoint of non-finite weights.
         """
+        self.check_weights("when saving a checkpoint")
         name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
         checkpoint["rng_states"] = {
             "torch": torch.get_rng_state(),
