@@ -40,6 +40,13 @@ class BesselBasis(torch.nn.Module):
         return f"cutoff={self.cutoff}, num_basis={self.num_basis}"
 
 
+def polynomial_envelope(reduced_distance: torch.Tensor, p: int) -> torch.Tensor:
+    """The envelope u(d) of `PolynomialEnvelope` at reduced distances d = r / r_c (any shape)."""
+    d = reduced_distance
+    envelope = 1.0 - (p + 1) * (p + 2) / 2 * d**p + p * (p + 2) * d ** (p + 1) - p * (p + 1) / 2 * d ** (p + 2)
+    return torch.where(d < 1.0, envelope, torch.zeros_like(envelope))
+
+
 class PolynomialEnvelope(torch.nn.Module):
     """Smooth cutoff u(d), d = r / r_c (DimeNet's polynomial envelope of order p):
 
@@ -58,15 +65,7 @@ class PolynomialEnvelope(torch.nn.Module):
 
     def forward(self, distances: torch.Tensor) -> torch.Tensor:
         """distances (E,) Å -> (E,) envelope in [0, 1]."""
-        p = self.p
-        d = distances / self.cutoff
-        envelope = (
-            1.0
-            - (p + 1) * (p + 2) / 2 * d**p
-            + p * (p + 2) * d ** (p + 1)
-            - p * (p + 1) / 2 * d ** (p + 2)
-        )
-        return torch.where(d < 1.0, envelope, torch.zeros_like(envelope))
+        return polynomial_envelope(distances / self.cutoff, self.p)
 
     def extra_repr(self) -> str:
         return f"cutoff={self.cutoff}, p={self.p}"
