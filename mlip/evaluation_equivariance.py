@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch
 
-from mlip.train.symmetry import axis_angle_rotations, random_rotations, rotate_batch
+from mlip.geometry import axis_angle_rotations, random_rotations, rotate_batch
 
 __all__ = [
     "EquivarianceErrors",

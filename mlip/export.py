@@ -29,9 +29,10 @@ from typing import Any
 
 import torch
 
+from mlip.constants import DTYPES
+
 FORMAT = "mlip-model"
 FORMAT_VERSION = 1
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def _plain(value: Any) -> Any:

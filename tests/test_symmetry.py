@@ -22,11 +22,10 @@ from mlip.models.backbones import Backbone, NodeFeatures
 from mlip.models.backbones.transip import TransIPBackbone
 from mlip.models.potential import default_dtype
 from mlip.nn.radial import RadialEmbedding
+from mlip.geometry import random_rotations, rotate_batch
 from mlip.train.symmetry import (
     LearnedEquivarianceLoss,
     energy_gradient_rotation_penalty,
-    random_rotations,
-    rotate_batch,
     rotation_augmentation,
 )
 from tests.conftest import random_molecule

@@ -13,8 +13,8 @@ in `mlip.data.neighbours` (re-exported here: `neighbour_list`, `closest_pair`,
 `structure_to_graph` refuses atoms closer than ``min_distance`` from the lengths of the edges
 it builds anyway, so the check costs no second search.
 
-`edge_vectors` is the only place edge vectors are computed from (pos, cell, shifts), so that
-forces (d/dpos) and stress (a strain applied to pos and cell) flow through one function.
+`edge_vectors` (from `mlip.geometry`, re-exported here) is the only place edge vectors are
+computed from (pos, cell, shifts).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from mlip.data.neighbours import (
     neighbour_search,
 )
 from mlip.data.structure import Structure
+from mlip.geometry import edge_vectors
 
 __all__ = [
     "DEFAULT_MAX_NEIGHBOURS",
@@ -157,34 +158,3 @@ def atoms_to_graph(
         subset=str(atoms.info.get("subset", "")),
     )
     return structure_to_graph(structure, cutoff, dtype=dtype)
-
-
-def edge_vectors(
-    pos: torch.Tensor,
-    cell: torch.Tensor,
-    edge_index: torch.Tensor,
-    shifts: torch.Tensor,
-    batch: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Edge vectors pos[j] - pos[i] + shifts @ cell[graph of i], Å; shape (E, 3).
-
-    Args:
-        pos: (n, 3) positions of all atoms in the batch.
-        cell: (G, 3, 3) cells (rows = lattice vectors) of the G graphs, or (3, 3) for one graph.
-        edge_index: (2, E), row 0 = neighbour j, row 1 = centre i (indices into the batch).
-        shifts: (E, 3) integer cell-image multiples (any dtype; cast to pos.dtype).
-        batch: (n,) graph index of every atom; None means a single graph.
-
-    Differentiable with respect to both `pos` and `cell`.
-    """
-    neighbour, centre = edge_index[0], edge_index[1]
-    vectors = pos[neighbour] - pos[centre]  # (E, 3)
-    if shifts.shape[0] == 0:
-        return vectors
-    cell = cell.reshape(-1, 3, 3)
-    if batch is None:
-        edge_cells = cell.expand(shifts.shape[0], 3, 3)  # (E, 3, 3)
-    else:
-        edge_cells = cell[batch[centre]]  # (E, 3, 3)
-    periodic_offsets = torch.einsum("ek,ekc->ec", shifts.to(pos.dtype), edge_cells)
-    return vectors + periodic_offsets

@@ -18,11 +18,7 @@ process, on this host, no longer exists (`sweep_stale_temporaries`).
 
 from __future__ import annotations
 
-import glob
 import os
-import re
-import socket
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -43,66 +39,13 @@ from mlip.data.schema import (
     validate_structure,
 )
 from mlip.data.structure import Structure
+from mlip.files import sweep_stale_temporaries, temporary_path_for
 
 DEFAULT_CHUNK_STRUCTURES = 256
 DEFAULT_CHUNK_ATOMS = 1024
 DEFAULT_BUFFER_STRUCTURES = 4096
 DEFAULT_BUFFER_ATOMS = 1 << 17
 _STRING_DTYPE = h5py.string_dtype("utf-8")
-TEMPORARY_SUFFIX = ".mlip-tmp"
-
-
-def _host_tag() -> str:
-    """This machine's name with anything but letters, digits and '-' replaced (no dots)."""
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
-
-
-def temporary_path_for(path: str | os.PathLike) -> Path:
-    """A fresh hidden temporary path next to ``path``: ``.<name>.<host>.<pid>.<token>.mlip-tmp``.
-
-    The host and pid say which process writes it, so that a file left behind by a killed
-    process can be recognised and swept (`sweep_stale_temporaries`); the random token keeps
-    two writers of one process apart.
-    """
-    path = Path(path)
-    return path.with_name(f".{path.name}.{_host_tag()}.{os.getpid()}.{uuid.uuid4().hex[:12]}{TEMPORARY_SUFFIX}")
-
-
-def sweep_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files of ``path`` left by dead processes of this host; return them.
-
-    Only names made by `temporary_path_for` for this very destination are considered; a file
-    whose process is alive (or may be: another user's process, another host) is kept.
-    """
-    path = Path(path)
-    pattern = re.compile(
-        rf"^\.{re.escape(path.name)}\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]+{re.escape(TEMPORARY_SUFFIX)}$"
-    )
-    swept = []
-    host = _host_tag()
-    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*{TEMPORARY_SUFFIX}"):
-        match = pattern.match(candidate.name)
-        if match is None or match["host"] != host or _process_alive(int(match["pid"])):
-            continue
-        try:
-            candidate.unlink()
-        except FileNotFoundError:  # swept by another process at the same moment
-            continue
-        swept.append(candidate)
-    return swept
-
-
-def _process_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (True when that cannot be ruled out)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # exists but belongs to someone else (or an absurd pid): keep the file
-    return True
 
 
 class StructureWriter:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from ase.data import chemical_symbols
 
-from mlip.data.graph import edge_vectors
+from mlip.geometry import edge_vectors
 from mlip.models.backbones.base import Backbone, BackboneInputs
 from mlip.models.conditioning import ChargeSpinEmbedding
 from mlip.nn.mlp import MLP

@@ -20,18 +20,8 @@ import torch
 from torch.utils.data import DataLoader
 from torch_geometric.loader.dataloader import Collater
 
+from mlip.constants import torch_dtype
 from mlip.data.graph import DEFAULT_MAX_NEIGHBOURS, DEFAULT_MIN_DISTANCE
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def torch_dtype(name: str | torch.dtype) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
-    return DTYPES[name]
-
 
 class PotentialDataModule(pl.LightningDataModule):
     """Datasets and loaders for training a potential.
