@@ -45,8 +45,9 @@ from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from mlip import performance
-
-_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+from mlip.constants import DTYPES, is_integer
+from mlip.data.graph import SkinNeighbourList, atoms_to_graph
+from mlip.data.schema import zero_volume_reason
 
 
 class MLIPInputError(ValueError):
@@ -61,24 +62,31 @@ class MLIPPredictionError(ArithmeticError):
     """The model returned a NaN or infinite energy, force or stress (the message names the atoms)."""
 
 
-def load_potential(model_or_path) -> tuple[torch.nn.Module, dict | None]:
-    """The `Potential` (as given, or loaded with `mlip.load`) and its training statistics, if known.
+def load_potential(model_or_path, dtype: torch.dtype) -> tuple[torch.nn.Module, dict | None]:
+    """The `Potential` in ``dtype`` (a copy of the one given, or loaded with `mlip.load`) and its
+    training statistics, if known.
 
-    Statistics are the export's ``statistics`` entry (`DatasetStatistics.to_dict()`), or a
-    `statistics` attribute of a given module; None when neither exists. A given module is
-    copied, so that the calculator's dtype/device changes never touch the caller's model.
+    The model is *built* in ``dtype`` (`mlip.load(path, dtype=...)`, or `mlip.models.rebuild` for a
+    given module in another precision), never cast with ``.to(dtype)``, which would keep
+    float32-rounded constants in a float64 model. Statistics are the export's ``statistics``
+    entry (`DatasetStatistics.to_dict()`), or a `statistics` attribute of a given module; None when
+    neither exists. A given module is copied, so the caller's model is never touched.
     """
     if isinstance(model_or_path, torch.nn.Module):
         statistics = getattr(model_or_path, "statistics", None)
         if statistics is not None and not isinstance(statistics, dict):
             statistics = statistics.to_dict()
+        parameter = next(model_or_path.parameters(), None)
+        if parameter is not None and parameter.dtype != dtype and hasattr(model_or_path, "config"):
+            from mlip.models import rebuild
+
+            return rebuild(model_or_path, dtype), statistics
         return copy.deepcopy(model_or_path), statistics
     if isinstance(model_or_path, (str, os.PathLike)):
-        import mlip
-        from mlip.export import read_export
+        from mlip.export import load, read_export
 
         path = os.fspath(model_or_path)
-        return mlip.load(path), read_export(path).get("statistics")
+        return load(path, dtype=dtype), read_export(path).get("statistics")
     raise TypeError(f"MLIPCalculator: expected a Potential or a path to an exported model, got {type(model_or_path).__name__}")
 
 
@@ -145,14 +153,14 @@ class MLIPCalculator(Calculator):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if dtype not in _DTYPES:
-            raise ValueError(f"MLIPCalculator: dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"MLIPCalculator: dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if skin < 0:
             raise ValueError(f"MLIPCalculator: skin must be >= 0 Å, got {skin}")
         self.device = torch.device(device)
-        self.dtype = _DTYPES[dtype]
-        model, self.statistics = load_potential(model_or_path)
-        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.dtype = DTYPES[dtype]
+        model, self.statistics = load_potential(model_or_path, self.dtype)
+        self.model = model.to(device=self.device).eval()
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.cutoff = float(self.model.cutoff)
@@ -169,8 +177,12 @@ class MLIPCalculator(Calculator):
         self._compiled = bool(compile)
         if self._compiled:  # self.model is the calculator's own copy (load_potential)
             self.model.backbone.forward = torch.compile(self.model.backbone.forward, dynamic=True)
-        self._neighbours: _SkinNeighbourList | None = None
-        self.neighbour_list_builds = 0  # how many times a neighbour list was built (for tests / tuning)
+        self._neighbours = SkinNeighbourList(self.cutoff, self.skin)  # the MD list (mlip.data.neighbours)
+
+    @property
+    def neighbour_list_builds(self) -> int:
+        """How many times the skin neighbour list was built (for tests / tuning)."""
+        return self._neighbours.builds
 
     @property
     def compiled(self) -> bool:
@@ -265,10 +277,7 @@ class MLIPCalculator(Calculator):
                 "MLIPCalculator: stress needs a periodic structure with a cell of nonzero volume"
             )
         charge, spin = self.charge_and_spin(atoms)
-        if self._neighbours is None or self._neighbours.needs_rebuild(atoms):
-            self._neighbours = _SkinNeighbourList(atoms, self.cutoff, self.skin)
-            self.neighbour_list_builds += 1
-        edge_index, shifts, squared_lengths = self._neighbours.edges_within(atoms, self.cutoff)
+        edge_index, shifts, squared_lengths = self._neighbours.search(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
         self.check_min_distance(atoms, edge_index, shifts, squared_lengths)
         graph = self._graph(atoms, edge_index, shifts, charge, spin)
         output = self._evaluate(graph, want_stress)
@@ -277,19 +286,8 @@ class MLIPCalculator(Calculator):
         self.results = results
 
     def _graph(self, atoms: Atoms, edge_index: np.ndarray, shifts: np.ndarray, charge: int, spin: int):
-        """One structure as a graph with the fields of docs/design.md (no labels); a Potential takes it as is."""
-        from torch_geometric.data import Data
-
-        return Data(
-            pos=torch.as_tensor(atoms.positions, dtype=self.dtype),
-            z=torch.as_tensor(atoms.numbers, dtype=torch.long),
-            cell=torch.as_tensor(atoms.cell.array, dtype=self.dtype).reshape(1, 3, 3),
-            pbc=torch.as_tensor(atoms.pbc, dtype=torch.bool).reshape(1, 3),
-            edge_index=torch.as_tensor(edge_index, dtype=torch.long),
-            shifts=torch.as_tensor(shifts, dtype=self.dtype),
-            charge=torch.tensor([charge], dtype=torch.long),
-            spin=torch.tensor([spin], dtype=torch.long),
-        )
+        """One structure as a graph of model inputs (`mlip.data.graph.atoms_to_graph`, no labels)."""
+        return atoms_to_graph(atoms, self.cutoff, self.dtype, charge, spin, edges=(edge_index, shifts), labels=False)
 
     def _evaluate(self, batch, compute_stress: bool) -> dict[str, np.ndarray]:
         batch = batch.to(self.device)
@@ -316,8 +314,6 @@ class MLIPCalculator(Calculator):
         structures with a periodic cell. Batches hold up to `max_atoms_per_batch` atoms. Fresh
         neighbour lists are built (no skin), so the calculator's MD state is untouched.
         """
-        from mlip.data.graph import neighbour_list
-
         results: list[dict] = []
         pending: list[tuple] = []  # (index, atoms, Data) of the batch being assembled
         pending_atoms = 0
@@ -326,9 +322,9 @@ class MLIPCalculator(Calculator):
                 self.check_atoms(atoms)
                 self.check_geometry(atoms)
                 charge, spin = self.charge_and_spin(atoms)
-                edge_index, shifts = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff)
-                vectors = _edge_vectors(atoms, edge_index, shifts)
-                self.check_min_distance(atoms, edge_index, shifts, np.einsum("ij,ij->i", vectors, vectors))
+                fresh = SkinNeighbourList(self.cutoff, skin=0.0)
+                edge_index, shifts, squared_lengths = fresh.search(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+                self.check_min_distance(atoms, edge_index, shifts, squared_lengths)
             except ValueError as error:  # MLIPInputError, or the neighbour list's geometry errors
                 kind = type(error) if isinstance(error, MLIPInputError) else MLIPInputError
                 raise kind(_in_structure(error, atoms, index)) from None
@@ -381,12 +377,6 @@ def _in_structure(error: Exception, atoms: Atoms, index: int) -> str:
     return f"MLIPCalculator: {name}: {str(error).removeprefix('MLIPCalculator: ')}"
 
 
-def _edge_vectors(atoms: Atoms, edge_index: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """(E, 3) Å: pos[j] - pos[i] + shift @ cell for the edges (j -> i) of ``edge_index``."""
-    senders, receivers = edge_index
-    return atoms.positions[senders] - atoms.positions[receivers] + shifts @ atoms.cell.array
-
-
 def _check_finite_results(atoms: Atoms, results: dict) -> None:
     """Raise `MLIPPredictionError` if the predicted energy, forces or stress hold NaN or inf."""
     bad_forces = ~np.isfinite(results["forces"]).all(axis=1)
@@ -403,14 +393,14 @@ def _integer(value, what: str) -> int:
         number = float(value)
     except (TypeError, ValueError):
         raise MLIPInputError(f"MLIPCalculator: {what} must be an integer, got {value!r}") from None
-    if not number.is_integer():
+    if not is_integer(number):
         raise MLIPInputError(f"MLIPCalculator: {what} must be an integer, got {value!r}")
     return int(number)
 
 
 def has_volume(atoms: Atoms) -> bool:
     """True for a structure with some periodicity and a cell of nonzero volume (stress is defined)."""
-    return bool(atoms.pbc.any()) and abs(float(np.linalg.det(atoms.cell.array))) > 1e-9
+    return bool(atoms.pbc.any()) and zero_volume_reason(atoms.cell.array) is None
 
 
 def _results_of_graph(output: dict[str, np.ndarray], graph_index: int, atom_slice: slice, with_stress: bool) -> dict:
@@ -421,46 +411,3 @@ def _results_of_graph(output: dict[str, np.ndarray], graph_index: int, atom_slic
     if with_stress:
         results["stress"] = full_3x3_to_voigt_6_stress(output["stress"][graph_index])
     return results
-
-
-class _SkinNeighbourList:
-    """Pairs within cutoff + skin of one configuration, reusable while no atom moved more than skin/2.
-
-    If no atom moved more than skin/2, no pair can have closed in from beyond cutoff + skin to
-    inside the cutoff, so the stored pairs, filtered by their current length, are exactly the
-    pairs inside the cutoff.
-    """
-
-    def __init__(self, atoms: Atoms, cutoff: float, skin: float):
-        from mlip.data.graph import neighbour_list
-
-        self.skin = skin
-        self.reference_positions = atoms.positions.copy()
-        self.cell = atoms.cell.array.copy()
-        self.pbc = atoms.pbc.copy()
-        self.numbers = atoms.numbers.copy()
-        edge_index, shifts = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff + skin)
-        self.edge_index = _to_numpy(edge_index).astype(np.int64).reshape(2, -1)  # (2, E) [0]=j, [1]=i
-        self.shifts = _to_numpy(shifts).astype(np.float64).reshape(-1, 3)  # (E, 3) integer multiples
-
-    def needs_rebuild(self, atoms: Atoms) -> bool:
-        if len(atoms) != len(self.numbers) or not np.array_equal(atoms.numbers, self.numbers):
-            return True
-        if not np.array_equal(atoms.pbc, self.pbc) or not np.array_equal(atoms.cell.array, self.cell):
-            return True
-        displacement = np.linalg.norm(atoms.positions - self.reference_positions, axis=1)
-        return bool(displacement.max() > 0.5 * self.skin)
-
-    def edges_within(self, atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Stored pairs whose current length is < `cutoff` Å: edge_index (2, E'), shifts (E', 3)
-        and their squared lengths (E',) Å²."""
-        vectors = _edge_vectors(atoms, self.edge_index, self.shifts)
-        squared_lengths = np.einsum("ij,ij->i", vectors, vectors)
-        inside = squared_lengths < cutoff * cutoff
-        return self.edge_index[:, inside], self.shifts[inside], squared_lengths[inside]
-
-
-def _to_numpy(array) -> np.ndarray:
-    if torch.is_tensor(array):
-        return array.detach().cpu().numpy()
-    return np.asarray(array)

@@ -24,7 +24,6 @@ import ase.db
 import ase.io
 from mlip.cli.convert import main
 from mlip.data.convert import (
-    _iter_json_object_items,
     convert,
     convert_with_summary,
     detect_format,
@@ -36,6 +35,7 @@ from mlip.data.convert import (
     write_mace_hdf5,
 )
 from mlip.data.errors import MLIPDataError
+from mlip.data.formats.mptrj import _iter_json_object_items
 from mlip.data.reader import StructureReader
 from mlip.data.structure import Structure
 
@@ -332,7 +332,7 @@ def test_mptrj_stress_sign_is_tensile_positive():
         "force": [[0.0, 0.0, 0.0]],
         "stress": (np.eye(3) * 10.0).tolist(),
     }
-    from mlip.data.convert import _structure_from_mptrj_frame
+    from mlip.data.formats.mptrj import _structure_from_mptrj_frame
 
     structure = _structure_from_mptrj_frame(frame, "uncorrected", "mp-149/0", "")
     np.testing.assert_allclose(np.diag(structure.stress) / GPa, [-1.0, -1.0, -1.0])
@@ -719,15 +719,15 @@ def test_a_conversion_killed_with_sigkill_leaves_a_recognisable_temporary(tmp_pa
 
 def test_mace_and_aselmdb_writers_use_recognisable_temporaries(tmp_path, monkeypatch):
     seen = []
-    import mlip.data.convert as convert_module
+    import mlip.files
 
-    original = convert_module.temporary_path_for
+    original = mlip.files.temporary_path_for
 
     def spy(path):
         seen.append(original(path))
         return seen[-1]
 
-    monkeypatch.setattr(convert_module, "temporary_path_for", spy)
+    monkeypatch.setattr(mlip.files, "temporary_path_for", spy)
     rng = np.random.default_rng(23)
     write_aselmdb(tmp_path / "a.aselmdb", omol_like_molecules(rng, 2))
     write_mace_hdf5(tmp_path / "m.h5", [Structure(numbers=[1], positions=np.zeros((1, 3)))])

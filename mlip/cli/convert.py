@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mlip.data.convert import (
     FORMATS,
+    KEY_OPTIONS,
     MPTRJ_ENERGY_LABELS,
     ConversionSummary,
     LabelKeyWarning,
@@ -104,14 +105,7 @@ def _convert(args: argparse.Namespace) -> ConversionSummary:
         source=args.source,
         compression=None if args.compression == "none" else args.compression,
         overwrite=args.overwrite,
-        energy_key=args.energy_key,
-        forces_key=args.forces_key,
-        stress_key=args.stress_key,
-        magmom_key=args.magmom_key,
-        charges_key=args.charges_key,
-        charge_key=args.charge_key,
-        spin_key=args.spin_key,
-        subset_key=args.subset_key,
+        **{option: getattr(args, option) for option in KEY_OPTIONS},  # --energy-key ... --subset-key
         subset=args.subset,
         mptrj_energy=args.mptrj_energy,
         min_distance=args.min_distance,

@@ -26,9 +26,21 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from mlip.constants import is_integer
 from mlip.data.graph import DEFAULT_MAX_NEIGHBOURS, DEFAULT_MIN_DISTANCE, structure_to_graph
 from mlip.data.reader import StructureReader, bitmask_to_numbers, numbers_to_bitmask
 from mlip.data.structure import Structure
+
+
+def _per_structure(attribute: str, doc: str) -> cached_property:
+    """A cached (len,) array: the readers' per-structure ``attribute`` over the selection."""
+
+    def values(self) -> np.ndarray:
+        return self._concatenated(attribute)[self._selection]
+
+    values.__name__ = attribute
+    values.__doc__ = doc
+    return cached_property(values)
 
 
 class DatasetSplit(NamedTuple):
@@ -257,40 +269,14 @@ class HDF5Dataset(Dataset):
 
     # ---------------------------------------------------------------- metadata (no atoms read)
 
-    @cached_property
-    def n_atoms(self) -> np.ndarray:
-        """(len,) int64 atoms per structure."""
-        return self._concatenated("n_atoms")[self._selection]
-
-    @cached_property
-    def charge(self) -> np.ndarray:
-        """(len,) int32 total charge."""
-        return self._concatenated("charge")[self._selection]
-
-    @cached_property
-    def spin(self) -> np.ndarray:
-        """(len,) int32 spin multiplicity."""
-        return self._concatenated("spin")[self._selection]
-
-    @cached_property
-    def has_energy(self) -> np.ndarray:
-        return self._concatenated("has_energy")[self._selection]
-
-    @cached_property
-    def has_forces(self) -> np.ndarray:
-        return self._concatenated("has_forces")[self._selection]
-
-    @cached_property
-    def has_stress(self) -> np.ndarray:
-        return self._concatenated("has_stress")[self._selection]
-
-    @cached_property
-    def has_magmom(self) -> np.ndarray:
-        return self._concatenated("has_magmom")[self._selection]
-
-    @cached_property
-    def has_partial_charges(self) -> np.ndarray:
-        return self._concatenated("has_partial_charges")[self._selection]
+    n_atoms = _per_structure("n_atoms", "(len,) int64 atoms per structure.")
+    charge = _per_structure("charge", "(len,) int32 total charge.")
+    spin = _per_structure("spin", "(len,) int32 spin multiplicity.")
+    has_energy = _per_structure("has_energy", "(len,) bool: energy label present.")
+    has_forces = _per_structure("has_forces", "(len,) bool: force labels present.")
+    has_stress = _per_structure("has_stress", "(len,) bool: stress label present.")
+    has_magmom = _per_structure("has_magmom", "(len,) bool: magnetic moments present.")
+    has_partial_charges = _per_structure("has_partial_charges", "(len,) bool: partial charges present.")
 
     @cached_property
     def subset_names(self) -> tuple[str, ...]:
@@ -380,13 +366,14 @@ def _selection(argument: str, noun: str, values, convert) -> list:
 
 def _as_int(value) -> int:
     """An integer selection value; text such as "-1" (from a command line) is accepted."""
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected an integer, got {value!r}") from None
-    if number != value and not isinstance(value, str):
-        raise ValueError(f"expected an integer, got {value!r}")
-    return number
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    elif is_integer(value):
+        return int(value)
+    raise ValueError(f"expected an integer, got {value!r}")
 
 
 def _as_atomic_numbers(elements: Iterable[str | int]) -> list[int]:

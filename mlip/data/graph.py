@@ -9,7 +9,10 @@ so a model sees exactly the same edges in both. The convention, fixed in docs/de
 The list is full (both j -> i and i -> j), holds every pair closer than the cutoff, and has a
 self-pair (i -> i) only towards a periodic image of atom i. Neighbour search is done by vesin
 in `mlip.data.neighbours` (re-exported here: `neighbour_list`, `closest_pair`,
-`check_min_distance`, ...), which also bounds the edges per atom and finds coincident atoms.
+`check_min_distance`, `SkinNeighbourList`, ...), which also bounds the edges per atom and finds
+coincident atoms. The ASE calculator builds its graphs with `atoms_to_graph` from the edges
+of a `SkinNeighbourList` (reused across MD steps), the dataset with `structure_to_graph`; both
+make their input fields in `_input_fields`.
 `structure_to_graph` refuses atoms closer than ``min_distance`` from the lengths of the edges
 it builds anyway, so the check costs no second search.
 
@@ -25,12 +28,14 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from mlip.data import neighbours
 from mlip.data.errors import MLIPDataError
 from mlip.data.neighbours import (
     DEFAULT_MAX_NEIGHBOURS,
     DEFAULT_MIN_DISTANCE,
     AtomPair,
     GeometryError,
+    SkinNeighbourList,
     check_edge_lengths,
     check_min_distance,
     closest_pair,
@@ -40,20 +45,7 @@ from mlip.data.neighbours import (
 from mlip.data.structure import Structure
 from mlip.geometry import edge_vectors
 
-__all__ = [
-    "DEFAULT_MAX_NEIGHBOURS",
-    "DEFAULT_MIN_DISTANCE",
-    "AtomPair",
-    "GeometryError",
-    "atoms_to_graph",
-    "check_edge_lengths",
-    "check_min_distance",
-    "closest_pair",
-    "edge_vectors",
-    "neighbour_list",
-    "neighbour_search",
-    "structure_to_graph",
-]
+__all__ = [*neighbours.__all__, "atoms_to_graph", "edge_vectors", "structure_to_graph"]  # re-exports neighbours
 
 # --------------------------------------------------------------------------------------------
 # Graphs
@@ -81,7 +73,6 @@ def structure_to_graph(
     Geometry problems raise `MLIPDataError` located by ``source`` (the file) and ``index``.
     """
     n_atoms = structure.n_atoms
-    cell = structure.cell if structure.cell is not None else np.zeros((3, 3))
     check_edges = bool(min_distance) and cutoff is not None and cutoff >= min_distance
     if cutoff is None:
         edge_index = np.zeros((2, 0), dtype=np.int64)
@@ -112,15 +103,12 @@ def structure_to_graph(
             )
         return torch.as_tensor(values, dtype=dtype).reshape(shape)
 
+    cell = structure.cell if structure.cell is not None else np.zeros((3, 3))
     return Data(
-        pos=torch.as_tensor(structure.positions, dtype=dtype),
-        z=torch.as_tensor(structure.numbers, dtype=torch.long),
-        cell=torch.as_tensor(cell, dtype=dtype).reshape(1, 3, 3),
-        pbc=torch.as_tensor(structure.pbc, dtype=torch.bool).reshape(1, 3),
-        edge_index=torch.from_numpy(edge_index),
-        shifts=torch.from_numpy(shifts).to(dtype),
-        charge=torch.tensor([structure.charge], dtype=torch.long),
-        spin=torch.tensor([structure.spin], dtype=torch.long),
+        **_input_fields(
+            structure.positions, structure.numbers, cell, structure.pbc, edge_index, shifts,
+            structure.charge, structure.spin, dtype,
+        ),
         energy=label("energy", (1,)),
         forces=label("forces", (n_atoms, 3)),
         stress=label("stress", (1, 3, 3)),
@@ -132,19 +120,48 @@ def structure_to_graph(
     )
 
 
+def _input_fields(positions, numbers, cell, pbc, edge_index, shifts, charge: int, spin: int, dtype) -> dict:
+    """The model inputs of a graph (docs/design.md): pos, z, cell, pbc, edge_index, shifts,
+    charge, spin, as tensors."""
+    return {
+        "pos": torch.as_tensor(positions, dtype=dtype),
+        "z": torch.as_tensor(numbers, dtype=torch.long),
+        "cell": torch.as_tensor(cell, dtype=dtype).reshape(1, 3, 3),
+        "pbc": torch.as_tensor(pbc, dtype=torch.bool).reshape(1, 3),
+        "edge_index": torch.as_tensor(edge_index, dtype=torch.long),
+        "shifts": torch.as_tensor(shifts, dtype=dtype),
+        "charge": torch.tensor([charge], dtype=torch.long),
+        "spin": torch.tensor([spin], dtype=torch.long),
+    }
+
+
 def atoms_to_graph(
     atoms,
     cutoff: float | None,
     dtype: torch.dtype = torch.float32,
     charge: int | None = None,
     spin: int | None = None,
+    *,
+    edges: tuple[np.ndarray, np.ndarray] | None = None,
+    labels: bool = True,
 ) -> Data:
     """An `ase.Atoms` as an unlabelled graph, for the ASE calculator.
 
     Total charge and spin multiplicity default to ``atoms.info["charge"]`` / ``["spin"]``, else
     0 / 1. Labels are never read from ``atoms.calc`` (that would call the calculator being
-    served), so energy, forces and stress are NaN with masks False.
+    served), so energy, forces and stress are NaN with masks False; ``labels=False`` leaves
+    them (and subset, structure_id) out, giving only the inputs a `Potential` reads (what the
+    calculator evaluates). ``edges`` (edge_index (2, E), shifts (E, 3)), e.g. from a
+    `SkinNeighbourList`, are used instead of a neighbour search within ``cutoff``.
     """
+    if charge is None:
+        charge = int(atoms.info.get("charge", 0))
+    if spin is None:
+        spin = int(atoms.info.get("spin", 1))
+    if not labels:  # the calculator's hot path: tensors straight from the Atoms' arrays
+        if edges is None:
+            edges = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
+        return Data(**_input_fields(atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc, *edges, charge, spin, dtype))
     cell = np.asarray(atoms.cell.array, dtype=np.float64)
     pbc = np.asarray(atoms.pbc, dtype=bool)
     structure = Structure(
@@ -152,9 +169,13 @@ def atoms_to_graph(
         positions=atoms.positions,
         cell=None if (not pbc.any() and not cell.any()) else cell,
         pbc=pbc,
-        charge=int(atoms.info.get("charge", 0)) if charge is None else charge,
-        spin=int(atoms.info.get("spin", 1)) if spin is None else spin,
+        charge=charge,
+        spin=spin,
         id=str(atoms.info.get("id", "")),
         subset=str(atoms.info.get("subset", "")),
     )
-    return structure_to_graph(structure, cutoff, dtype=dtype)
+    graph = structure_to_graph(structure, cutoff if edges is None else None, dtype=dtype)
+    if edges is not None:
+        graph.edge_index = torch.as_tensor(edges[0], dtype=torch.long)
+        graph.shifts = torch.as_tensor(edges[1], dtype=dtype)
+    return graph

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mlip.data.errors import MLIPDataError
+from mlip.data.schema import degenerate_lattice
 from mlip.data.structure import Structure
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_MIN_DISTANCE",
     "AtomPair",
     "GeometryError",
+    "SkinNeighbourList",
     "check_edge_lengths",
     "check_min_distance",
     "closest_pair",
@@ -236,7 +238,7 @@ def _validated_geometry(positions, cell, pbc, cutoff) -> tuple[np.ndarray, np.nd
         raise GeometryError("cell", "cell contains NaN or infinite values")
 
     periodic_vectors = cell[pbc]  # (n_periodic, 3)
-    if len(periodic_vectors) and _is_degenerate(periodic_vectors):
+    if degenerate_lattice(periodic_vectors):
         raise GeometryError(
             "cell",
             f"the periodic cell vectors are zero or linearly dependent (pbc={pbc.tolist()}, "
@@ -245,13 +247,75 @@ def _validated_geometry(positions, cell, pbc, cutoff) -> tuple[np.ndarray, np.nd
     return positions, cell, pbc
 
 
-def _is_degenerate(vectors: np.ndarray) -> bool:
-    """True when the rows of `vectors` (k, 3) do not span a k-dimensional lattice."""
-    lengths = np.linalg.norm(vectors, axis=1)
-    if (lengths == 0).any():
-        return True
-    singular_values = np.linalg.svd(vectors / lengths[:, None], compute_uv=False)
-    return bool(singular_values[-1] < 1e-8)
+# --------------------------------------------------------------------------------------------
+# A neighbour list reused across steps (MD, relaxation)
+# --------------------------------------------------------------------------------------------
+
+
+class SkinNeighbourList:
+    """Pairs within ``cutoff`` of a changing configuration, searched within cutoff + ``skin``
+    and reused while no atom moved more than skin/2 (a Verlet list).
+
+    If no atom moved more than skin/2 since the search, no pair can have closed in from beyond
+    cutoff + skin to inside the cutoff, so the stored pairs filtered by their current length are
+    exactly the pairs a fresh `neighbour_list` would give (up to order). A change of the atomic
+    numbers, cell or pbc triggers a new search; ``skin=0`` searches whenever anything moved.
+
+        neighbours = SkinNeighbourList(cutoff=5.0, skin=0.5)
+        edge_index, shifts, squared_lengths = neighbours.search(positions, cell, pbc, numbers)
+
+    ``builds`` counts the searches done. The arguments of `search` are as for `neighbour_list`.
+    """
+
+    def __init__(
+        self, cutoff: float, skin: float = 0.5, *, max_neighbours: float | None = DEFAULT_MAX_NEIGHBOURS
+    ) -> None:
+        if not skin >= 0:
+            raise ValueError(f"skin must be >= 0 Å, got {skin}")
+        self.cutoff = float(cutoff)
+        self.skin = float(skin)
+        self.max_neighbours = max_neighbours
+        self.builds = 0
+        self._reference_positions: np.ndarray | None = None
+        self._cell = self._pbc = self._numbers = None
+        self._edge_index = np.zeros((2, 0), dtype=np.int64)
+        self._shifts = np.zeros((0, 3))
+
+    def needs_rebuild(self, positions: np.ndarray, cell: np.ndarray, pbc, numbers) -> bool:
+        """Whether `search` would search again for this configuration."""
+        if self._reference_positions is None or len(numbers) != len(self._numbers):
+            return True
+        if not np.array_equal(numbers, self._numbers):
+            return True
+        if not np.array_equal(pbc, self._pbc) or not np.array_equal(cell, self._cell):
+            return True
+        displacement = np.linalg.norm(positions - self._reference_positions, axis=1)
+        return bool(displacement.max() > 0.5 * self.skin)
+
+    def search(
+        self, positions: np.ndarray, cell: np.ndarray, pbc, numbers
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The pairs (j -> i) closer than the cutoff: edge_index (2, E) int64 (row 0 = j, row 1 =
+        i), shifts (E, 3) float64 integer cell multiples, and squared lengths (E,) Å²."""
+        if self.needs_rebuild(positions, cell, pbc, numbers):
+            edge_index, shifts = neighbour_list(
+                positions, cell, pbc, self.cutoff + self.skin, max_neighbours=self.max_neighbours
+            )
+            self._edge_index, self._shifts = edge_index, shifts.astype(np.float64)
+            self._reference_positions = np.array(positions, dtype=np.float64)
+            self._cell, self._pbc, self._numbers = np.array(cell), np.array(pbc), np.array(numbers)
+            self.builds += 1
+        vectors = edge_vectors_numpy(positions, cell, self._edge_index, self._shifts)
+        squared_lengths = np.einsum("ij,ij->i", vectors, vectors)
+        inside = squared_lengths < self.cutoff * self.cutoff
+        return self._edge_index[:, inside], self._shifts[inside], squared_lengths[inside]
+
+
+def edge_vectors_numpy(positions: np.ndarray, cell: np.ndarray, edge_index: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """(E, 3) Å: pos[j] - pos[i] + shift @ cell for the edges (j -> i); NumPy twin of
+    `mlip.geometry.edge_vectors` for one structure (no gradients)."""
+    senders, receivers = edge_index
+    return positions[senders] - positions[receivers] + shifts @ cell
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,13 +20,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from mlip.constants import MAX_ATOMIC_NUMBER
 from mlip.data.errors import MLIPDataError
 from mlip.data.schema import (
     ATOM_FIELDS,
     FIELDS,
     LABEL_FIELDS,
     INTEGER_RANGES,
-    MAX_ATOMIC_NUMBER,
     OFFSETS_PATH,
     STRUCTURE_FIELDS,
     check_header,
@@ -256,25 +256,11 @@ class StructureReader:
     def __repr__(self) -> str:
         return f"StructureReader({str(self.path)!r}, n_structures={self.n_structures}, n_atoms={self.n_total_atoms})"
 
-    @property
-    def has_energy(self) -> np.ndarray:
-        return self.masks["energy"]
-
-    @property
-    def has_forces(self) -> np.ndarray:
-        return self.masks["forces"]
-
-    @property
-    def has_stress(self) -> np.ndarray:
-        return self.masks["stress"]
-
-    @property
-    def has_magmom(self) -> np.ndarray:
-        return self.masks["magmom"]
-
-    @property
-    def has_partial_charges(self) -> np.ndarray:
-        return self.masks["partial_charges"]
+    has_energy = property(lambda self: self.masks["energy"], doc="(S,) bool: energy label present.")
+    has_forces = property(lambda self: self.masks["forces"], doc="(S,) bool: force labels present.")
+    has_stress = property(lambda self: self.masks["stress"], doc="(S,) bool: stress label present.")
+    has_magmom = property(lambda self: self.masks["magmom"], doc="(S,) bool: magnetic moments present.")
+    has_partial_charges = property(lambda self: self.masks["partial_charges"], doc="(S,) bool: partial charges present.")
 
     @property
     def subset_codes(self) -> np.ndarray:
@@ -331,7 +317,7 @@ class StructureReader:
             if numbers.min() < 1 or numbers.max() > MAX_ATOMIC_NUMBER:
                 bad_atom = atom_start + int(np.flatnonzero((numbers < 1) | (numbers > MAX_ATOMIC_NUMBER))[0])
                 raise MLIPDataError(
-                    "unknown element (atomic number outside 1..118)",
+                    f"unknown element (atomic number outside 1..{MAX_ATOMIC_NUMBER})",
                     self.path,
                     index=self._structure_of_atom(bad_atom),
                     field="numbers",
@@ -478,7 +464,7 @@ class StructureReader:
         numbers = atoms["numbers"].astype(np.int64)
         if numbers.min() < 1 or numbers.max() > MAX_ATOMIC_NUMBER:
             raise MLIPDataError(
-                "unknown element (atomic number outside 1..118)",
+                f"unknown element (atomic number outside 1..{MAX_ATOMIC_NUMBER})",
                 self.path,
                 index=index,
                 structure_id=structure_id,

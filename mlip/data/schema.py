@@ -17,10 +17,12 @@ the truth; NaN is only a safety net so that a missing label can never be read as
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from mlip.constants import MAX_ATOMIC_NUMBER, is_integer
 from mlip.data.errors import MLIPDataError
 from mlip.data.structure import Structure
 
@@ -28,7 +30,6 @@ FORMAT_NAME = "mlip-hdf5"
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 
-MAX_ATOMIC_NUMBER = 118
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 #: Largest |total charge| (e) a structure may have. Generous for real systems (highly charged
@@ -44,6 +45,9 @@ MAX_MULTIPLICITY = 101
 INTEGER_RANGES = {"charge": (-MAX_ABS_CHARGE, MAX_ABS_CHARGE), "spin": (1, MAX_MULTIPLICITY)}
 #: A cell whose volume is below this fraction of the product of its vector lengths is flat.
 _FLAT_CELL_TOLERANCE = 1e-8
+#: Periodic lattice vectors shorter than this (Å) are zero; unit vectors along them whose
+#: smallest singular value is below this are linearly dependent.
+_DEGENERATE_LATTICE_TOLERANCE = 1e-8
 
 ATOMS_GROUP = "atoms"
 STRUCTURES_GROUP = "structures"
@@ -96,7 +100,7 @@ class Field:
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("numbers", ATOMS_GROUP, "int16", (), "", False, "atomic number Z (1..118)"),
+    Field("numbers", ATOMS_GROUP, "int16", (), "", False, f"atomic number Z (1..{MAX_ATOMIC_NUMBER})"),
     Field("positions", ATOMS_GROUP, "float64", (3,), "Angstrom", False, "Cartesian positions"),
     Field("forces", ATOMS_GROUP, "float64", (3,), "eV/Angstrom", True, "forces, -dE/dr"),
     Field("magmom", ATOMS_GROUP, "float64", (), "mu_B", True, "atomic magnetic moments"),
@@ -191,7 +195,7 @@ def validate_structure(structure: Structure, index: int, source: str) -> None:
     from (or goes to); both appear in the error message together with the offending field.
 
     Checked: required fields present; array shapes; finite positions, cell and labels; atomic
-    numbers in 1..118; per-atom arrays as long as ``numbers``; periodic directions backed by
+    numbers in 1..`MAX_ATOMIC_NUMBER`; per-atom arrays as long as ``numbers``; periodic directions backed by
     non-zero, linearly independent lattice vectors; stress only for periodic structures whose
     cell has a volume; integer charge with |charge| <= `MAX_ABS_CHARGE`; integer spin
     multiplicity in 1..`MAX_MULTIPLICITY`; string id and subset.
@@ -220,7 +224,7 @@ def validate_structure(structure: Structure, index: int, source: str) -> None:
         fail("numbers", f"atomic numbers must be integers, got dtype {numbers.dtype}")
     if numbers.min() < 1 or numbers.max() > MAX_ATOMIC_NUMBER:
         bad = numbers[(numbers < 1) | (numbers > MAX_ATOMIC_NUMBER)]
-        fail("numbers", f"unknown element: atomic number(s) {sorted(set(bad.tolist()))} outside 1..118")
+        fail("numbers", f"unknown element: atomic number(s) {sorted(set(bad.tolist()))} outside 1..{MAX_ATOMIC_NUMBER}")
 
     _check_float_array(structure.positions, (n_atoms, 3), "positions", fail, required=True)
     _check_float_array(structure.forces, (n_atoms, 3), "forces", fail)
@@ -279,20 +283,35 @@ def _check_periodic_cell(cell, pbc: np.ndarray, fail) -> None:
         return
     if cell is None:
         fail("cell", f"pbc is {pbc.tolist()} but the structure has no cell")
-    periodic_vectors = np.asarray(cell)[pbc]  # (n_periodic, 3)
-    lengths = np.linalg.norm(periodic_vectors, axis=1)
-    if (lengths < 1e-8).any():
+    problem = degenerate_lattice(np.asarray(cell)[pbc])
+    if problem == "zero":
         fail("cell", f"pbc is {pbc.tolist()} but a periodic lattice vector is zero: {np.asarray(cell).tolist()}")
-    singular_values = np.linalg.svd(periodic_vectors, compute_uv=False)
-    if singular_values.min() < 1e-8 * singular_values.max():
+    if problem == "dependent":
         fail("cell", f"periodic lattice vectors are linearly dependent (singular cell): {np.asarray(cell).tolist()}")
 
 
 def _check_integer(value, name: str, fail) -> None:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    if not is_integer(value):
         fail(name, f"expected an integer, got {value!r}")
     if not _INT32_MIN <= value <= _INT32_MAX:
         fail(name, f"{value} does not fit the stored int32")
+
+
+def degenerate_lattice(vectors) -> str | None:
+    """Whether the periodic lattice vectors ``vectors`` (k, 3) Å fail to span a k-dimensional
+    lattice: ``"zero"`` (a vector of zero length), ``"dependent"`` (linearly dependent), or None.
+
+    The one cell check of the data layer: the schema validation and the neighbour search
+    (`mlip.data.neighbours`) both ask it, each wording its own message.
+    """
+    vectors = np.asarray(vectors, dtype=np.float64).reshape(-1, 3)
+    if vectors.shape[0] == 0:
+        return None
+    lengths = np.linalg.norm(vectors, axis=1)
+    if (lengths < _DEGENERATE_LATTICE_TOLERANCE).any():
+        return "zero"
+    singular_values = np.linalg.svd(vectors / lengths[:, None], compute_uv=False)
+    return "dependent" if singular_values[-1] < _DEGENERATE_LATTICE_TOLERANCE else None
 
 
 def zero_volume_reason(cell) -> str | None:
@@ -303,13 +322,14 @@ def zero_volume_reason(cell) -> str | None:
     """
     if cell is None:
         return "the structure has no cell (stress needs a cell volume)"
-    cell = np.asarray(cell, dtype=np.float64)
-    lengths = np.linalg.norm(cell, axis=1)
-    volume = abs(float(np.linalg.det(cell)))
-    if lengths.min() == 0.0 or volume <= _FLAT_CELL_TOLERANCE * float(np.prod(lengths)):
+    rows = np.asarray(cell, dtype=np.float64).reshape(3, 3).tolist()  # plain floats: the MD hot path asks
+    (a1, a2, a3), (b1, b2, b3), (c1, c2, c3) = rows
+    volume = abs(a1 * (b2 * c3 - b3 * c2) - a2 * (b1 * c3 - b3 * c1) + a3 * (b1 * c2 - b2 * c1))
+    lengths = [math.sqrt(x * x + y * y + z * z) for x, y, z in rows]
+    if min(lengths) == 0.0 or volume <= _FLAT_CELL_TOLERANCE * lengths[0] * lengths[1] * lengths[2]:
         return (
             f"the cell has zero volume ({volume:.3g} Å³; stress needs a cell volume: give the "
-            f"non-periodic direction a vacuum vector): {cell.tolist()}"
+            f"non-periodic direction a vacuum vector): {rows}"
         )
     return None
 

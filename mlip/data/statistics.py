@@ -33,8 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mlip.data.graph import neighbour_list
+from mlip.constants import MAX_ATOMIC_NUMBER
+from mlip.data.neighbours import neighbour_list
 from mlip.data.structure import Structure
+from mlip.files import atomic_write
 
 __all__ = ["STATISTICS_VERSION", "DatasetStatistics", "compute_statistics"]
 
@@ -44,7 +46,7 @@ logger = logging.getLogger(__name__)
 STATISTICS_VERSION = 1
 #: Ridge added to the diagonal of AᵀA, relative to its mean diagonal entry.
 RIDGE_FRACTION = 1e-10
-_N_ATOMIC_NUMBERS = 119  # 0..118
+_N_ATOMIC_NUMBERS = MAX_ATOMIC_NUMBER + 1  # 0..118
 _CHUNK_STRUCTURES = 2048  # structures folded into the accumulators at once
 _READ_BATCH = 256  # structures per read from datasets that support batched reads
 _CACHE_DIRECTORY_NAME = ".mlip_cache"
@@ -194,7 +196,7 @@ class StatisticsAccumulator:
         n_atoms = structure.n_atoms
         counts = np.bincount(structure.numbers, minlength=_N_ATOMIC_NUMBERS)
         if counts.shape[0] > _N_ATOMIC_NUMBERS:
-            raise ValueError(f"structure {structure.id!r}: atomic number above 118")
+            raise ValueError(f"structure {structure.id!r}: atomic number above {MAX_ATOMIC_NUMBER}")
         self.n_structures += 1
         self.n_atoms += n_atoms
         self.atoms_per_element += counts
@@ -387,16 +389,5 @@ def _write_cache(dataset, key: str, statistics: DatasetStatistics) -> None:
 
 def _write_json_atomically(path: Path, values: dict) -> None:
     """Write JSON to a temporary file in the target directory, then rename it into place."""
-    from mlip.data.writer import sweep_stale_temporaries, temporary_path_for
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temporaries(path)  # left by a killed run
-    temporary = temporary_path_for(path)
-    try:
-        with open(temporary, "x") as stream:
-            json.dump(values, stream, indent=2)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
+    with atomic_write(path) as stream:
+        json.dump(values, stream, indent=2)

@@ -18,6 +18,7 @@ process, on this host, no longer exists (`sweep_stale_temporaries`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,7 +40,7 @@ from mlip.data.schema import (
     validate_structure,
 )
 from mlip.data.structure import Structure
-from mlip.files import sweep_stale_temporaries, temporary_path_for
+from mlip.files import atomic_path, sweep_stale_temporaries, temporary_path_for  # noqa: F401 (re-exported)
 
 DEFAULT_CHUNK_STRUCTURES = 256
 DEFAULT_CHUNK_ATOMS = 1024
@@ -102,6 +103,7 @@ class StructureWriter:
         self._buffer_atoms = int(buffer_atoms)
         self._file: h5py.File | None = None
         self._temporary_path: Path | None = None
+        self._rename = contextlib.ExitStack()  # holds `atomic_path`: closing it renames the file
         self._buffer: list[Structure] = []
         self._buffered_atoms = 0
         self._n_structures = 0  # written to disk
@@ -127,9 +129,7 @@ class StructureWriter:
         if self._closed:
             raise RuntimeError(f"writer for {self.path} is already closed")
         self._refuse_to_clobber()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        sweep_stale_temporaries(self.path)
-        self._temporary_path = temporary_path_for(self.path)
+        self._temporary_path = self._rename.enter_context(atomic_path(self.path))
         self._file = h5py.File(self._temporary_path, "x")
         try:
             self._create_datasets()
@@ -148,7 +148,7 @@ class StructureWriter:
             self._file.attrs["n_atoms"] = np.int64(self._n_atoms)
             self._file.close()
             self._refuse_to_clobber()
-            os.replace(self._temporary_path, self.path)
+            self._rename.close()  # the rename onto self.path
         except BaseException:
             self.abort()
             raise
@@ -163,8 +163,7 @@ class StructureWriter:
             except Exception:  # noqa: BLE001 - the file is being thrown away anyway
                 pass
             self._file = None
-        if self._temporary_path is not None and self._temporary_path.exists():
-            self._temporary_path.unlink()
+        self._rename.__exit__(RuntimeError, RuntimeError("aborted"), None)  # deletes the temporary file
         self._buffer.clear()
         self._closed = True
 
