@@ -3,7 +3,7 @@
 An exported file is a plain ``torch.save`` dict (readable with ``weights_only=True``) holding
 everything needed to rebuild the model without the Hydra run directory or the training data:
 
-    format, format_version       "mlip-model", 1
+    format, format_version       "mlip-model", 2 (1 still loads)
     potential_config             `Potential.config`: backbone hyperparameters (with the
                                  registry `name` and class path `_target_` of the backbone),
                                  elements, reference energies, scale, shift, cutoff, ...
@@ -30,9 +30,10 @@ from typing import Any
 import torch
 
 from mlip.constants import DTYPES
+from mlip.files import atomic_write
 
 FORMAT = "mlip-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shared backbone embedding (`embedding.*` weights); version-1 files are upgraded on load
 
 
 def _plain(value: Any) -> Any:
@@ -83,7 +84,6 @@ def export_model(
     The file is written to a temporary name and renamed, so a crash never leaves half a model.
     """
     from mlip import __version__
-    from mlip.train.checkpoint import atomic_torch_save
 
     potential = _evaluation_potential(model)
     if not hasattr(potential, "config"):
@@ -104,7 +104,8 @@ def export_model(
         "torch_version": str(torch.__version__),
     }
     path = Path(path)
-    atomic_torch_save(payload, path)
+    with atomic_write(path, "wb", fsync=True) as handle:
+        torch.save(payload, handle)
     return path
 
 
@@ -129,16 +130,47 @@ def read_export(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu"):
+# state-dict names of the backbones' initial embedding before the shared `NodeEmbedding` (files written
+# before it keep loading): old name -> new name
+_LEGACY_EMBEDDING_NAMES = {
+    "backbone.species_embedding.weight": "backbone.embedding.species.weight",
+    "backbone.condition_projection.weight": "backbone.embedding.condition.weight",  # MACE-like, TransIP
+    "backbone.condition_embedding.weight": "backbone.embedding.condition.weight",  # Facet
+}
+
+
+def _upgrade_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights of a file written before the shared `NodeEmbedding`, renamed to today's layout.
+
+    Facet's old condition projection had a bias b; h = E[Z] + W c + b = (E[Z] + b) + W c, so b is
+    folded exactly into every row of the species table (the shared rule has no bias).
+    """
+    if not any(name in state_dict for name in _LEGACY_EMBEDDING_NAMES):
+        return state_dict
+    upgraded = {_LEGACY_EMBEDDING_NAMES.get(name, name): tensor for name, tensor in state_dict.items()}
+    bias = upgraded.pop("backbone.condition_embedding.bias", None)
+    if bias is not None:
+        upgraded["backbone.embedding.species.weight"] = upgraded["backbone.embedding.species.weight"] + bias
+    return upgraded
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None):
     """Rebuild the `Potential` stored by `export_model` (in eval mode, on ``device``).
 
+    The model is *built* in ``dtype`` (None: the file's dtype), not built in float32 and cast
+    (see `mlip.models.build`): a float64 model equals one built directly in float64, buffers
+    included; the stored weights are converted into it.
     Only registered backbones are built (see the module docstring): a file naming anything else
-    raises `mlip.models.potential.UnregisteredBackboneError` before anything is imported or called.
+    raises `mlip.models.build.UnregisteredBackboneError` before anything is imported or called.
+    Files written before the shared backbone embedding load too (`_upgrade_state_dict`).
     """
-    from mlip.models.potential import Potential
+    from mlip.models.build import potential_from_config
 
     payload = read_export(path)
-    potential = Potential.from_config(payload.get("potential_config"), where=f"mlip.load: {path}: potential_config")
-    potential = potential.to(DTYPES[payload["dtype"]])
-    potential.load_state_dict(payload["state_dict"])
+    potential = potential_from_config(
+        payload.get("potential_config"),
+        dtype=DTYPES[payload["dtype"]] if dtype is None else dtype,
+        where=f"mlip.load: {path}: potential_config",
+    )
+    potential.load_state_dict(_upgrade_state_dict(payload["state_dict"]))
     return potential.to(device).eval()

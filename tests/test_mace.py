@@ -12,15 +12,18 @@ from mlip.models.backbones.mace import (
     channelwise_irreps,
     to_channels,
 )
+from mlip.models.build import default_dtype
 from mlip.nn.radial import BesselBasis, PolynomialEnvelope, RadialEmbedding
 
 CUTOFF = 3.0
 
 
 @pytest.fixture(autouse=True)
-def float64_and_seed(float64_default):
+def float64_and_seed():
     """Build and run in float64 (e3nn bakes its Clebsch-Gordan constants in the default dtype)."""
     torch.manual_seed(0)
+    with default_dtype(torch.float64):
+        yield
 
 
 def tiny_backbone(**overrides) -> MACEBackbone:
@@ -198,6 +201,7 @@ def test_spline_radial_variant_is_smooth_at_the_cutoff_and_differentiable():
     """radial="spline" replaces Bessel basis + radial MLP by one cubic spline per tensor-product weight."""
     backbone = tiny_backbone(radial="spline", num_spline_knots=6)
     assert not hasattr(backbone.layers[0], "radial_mlp") and backbone.radial_embedding is None
+    assert backbone.spline_basis.num_intervals == 6  # the backbone's own basis, shared by the layers' splines
     inputs = random_inputs()
 
     def energy(vectors):

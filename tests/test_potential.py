@@ -1,8 +1,10 @@
-"""Physics of `Potential` + MACE backbone in float64: symmetries, derivatives, references, batching."""
+"""`Potential` itself: stress of molecules, charge/spin, unknown elements, precision, direct forces,
+training mode, the backbone contract it checks, building and loading in a given dtype.
+
+The physics every backbone must satisfy through `Potential` (symmetries, derivatives, cutoff,
+isolated atoms, batching) is tests/test_backbone_contract.py (mlip.testing)."""
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import pytest
@@ -10,9 +12,13 @@ import torch
 from scipy.spatial.transform import Rotation
 from torch_geometric.data import Batch
 
+import mlip
 from mlip.data.graph import structure_to_graph
 from mlip.data.structure import Structure
-from mlip.models import BACKBONES, MACEBackbone, Potential, build_potential
+from mlip.export import export_model, load
+from mlip.models import MACEBackbone, Potential, build_potential
+from mlip.models.backbones import FacetBackbone, NodeEmbedding, TransIPBackbone
+from mlip.models.build import default_dtype, potential_from_config, rebuild
 
 CUTOFF = 3.0  # Å
 ELEMENTS = [1, 6, 8, 14]
@@ -21,10 +27,8 @@ SCALE, SHIFT = 1.7, -0.3  # eV, eV/atom
 
 
 def make_potential(dtype=torch.float64, conditioning=True, direct_forces=False, correlation=3, num_layers=2):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # e3nn bakes Clebsch-Gordan constants in the default dtype
-    try:
-        torch.manual_seed(0)
+    torch.manual_seed(0)
+    with default_dtype(dtype):  # built in its precision (e3nn bakes its constants in the default dtype)
         backbone = MACEBackbone(
             num_elements=len(ELEMENTS),
             cutoff=CUTOFF,
@@ -36,7 +40,7 @@ def make_potential(dtype=torch.float64, conditioning=True, direct_forces=False, 
             radial_mlp=[16],
             avg_num_neighbors=3.0,
         )
-        potential = Potential(
+        return Potential(
             backbone,
             ELEMENTS,
             ATOMIC_ENERGIES,
@@ -48,9 +52,6 @@ def make_potential(dtype=torch.float64, conditioning=True, direct_forces=False, 
             direct_forces=direct_forces,
             readout_hidden=[8],
         )
-    finally:
-        torch.set_default_dtype(previous)
-    return potential.to(dtype)
 
 
 @pytest.fixture(scope="module")
@@ -87,108 +88,11 @@ ROTATION = Rotation.from_euler("zyx", [0.7, -1.1, 2.3]).as_matrix()
 REFLECTION = np.diag([1.0, -1.0, 1.0]) @ ROTATION
 
 
-@pytest.mark.parametrize("name", ["molecule", "crystal"])
-def test_energy_invariant_under_rotation_translation_reflection(potential, name, request):
-    structure = request.getfixturevalue(name)
-    reference = energy(potential, structure)
-    assert abs(energy(potential, transformed(structure, ROTATION)) - reference) < 1e-10
-    assert abs(energy(potential, transformed(structure, np.eye(3), np.array([0.3, -2.0, 5.1]))) - reference) < 1e-10
-    assert abs(energy(potential, transformed(structure, REFLECTION)) - reference) < 1e-10
-
-
-@pytest.mark.parametrize("name", ["molecule", "crystal"])
-def test_energy_invariant_under_permutation(potential, name, request, rng):
-    structure = request.getfixturevalue(name)
-    order = rng.permutation(structure.n_atoms)
-    permuted = Structure(
-        numbers=structure.numbers[order], positions=structure.positions[order], cell=structure.cell, pbc=structure.pbc
-    )
-    reference = potential(graph(structure))
-    result = potential(graph(permuted))
-    assert abs(float(result["energy"][0].detach() - reference["energy"][0].detach())) < 1e-10
-    torch.testing.assert_close(result["forces"], reference["forces"][order], atol=1e-10, rtol=0)
-
-
-@pytest.mark.parametrize("name", ["molecule", "crystal"])
-def test_forces_rotate_with_the_structure(potential, name, request):
-    structure = request.getfixturevalue(name)
-    forces = potential(graph(structure))["forces"].detach().numpy()
-    for matrix in (ROTATION, REFLECTION):
-        moved = potential(graph(transformed(structure, matrix)))["forces"].detach().numpy()
-        np.testing.assert_allclose(moved, forces @ matrix.T, atol=1e-10)
-    assert np.abs(forces).max() > 1e-4, "forces are trivially zero: the test would prove nothing"
-
-
-@pytest.mark.parametrize("name", ["molecule", "crystal"])
-def test_forces_equal_finite_differences(potential, name, request):
-    structure = request.getfixturevalue(name)
-    forces = potential(graph(structure))["forces"].detach().numpy()
-    step = 1e-4  # Å; smaller steps drown in round-off of the ~1e4 eV total energy
-    numerical = np.zeros_like(forces)
-    for atom in range(structure.n_atoms):
-        for axis in range(3):
-            plus, minus = structure.positions.copy(), structure.positions.copy()
-            plus[atom, axis] += step
-            minus[atom, axis] -= step
-            e_plus = energy(potential, Structure(structure.numbers, plus, structure.cell, structure.pbc))
-            e_minus = energy(potential, Structure(structure.numbers, minus, structure.cell, structure.pbc))
-            numerical[atom, axis] = -(e_plus - e_minus) / (2 * step)
-    np.testing.assert_allclose(forces, numerical, atol=1e-7)
-    assert np.abs(forces).max() > 1e-4
-
-
-def test_forces_sum_to_zero(potential, molecule, crystal):
-    for structure in (molecule, crystal):
-        forces = potential(graph(structure))["forces"]
-        assert float(forces.sum(dim=0).abs().max()) < 1e-10
-
-
-def test_stress_equals_strain_derivative_of_energy(potential, crystal):
-    out = potential(graph(crystal), compute_stress=True)
-    stress = out["stress"][0].detach().numpy()
-    volume = abs(np.linalg.det(crystal.cell))
-    step = 1e-4
-    numerical = np.zeros((3, 3))
-    for i in range(3):
-        for j in range(3):
-            strain = np.zeros((3, 3))
-            strain[i, j] += step / 2
-            strain[j, i] += step / 2  # symmetric strain: dE/dε_ij = V (σ_ij + σ_ji) / 2 = V σ_ij
-            e_plus = energy(potential, strained(crystal, strain))
-            e_minus = energy(potential, strained(crystal, -strain))
-            numerical[i, j] = (e_plus - e_minus) / (2 * step) / volume
-    np.testing.assert_allclose(stress, numerical, atol=1e-8)
-    np.testing.assert_allclose(stress, stress.T, atol=1e-12)
-    np.testing.assert_allclose(out["virials"][0].detach().numpy(), -stress * volume, atol=1e-10)
-    assert np.abs(stress).max() > 1e-5
-
-
 def test_stress_is_nan_for_molecules_only(potential, molecule, crystal):
     batch = Batch.from_data_list([structure_to_graph(s, CUTOFF, torch.float64) for s in (molecule, crystal)])
     stress = potential(batch, compute_stress=True)["stress"]
     assert torch.isnan(stress[0]).all()
     assert torch.isfinite(stress[1]).all()
-
-
-def test_energy_is_smooth_when_an_atom_crosses_the_cutoff(potential):
-    """A dimer: E(r) -> E(isolated atoms) as r -> cutoff, with vanishing force (C1/C2 envelope)."""
-
-    def dimer(distance: float) -> Structure:
-        return Structure(numbers=[8, 1], positions=[[0.0, 0.0, 0.0], [distance, 0.0, 0.0]])
-
-    isolated = sum(ATOMIC_ENERGIES[z] + SHIFT for z in (8, 1))
-    inside = potential(graph(dimer(CUTOFF - 1e-3)))
-    outside = potential(graph(dimer(CUTOFF + 1e-3)))
-    assert float(outside["energy"][0]) == pytest.approx(isolated, abs=1e-12)
-    assert abs(float(inside["energy"][0]) - isolated) < 1e-7
-    assert float(inside["forces"].abs().max()) < 1e-5
-    # deeper inside the interaction is real (otherwise this test would be vacuous)
-    assert abs(energy(potential, dimer(CUTOFF - 0.5)) - isolated) > 1e-4
-    # E - E_isolated ~ (r_c - r)^4 near the cutoff (Bessel functions vanish linearly there, the
-    # envelope cubically): halving the distance to the cutoff divides it by ~16
-    near = energy(potential, dimer(CUTOFF - 2e-2)) - isolated
-    nearer = energy(potential, dimer(CUTOFF - 1e-2)) - isolated
-    assert 13.0 < near / nearer < 19.0
 
 
 def test_charge_and_spin_change_energy_only_with_conditioning(molecule):
@@ -203,26 +107,6 @@ def test_charge_and_spin_change_energy_only_with_conditioning(molecule):
     assert np.abs(with_conditioning[1:] - with_conditioning[0]).min() > 1e-6
     without = energies(make_potential(conditioning=False))
     np.testing.assert_array_equal(without, without[0])
-
-
-def test_isolated_atom_energy_is_reference_plus_shift(potential):
-    for z in ELEMENTS:
-        for charge in (0, 1):
-            atom = Structure(numbers=[z], positions=[[0.1, 0.2, 0.3]], charge=charge, spin=2)
-            out = potential(graph(atom), compute_stress=False)
-            assert float(out["energy"][0]) == pytest.approx(ATOMIC_ENERGIES[z] + SHIFT, abs=1e-12)
-            assert float(out["forces"].abs().max()) == 0.0
-
-
-def test_batch_equals_individual_structures(potential, molecule, crystal):
-    batch = Batch.from_data_list([structure_to_graph(s, CUTOFF, torch.float64) for s in (molecule, crystal)])
-    together = potential(batch, compute_stress=True)
-    singles = [potential(graph(s), compute_stress=True) for s in (molecule, crystal)]
-    torch.testing.assert_close(together["energy"], torch.cat([s["energy"] for s in singles]), atol=1e-10, rtol=0)
-    torch.testing.assert_close(together["forces"], torch.cat([s["forces"] for s in singles]), atol=1e-10, rtol=0)
-    torch.testing.assert_close(together["stress"][1], singles[1]["stress"][0], atol=1e-10, rtol=0)
-    with torch.no_grad():  # forces are still -dE/dr under no_grad (validation, MD)
-        torch.testing.assert_close(potential(batch)["forces"], together["forces"], atol=1e-12, rtol=0)
 
 
 def test_unknown_element_is_a_clear_error(potential):
@@ -243,7 +127,8 @@ def test_float32_path_runs(molecule, crystal):
     out = potential(batch, compute_stress=True)
     assert out["energy"].dtype == torch.float32 and out["forces"].dtype == torch.float32
     assert torch.isfinite(out["forces"]).all() and torch.isfinite(out["stress"][1]).all()
-    same_in_float64 = copy.deepcopy(potential).double()
+    same_in_float64 = make_potential(dtype=torch.float64)  # built in float64, the float32 weights loaded
+    same_in_float64.load_state_dict(potential.state_dict())
     reference = same_in_float64(Batch.from_data_list([structure_to_graph(s, CUTOFF, torch.float64) for s in (molecule, crystal)]))
     torch.testing.assert_close(out["forces"].double(), reference["forces"], atol=1e-5, rtol=1e-3)
     torch.testing.assert_close(out["energy"].double(), reference["energy"], atol=1e-2, rtol=0)
@@ -289,27 +174,138 @@ def test_build_potential_from_statistics_and_rebuild_from_config(molecule):
     torch.testing.assert_close(rebuilt(graph(molecule))["energy"], expected, atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("name", sorted(BACKBONES))
-def test_every_registered_backbone_gives_conservative_forces_and_stress(name, crystal):
-    """Potential is backbone-agnostic: built by registry name, forces and stress are exact derivatives."""
-    config = {"backbone": {"name": name}, "cutoff": CUTOFF, "condition_dim": 4, "readout_hidden": [4]}
-    statistics = {"elements": ELEMENTS, "atomic_energies": ATOMIC_ENERGIES, "avg_num_neighbors": 6.0}
-    potential = build_potential(config, statistics, dtype=torch.float64)
-    out = potential(graph(crystal), compute_stress=True)
-    step = 1e-4
-    plus, minus = crystal.positions.copy(), crystal.positions.copy()
-    plus[1, 2] += step
-    minus[1, 2] -= step
-    numerical_force = -(
-        energy(potential, Structure(crystal.numbers, plus, crystal.cell, crystal.pbc))
-        - energy(potential, Structure(crystal.numbers, minus, crystal.cell, crystal.pbc))
-    ) / (2 * step)
-    assert float(out["forces"][1, 2]) == pytest.approx(numerical_force, abs=1e-7)
-    strain = np.zeros((3, 3))
-    strain[0, 1] = strain[1, 0] = step / 2
-    volume = abs(np.linalg.det(crystal.cell))
-    numerical_stress = (energy(potential, strained(crystal, strain)) - energy(potential, strained(crystal, -strain))) / (
-        2 * step * volume
-    )
-    assert float(out["stress"][0, 0, 1]) == pytest.approx(numerical_stress, abs=1e-8)
-    assert abs(float(out["forces"][1, 2])) > 1e-6
+
+
+# ------------------------------------------------------------------------------ precision
+SMALL = {"mace": {"num_channels": 4, "num_layers": 2, "correlation": 3, "radial_mlp": [8]},
+         "facet": {"num_channels": 4, "num_layers": 2, "num_spline_knots": 6},
+         "transip": {"dim": 8, "depth": 1, "heads": 2, "num_fourier": 4}}
+
+
+def small_config(name: str) -> dict:
+    return {"backbone": {"name": name, **SMALL[name]}, "cutoff": CUTOFF, "condition_dim": 4, "readout_hidden": [4]}
+
+
+STATISTICS = {"elements": ELEMENTS, "atomic_energies": ATOMIC_ENERGIES, "avg_num_neighbors": 5.0}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_a_loaded_float64_model_equals_one_built_in_float64(name, tmp_path):
+    """Every parameter and buffer, persistent or not, of `mlip.load` of a float64 file equals the one
+    of a model built directly in float64 (building in float32 and casting rounds e3nn's constants
+    and the MACE-like `basis_*` buffers, which load_state_dict never restores)."""
+    torch.manual_seed(0)
+    built = build_potential(small_config(name), STATISTICS, dtype=torch.float64)
+    loaded = mlip.load(export_model(built, tmp_path / "model.pt"))
+    expected = {**dict(built.named_parameters()), **dict(built.named_buffers())}
+    actual = {**dict(loaded.named_parameters()), **dict(loaded.named_buffers())}
+    assert sorted(actual) == sorted(expected)
+    non_persistent = set(expected) - set(built.state_dict())
+    assert name != "mace" or any(".basis_" in key for key in non_persistent)  # the buffers at stake are compared
+    for key, tensor in expected.items():
+        assert actual[key].dtype == tensor.dtype, key
+        torch.testing.assert_close(actual[key], tensor, rtol=0, atol=0, msg=key)
+
+
+def test_load_and_rebuild_in_another_dtype_build_it_there(tmp_path):
+    """The calculator's float64 from a float32 training export: built in float64, not cast."""
+    torch.manual_seed(0)
+    single = build_potential(small_config("mace"), STATISTICS, dtype=torch.float32)
+    reference = build_potential(small_config("mace"), STATISTICS, dtype=torch.float64)
+    reference.load_state_dict(single.state_dict())
+    for model in (load(export_model(single, tmp_path / "f32.pt"), dtype=torch.float64),
+                  rebuild(single, torch.float64)):
+        for key, tensor in {**dict(reference.named_parameters()), **dict(reference.named_buffers())}.items():
+            torch.testing.assert_close(dict(model.named_buffers()).get(key, dict(model.named_parameters()).get(key)),
+                                       tensor, rtol=0, atol=0, msg=key)
+
+
+def test_builders_build_in_the_requested_dtype_and_leave_the_default_alone():
+    before = torch.get_default_dtype()
+    for dtype in (torch.float32, torch.float64):
+        potential = build_potential(small_config("mace"), STATISTICS, dtype=dtype)
+        assert {p.dtype for p in potential.parameters()} == {dtype}
+        assert potential.atomic_energies.dtype == dtype
+        assert {b.dtype for n, b in potential.named_buffers() if ".basis_" in n} == {dtype}
+        rebuilt = potential_from_config(potential.config, dtype="float64")
+        assert {p.dtype for p in rebuilt.parameters()} == {torch.float64}
+    assert torch.get_default_dtype() == before
+
+
+def test_a_builder_call_without_dtype_is_an_error():
+    with pytest.raises(TypeError, match="dtype="):
+        build_potential(small_config("transip"), STATISTICS)
+    with pytest.raises(ValueError, match="dtype"):
+        build_potential(small_config("transip"), STATISTICS, dtype="float16")
+
+
+# ------------------------------------------------------------------------------ the backbone contract
+def test_backbone_config_records_the_constructor_arguments():
+    with default_dtype(torch.float64):
+        backbone = TransIPBackbone(num_elements=2, cutoff=CUTOFF, dim=8, heads=2)
+    assert backbone.config["_target_"] == "mlip.models.backbones.transip.TransIPBackbone"
+    assert backbone.config["dim"] == 8 and backbone.config["depth"] == 2  # defaults filled in
+    assert (backbone.num_elements, backbone.cutoff, backbone.condition_dim) == (2, CUTOFF, 0)
+    with default_dtype(torch.float64):
+        facet = FacetBackbone(num_elements=2, cutoff=CUTOFF, num_channels=4)
+    # "None / auto" arguments are recorded as what they resolved to
+    assert (facet.config["grid_quadrature"], facet.config["grid_degree"]) == ("axial", 11)
+    with pytest.raises(ValueError, match="num_elements"):
+        TransIPBackbone(num_elements=0, cutoff=CUTOFF)
+    with pytest.raises(ValueError, match="cutoff"):
+        TransIPBackbone(num_elements=1, cutoff=-1.0)
+
+
+def test_a_backbone_must_take_the_contract_keywords():
+    from mlip.models.backbones import Backbone
+
+    with pytest.raises(TypeError, match="condition_dim"):
+        class Incomplete(Backbone):  # noqa: F841
+            def __init__(self, num_elements, cutoff, width=4):
+                super().__init__()
+
+
+def test_potential_checks_the_backbone_contract():
+    backbone = MACEBackbone(num_elements=2, cutoff=CUTOFF, condition_dim=4, num_channels=4, num_layers=1)
+    with pytest.raises(ValueError, match="num_elements=2 but the potential needs num_elements=3"):
+        Potential(backbone, [1, 6, 8], ATOMIC_ENERGIES, cutoff=CUTOFF, condition_dim=4)
+    with pytest.raises(ValueError, match="cutoff"):
+        Potential(backbone, [1, 6], ATOMIC_ENERGIES, cutoff=CUTOFF + 1, condition_dim=4)
+    with pytest.raises(ValueError, match="condition_dim=4 but the potential needs condition_dim=0"):
+        Potential(backbone, [1, 6], ATOMIC_ENERGIES, cutoff=CUTOFF, charge_spin_conditioning=False)
+
+
+def test_one_conditioning_rule_for_every_backbone():
+    embedding = NodeEmbedding(num_elements=2, width=3, condition_dim=4)
+    species = torch.tensor([0, 1])
+    assert embedding.condition.bias is None  # no bias: a zero condition adds nothing
+    torch.testing.assert_close(embedding(species, torch.zeros(2, 4)), embedding.species(species))
+    with pytest.raises(ValueError, match="node_condition=None"):
+        embedding(species, None)
+    with pytest.raises(ValueError, match="width 5"):
+        embedding(species, torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="condition_dim=0"):
+        NodeEmbedding(2, 3, 0)(species, torch.zeros(2, 4))
+    for cls, options in ((MACEBackbone, {"num_channels": 4}), (FacetBackbone, {"num_channels": 4}),
+                         (TransIPBackbone, {"dim": 4, "heads": 2})):
+        backbone = cls(num_elements=2, cutoff=CUTOFF, condition_dim=4, **options)
+        assert isinstance(backbone.embedding, NodeEmbedding), cls.__name__
+
+
+def test_files_written_before_the_shared_embedding_still_load(tmp_path, molecule):
+    """Old exports named the embedding per backbone, and Facet's projection had a bias: `mlip.load`
+    renames the weights and folds the bias into the species table (the same function)."""
+    torch.manual_seed(0)
+    potential = build_potential(small_config("facet"), STATISTICS, dtype=torch.float64)
+    with torch.no_grad():
+        potential.backbone.embedding.species.weight.add_(0.3)  # = old table E + old bias b
+    path = export_model(potential, tmp_path / "new.pt")
+    payload = torch.load(path, weights_only=True)
+    state = payload["state_dict"]
+    bias = torch.full_like(state["backbone.embedding.species.weight"][0], 0.3)
+    state["backbone.species_embedding.weight"] = state.pop("backbone.embedding.species.weight") - bias
+    state["backbone.condition_embedding.weight"] = state.pop("backbone.embedding.condition.weight")
+    state["backbone.condition_embedding.bias"] = bias
+    torch.save(payload, tmp_path / "old.pt")
+    old, new = mlip.load(tmp_path / "old.pt"), mlip.load(path)
+    torch.testing.assert_close(old(graph(molecule))["energy"], new(graph(molecule))["energy"], rtol=0, atol=1e-12)

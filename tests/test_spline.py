@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from mlip.models.build import default_dtype
 from mlip.nn.spline import SplineRadial
 
 CUTOFF = 5.0  # Å
@@ -11,7 +12,8 @@ CUTOFF = 5.0  # Å
 
 def make_spline(num_outputs=3, num_intervals=8, seed=0):
     torch.manual_seed(seed)
-    return SplineRadial(CUTOFF, num_outputs, num_intervals).double()
+    with default_dtype(torch.float64):
+        return SplineRadial(CUTOFF, num_outputs, num_intervals)
 
 
 def test_matches_scipy_bspline():
@@ -91,3 +93,16 @@ def test_rejects_bad_arguments():
         SplineRadial(0.0, 4)
     with pytest.raises(ValueError, match="num_intervals"):
         SplineRadial(5.0, 4, num_intervals=0)
+
+
+def test_a_shared_basis_gives_every_spline_with_the_same_knots():
+    """Backbones evaluate one `SplineBasis` per forward pass and contract it with each layer's coefficients."""
+    from mlip.nn.spline import SplineBasis
+
+    first, second = make_spline(num_outputs=3), make_spline(num_outputs=5)
+    with default_dtype(torch.float64):
+        basis = SplineBasis(CUTOFF, first.num_intervals)
+    r = torch.linspace(0.0, CUTOFF + 0.5, 41, dtype=torch.float64)
+    for spline in (first, second):
+        assert torch.equal(basis(r) @ spline.full_coefficients(), spline(r))
+    assert basis(torch.tensor([CUTOFF + 0.1], dtype=torch.float64)).abs().max() == 0

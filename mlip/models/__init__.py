@@ -1,4 +1,5 @@
-"""Models: the physical `Potential` wrapper and its backbones."""
+"""Models: the physical `Potential` wrapper (mlip.models.potential), its backbones
+(mlip.models.backbones) and the builders (mlip.models.build)."""
 
 from mlip.models.backbones import (
     BACKBONES,
@@ -6,12 +7,23 @@ from mlip.models.backbones import (
     BackboneInputs,
     FacetBackbone,
     MACEBackbone,
+    NodeEmbedding,
     NodeFeatures,
     TransIPBackbone,
     register_backbone,
 )
+from mlip.models.build import (
+    UnregisteredBackboneError,
+    backbone_class,
+    build_backbone,
+    build_potential,
+    check_keywords,
+    default_dtype,
+    potential_from_config,
+    rebuild,
+)
 from mlip.models.conditioning import ChargeSpinEmbedding
-from mlip.models.potential import Potential, UnregisteredBackboneError, build_backbone, build_potential
+from mlip.models.potential import Potential
 
 __all__ = [
     "BACKBONES",
@@ -20,11 +32,17 @@ __all__ = [
     "ChargeSpinEmbedding",
     "FacetBackbone",
     "MACEBackbone",
+    "NodeEmbedding",
     "NodeFeatures",
     "Potential",
     "TransIPBackbone",
     "UnregisteredBackboneError",
+    "backbone_class",
     "build_backbone",
     "build_potential",
+    "check_keywords",
+    "default_dtype",
+    "potential_from_config",
+    "rebuild",
     "register_backbone",
 ]

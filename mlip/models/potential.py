@@ -7,28 +7,24 @@ A backbone maps a neighbour graph to per-atom features; `Potential` turns them i
     F_i = -∂E/∂r_i
     σ   = (1/V) ∂E/∂ε     (symmetric strain ε applied to positions and cell, at ε = 0)
 
-See docs/models.md for the full description and `build_potential` for building one from a
-config dict plus dataset statistics (what checkpoints use to rebuild a model).
+Physics only: see docs/models.md for the full description, and `mlip.models.build` for
+building one from a config dict plus dataset statistics in a given precision (what model
+files and checkpoints use to rebuild a model).
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import inspect
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from ase.data import chemical_symbols
 
+from mlip.constants import MAX_ATOMIC_NUMBER
 from mlip.geometry import edge_vectors
 from mlip.models.backbones.base import Backbone, BackboneInputs
 from mlip.models.conditioning import ChargeSpinEmbedding
 from mlip.nn.mlp import MLP
-
-MAX_ATOMIC_NUMBER = 118
 
 
 class Potential(torch.nn.Module):
@@ -74,7 +70,7 @@ class Potential(torch.nn.Module):
         self._check_backbone(backbone)
         self.backbone = backbone
         self.config: dict[str, Any] = {
-            "backbone": dict(getattr(backbone, "config", {})) or None,
+            "backbone": dict(backbone.config),
             "elements": list(self.elements),
             "atomic_energies": self._aligned_energies(atomic_energies),
             "scale": float(scale),
@@ -113,13 +109,15 @@ class Potential(torch.nn.Module):
             raise ValueError(f"Potential: atomic numbers out of range 1..{MAX_ATOMIC_NUMBER}: {bad}")
 
     def _check_backbone(self, backbone: Backbone) -> None:
-        expected = {"num_elements": len(self.elements), "cutoff": self.cutoff}
-        if self.charge_spin_conditioning:
-            expected["condition_dim"] = self.condition_dim
+        """The backbone contract (`Backbone`): built for these elements, this cutoff and this condition width."""
+        if not isinstance(backbone, Backbone):
+            raise TypeError(f"Potential: backbone must be a mlip.models.backbones.Backbone, got {type(backbone).__name__}")
+        expected = {"num_elements": len(self.elements), "cutoff": self.cutoff, "condition_dim": self.condition_dim}
         for name, value in expected.items():
-            actual = getattr(backbone, name, None)
-            if actual is not None and actual != value:
-                raise ValueError(f"Potential: backbone has {name}={actual} but the potential needs {name}={value}")
+            actual = getattr(backbone, name)
+            if actual != value:
+                hint = " (0 when charge_spin_conditioning is off)" if name == "condition_dim" else ""
+                raise ValueError(f"Potential: backbone has {name}={actual} but the potential needs {name}={value}{hint}")
 
     def _aligned_energies(self, atomic_energies: Mapping[int, float] | Sequence[float]) -> list[float]:
         if isinstance(atomic_energies, Mapping):
@@ -143,31 +141,11 @@ class Potential(torch.nn.Module):
         return torch.nn.Linear(backbone.num_scalar_features, 3)
 
     @classmethod
-    def from_config(
-        cls,
-        config: Mapping[str, Any],
-        dtype: torch.dtype | None = None,
-        trusted: bool = False,
-        where: str = "config",
-    ) -> Potential:
-        """Rebuild from `potential.config` (a fully resolved dict, e.g. stored in a model file).
+    def from_config(cls, config: Mapping[str, Any], dtype=None, trusted: bool = False, where: str = "config") -> Potential:
+        """Rebuild from `potential.config`, built in `dtype`: see `mlip.models.build.potential_from_config`."""
+        from mlip.models.build import potential_from_config
 
-        `dtype` (e.g. torch.float64): build in that precision (see `build_potential`).
-        `trusted`: see `backbone_class`; False (the default, what `mlip.load` uses) accepts only
-        registered backbones and plain-data keyword values, and never imports anything.
-        `where`: how `config` is named in error messages (e.g. "<file>: potential_config").
-        """
-        if not isinstance(config, Mapping):
-            raise ValueError(f"{where} must be a dict, got {type(config).__name__}")
-        config = dict(config)
-        backbone_config = config.pop("backbone", None)
-        if not isinstance(backbone_config, Mapping) or not backbone_config:
-            raise ValueError(f"{where}.backbone must be a dict with `name` or `_target_`, got {backbone_config!r}")
-        check_keywords(cls, config, where, plain=not trusted)
-        with default_dtype(dtype):
-            backbone = build_backbone(backbone_config, trusted=trusted, where=f"{where}.backbone")
-            potential = cls(backbone=backbone, **config)
-        return potential if dtype is None else potential.to(dtype)
+        return potential_from_config(config, dtype=dtype, trusted=trusted, where=where, potential_class=cls)
 
     # --------------------------------------------------------------------------------- forward
     def species(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
@@ -277,169 +255,3 @@ class Potential(torch.nn.Module):
         if features.vectors is not None and self.backbone.num_vector_features > 0:
             return self.direct_force_head(features.vectors.transpose(1, 2)).squeeze(-1)  # (n, 3)
         return self.direct_force_head(features.scalars)
-
-
-# --------------------------------------------------------------------------------- builders
-class UnregisteredBackboneError(ValueError):
-    """A config names a backbone class that it may not: not registered, and not trusted to import."""
-
-
-def backbone_class(config: Mapping[str, Any], trusted: bool = False, where: str = "backbone") -> type[Backbone]:
-    """The backbone class named by `name` (registry key) and/or `_target_` (import path) in `config`.
-
-    Untrusted (the default; model files): only classes of `mlip.models.backbones.BACKBONES` are
-    found: `name` must be a registry key, `_target_` must equal a registered class's path
-    (``module.QualifiedName``), and when both are given they must name the same class. Nothing
-    is imported, so a config cannot make mlip run code. `trusted=True` (the user's own training
-    config) also imports a `_target_` outside the registry, which must be a `Backbone` subclass.
-    `where`: how `config` is named in error messages (e.g. "model.backbone").
-    Raises `UnregisteredBackboneError` (a ValueError) for a class the config may not name.
-    """
-    from mlip.models.backbones import BACKBONES, class_path
-
-    registered = {class_path(cls): cls for cls in BACKBONES.values()}
-    known = ", ".join(f"{key} ({class_path(cls)})" for key, cls in sorted(BACKBONES.items()))
-    target, name = config.get("_target_"), config.get("name")
-    if target is None and name is None:
-        raise ValueError(f"{where}: needs `name` (a registered backbone: {known}) or `_target_` (an import path)")
-    named = None
-    if name is not None:
-        if not isinstance(name, str) or name not in BACKBONES:
-            raise UnregisteredBackboneError(f"{where}.name = {name!r} is not a registered backbone; known: {known}")
-        named = BACKBONES[name]
-    if target is None:
-        return named
-    if not isinstance(target, str):
-        raise UnregisteredBackboneError(f"{where}._target_ must be a class path string, got {type(target).__name__}")
-    cls = registered.get(target)
-    if cls is None and trusted:
-        cls = _import_backbone(target, where)
-    if cls is None:
-        raise UnregisteredBackboneError(
-            f"{where}._target_ = {target!r} is not a registered mlip backbone (registered: {known}); a model "
-            "file may only name one of these and cannot make mlip import code. If this is your own Backbone "
-            "subclass, import it and call mlip.models.backbones.register_backbone(name, cls) before loading"
-        )
-    if named is not None and named is not cls:
-        raise UnregisteredBackboneError(
-            f"{where}: `name` {name!r} is {class_path(named)} but `_target_` is {target!r}; they must name one class"
-        )
-    return cls
-
-
-def _import_backbone(target: str, where: str) -> type[Backbone]:
-    """Import the class at ``target`` (trusted configs only); it must subclass `Backbone`."""
-    module_name, _, class_name = target.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"{where}._target_ = {target!r} cannot be imported ({error})") from error
-    if not (isinstance(cls, type) and issubclass(cls, Backbone)):
-        raise ValueError(f"{where}._target_ = {target!r} is not a subclass of mlip.models.backbones.Backbone")
-    return cls
-
-
-def _is_plain(value: Any) -> bool:
-    """Numbers, strings, booleans, None, and lists/tuples/string-keyed dicts of them."""
-    if value is None or isinstance(value, (str, bool, numbers.Number)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_is_plain(item) for item in value)
-    if isinstance(value, Mapping):
-        return all(isinstance(key, (str, int)) and _is_plain(item) for key, item in value.items())
-    return False
-
-
-def check_keywords(function, kwargs: Mapping[str, Any], where: str, plain: bool = True) -> None:
-    """Every key of ``kwargs`` must be a keyword of ``function`` (a class: of its ``__init__``);
-    with ``plain``, every value must be plain data (see `_is_plain`). ValueError naming the field."""
-    parameters = inspect.signature(function).parameters
-    any_keyword = any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters.values())
-    accepted = [key for key, parameter in parameters.items() if parameter.kind is not parameter.VAR_POSITIONAL]
-    for key, value in kwargs.items():
-        if not isinstance(key, str) or not (any_keyword or key in accepted):
-            raise ValueError(f"{where}.{key} is not a keyword of {function.__name__} (it takes {', '.join(accepted)})")
-        if plain and not _is_plain(value):
-            raise ValueError(
-                f"{where}.{key} must be plain data (numbers, strings, booleans, None, lists, dicts), "
-                f"got {type(value).__name__}"
-            )
-
-
-def build_backbone(config: Mapping[str, Any], trusted: bool = False, where: str = "backbone") -> Backbone:
-    """Instantiate a backbone from a dict with `name` and/or `_target_` plus its keyword arguments.
-
-    `trusted`, `where`: see `backbone_class`; untrusted keyword values must also be plain data.
-    """
-    cls = backbone_class(config, trusted=trusted, where=where)
-    kwargs = {key: value for key, value in config.items() if key not in ("_target_", "name")}
-    check_keywords(cls, kwargs, where, plain=not trusted)
-    return cls(**kwargs)
-
-
-def _statistic(statistics, key: str, default=None):
-    if statistics is None:
-        return default
-    if isinstance(statistics, Mapping):
-        return statistics.get(key, default)
-    return getattr(statistics, key, default)
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype | None):
-    """Temporarily set torch's default dtype (None: leave it). e3nn computes its Clebsch-Gordan
-    constants in the default dtype at construction, so a float64 model must be *built* in float64
-    (converting a float32-built model with `.double()` leaves ~1e-7 equivariance errors)."""
-    if dtype is None:
-        yield
-        return
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
-def build_potential(
-    config: Mapping[str, Any], statistics=None, dtype: torch.dtype | None = None, trusted: bool = False
-) -> Potential:
-    """Build a `Potential` from a model config and (optionally) dataset statistics.
-
-    `config`: {"backbone": {"_target_": ..., hyperparameters...}, "cutoff": Å, optional
-    "elements", "atomic_energies", "scale", "shift", "charge_spin_conditioning", "condition_dim",
-    "direct_forces", "readout_hidden", ...}. `statistics` (a mapping or an object with these
-    attributes) fills what the config leaves out: `elements`, `atomic_energies`, `scale`, `shift`,
-    `avg_num_neighbors`. The backbone's `num_elements`, `cutoff` and `condition_dim` always come
-    from the potential; `avg_num_neighbors` from statistics unless the backbone config sets it.
-    The resolved config is `potential.config`; `Potential.from_config` rebuilds the same model.
-    `dtype` (e.g. torch.float64) builds the model in that precision (see `default_dtype`).
-    `trusted=True` lets `backbone._target_` import a class outside the registry: for the user's
-    own training config (`mlip.train.build.build_model`), never for a file from elsewhere.
-    """
-    config = dict(config)
-    backbone_config = dict(config.pop("backbone"))
-    for key in ("elements", "atomic_energies", "scale", "shift"):
-        if config.get(key) is None:
-            value = _statistic(statistics, key)
-            if value is None and key in ("elements", "atomic_energies"):
-                raise ValueError(f"build_potential: `{key}` is neither in the config nor in the statistics")
-            if value is not None:
-                config[key] = value
-    if "cutoff" not in config:
-        raise ValueError("build_potential: config needs `cutoff` (Å)")
-    conditioning = config.get("charge_spin_conditioning", True)
-    backbone_config["num_elements"] = len(config["elements"])
-    backbone_config["cutoff"] = float(config["cutoff"])
-    backbone_config["condition_dim"] = int(config.get("condition_dim", 16)) if conditioning else 0
-    backbone = backbone_class(backbone_config, trusted=trusted, where="model.backbone")
-    accepts_average = "avg_num_neighbors" in inspect.signature(backbone).parameters
-    if accepts_average and backbone_config.get("avg_num_neighbors") is None:
-        average = _statistic(statistics, "avg_num_neighbors")
-        if average is not None and average > 0:  # 0 for a data set of isolated atoms
-            backbone_config["avg_num_neighbors"] = float(average)
-        else:
-            backbone_config.pop("avg_num_neighbors", None)
-    with default_dtype(dtype):
-        potential = Potential(backbone=build_backbone(backbone_config, trusted, "model.backbone"), **config)
-    return potential if dtype is None else potential.to(dtype)

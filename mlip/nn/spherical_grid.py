@@ -257,8 +257,8 @@ class GridMLP(SphericalMLP):
 
     Bounded aliasing (`anisotropy_bound`): the aliasing error of SiLU(h) depends on how strongly
     the pre-activation h(x) varies over the sphere, i.e. on the size of its l > 0 part, and grows
-    without limit as training enlarges the first Linear's weights (a trained model measured
-    4e-3 relative force error on the grid that gives 1e-7 at initialisation, docs/facet.md). With
+    without limit as training enlarges the first Linear's weights (measured on trained models in
+    docs/facet.md). With
     a bound b, every hidden channel's l > 0 coefficients are scaled by 1 / sqrt(1 + ρ² / b²),
     ρ² = Σ_{k: l >= 1} h_k² (the spherical mean square of the anisotropic part, a rotation
     invariant), so ρ stays below b whatever the weights, and with it the aliasing error. The
@@ -367,23 +367,3 @@ def gaunt_tensor(lmax_1: int, lmax_2: int, lmax_out: int) -> torch.Tensor:
     tensor = torch.einsum("g,ga,gb,gc->abc", weights, y_1, y_2, y_out)
     tensor[tensor.abs() < 1e-13] = 0.0  # exact zeros where selection rules forbid a coupling
     return tensor
-
-
-class GridProduct(torch.nn.Module):
-    """Channel-wise product of two band-limited signals on a grid fine enough to be exact.
-
-    (..., K_1, C) x (..., K_2, C) -> (..., K_out, C). Equals `gaunt_tensor` contracted with the
-    inputs, up to float rounding, and is exactly equivariant (no aliasing: the product of
-    degree-l1 and degree-l2 signals has degree <= l1 + l2 and the quadrature is exact for it).
-    Cheaper than the coefficient contraction when lmax is large (O(K G C) instead of O(K^3 C)).
-    """
-
-    def __init__(self, lmax_1: int, lmax_2: int, lmax_out: int):
-        super().__init__()
-        degree = max(exact_product_degree(lmax_1, lmax_2, lmax_out), 2 * max(lmax_1, lmax_2, lmax_out))
-        self.grid_1 = SphericalGrid(lmax_1, degree)
-        self.grid_2 = SphericalGrid(lmax_2, degree)
-        self.grid_out = SphericalGrid(lmax_out, degree)
-
-    def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-        return self.grid_out.from_grid(self.grid_1.to_grid(first) * self.grid_2.to_grid(second))

@@ -5,7 +5,7 @@ can only pick one of these, never make mlip import anything. Code of your own re
 backbone with `register_backbone` (e.g. in the script that loads the model).
 """
 
-from mlip.models.backbones.base import Backbone, BackboneInputs, NodeFeatures
+from mlip.models.backbones.base import Backbone, BackboneInputs, NodeEmbedding, NodeFeatures, class_path
 from mlip.models.backbones.facet import FacetBackbone
 from mlip.models.backbones.mace import MACEBackbone
 from mlip.models.backbones.transip import TransIPBackbone
@@ -15,11 +15,6 @@ BACKBONES: dict[str, type[Backbone]] = {
     "facet": FacetBackbone,
     "transip": TransIPBackbone,
 }
-
-
-def class_path(cls: type) -> str:
-    """``"module.QualifiedName"``: how a backbone's `_target_` names its class."""
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def register_backbone(name: str, cls: type[Backbone]) -> None:
@@ -40,6 +35,7 @@ __all__ = [
     "BackboneInputs",
     "FacetBackbone",
     "MACEBackbone",
+    "NodeEmbedding",
     "NodeFeatures",
     "TransIPBackbone",
     "class_path",

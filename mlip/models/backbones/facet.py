@@ -38,7 +38,7 @@ from typing import NamedTuple
 import torch
 from e3nn import o3
 
-from mlip.models.backbones.base import Backbone, BackboneInputs, NodeFeatures
+from mlip.models.backbones.base import Backbone, BackboneInputs, NodeEmbedding, NodeFeatures
 from mlip.nn.spherical_grid import (
     GRID_QUADRATURES,
     AxialGridMLP,
@@ -48,7 +48,7 @@ from mlip.nn.spherical_grid import (
     gaunt_tensor,
     num_coefficients,
 )
-from mlip.nn.spline import SplineRadial
+from mlip.nn.spline import SplineBasis, SplineRadial
 
 
 def default_grid_degree(lmax: int) -> int:
@@ -64,8 +64,8 @@ def default_grid_degree(lmax: int) -> int:
 
 # Spherical RMS of a grid-MLP pre-activation's l > 0 part is kept below this (GridMLP). At lmax 1 it
 # caps the pre-activation's variation b·x over the sphere at |b| = sqrt(3) * 0.8 = 1.39, where one
-# SiLU channel's aliasing error on the default grid is < 1.3e-7 relative for any isotropic level
-# (docs/facet.md).
+# SiLU channel's aliasing error on the default grid is small for any isotropic level (measured in
+# docs/facet.md, "grid_anisotropy_bound").
 DEFAULT_GRID_ANISOTROPY_BOUND = 0.8
 
 
@@ -186,7 +186,9 @@ class FacetInteraction(torch.nn.Module):
         num_edges = spline_basis.shape[0]
         weights_in = spline_basis @ coefficients[:, self.radial_columns_in]  # (E, K_in C)
         weights_out = spline_basis @ coefficients[:, self.radial_columns_out]  # (E, K C)
-        return weights_in.view(num_edges, -1, self.num_channels), weights_out.view(num_edges, self.size, self.num_channels)
+        input_size = 1 if self.scalar_input else self.size  # explicit: a graph may have no edges
+        return (weights_in.view(num_edges, input_size, self.num_channels),
+                weights_out.view(num_edges, self.size, self.num_channels))
 
     def aggregate_messages(self, features: torch.Tensor, edge_index: torch.Tensor, geometry: EdgeGeometry) -> torch.Tensor:
         """M_i = Σ_j m_ij / avg_num_neighbors, (n, K, C): Gaunt product of W_up h_j with Y(r̂_ij), spline-weighted."""
@@ -279,31 +281,15 @@ class FacetBackbone(Backbone):
         if grid_quadrature == "axial" and lmax != 1:
             raise ValueError(f"FacetBackbone: grid_quadrature='axial' is exact for lmax = 1 only, got lmax={lmax}")
         self.grid_degree = int(grid_degree) if grid_degree is not None else default_grid_degree(lmax)
-        # resolved constructor arguments: Potential stores them to rebuild the model from a checkpoint
-        self.config = {
-            "_target_": f"{type(self).__module__}.{type(self).__qualname__}",
-            "num_elements": int(num_elements),
-            "cutoff": float(cutoff),
-            "condition_dim": int(condition_dim),
-            "num_channels": int(num_channels),
-            "lmax": int(lmax),
-            "num_layers": int(num_layers),
-            "num_spline_knots": int(num_spline_knots),
-            "grid_quadrature": str(grid_quadrature),
-            "grid_degree": self.grid_degree,
-            "grid_anisotropy_bound": None if grid_anisotropy_bound is None else float(grid_anisotropy_bound),
-            "mlp_hidden_factor": int(mlp_hidden_factor),
-            "avg_num_neighbors": float(avg_num_neighbors),
-        }
-        self.num_elements = int(num_elements)
-        self.cutoff = float(cutoff)
+        self.grid_quadrature = str(grid_quadrature)
+        self.grid_anisotropy_bound = None if grid_anisotropy_bound is None else float(grid_anisotropy_bound)
         self.lmax = int(lmax)
         self.num_channels = int(num_channels)
-        self.condition_dim = int(condition_dim)
         self.num_scalar_features = self.num_channels * int(num_layers)
         self.num_vector_features = self.num_channels
-        self.species_embedding = torch.nn.Embedding(num_elements, num_channels)
-        self.condition_embedding = torch.nn.Linear(condition_dim, num_channels) if condition_dim > 0 else None
+        self.embedding = NodeEmbedding(num_elements, num_channels, condition_dim)
+        # the backbone's radial basis: every layer's splines use these knots
+        self.spline_basis = SplineBasis(cutoff, num_spline_knots)
         self.edge_harmonics = o3.SphericalHarmonics(
             o3.Irreps.spherical_harmonics(lmax), normalize=True, normalization="component"
         )
@@ -311,19 +297,19 @@ class FacetBackbone(Backbone):
         # the first layer's input is the l = 0 embedding only: it takes the scalar-input message path
         self.layers = torch.nn.ModuleList(
             FacetInteraction(
-                self.lmax, self.num_channels, self.cutoff, num_spline_knots, self.grid_degree, grid_quadrature,
+                self.lmax, self.num_channels, float(cutoff), num_spline_knots, self.grid_degree, grid_quadrature,
                 grid_anisotropy_bound, mlp_hidden_factor, avg_num_neighbors, scalar_input=(index == 0),
             )
             for index in range(num_layers)
         )
 
+    def resolved_hyperparameters(self) -> dict:
+        return {"grid_quadrature": self.grid_quadrature, "grid_degree": self.grid_degree,
+                "grid_anisotropy_bound": self.grid_anisotropy_bound}
+
     def initial_features(self, species: torch.Tensor, node_condition: torch.Tensor | None) -> torch.Tensor:
         """(n, K, C): species embedding (+ linear map of the condition) in the l = 0 slot, zeros elsewhere."""
-        scalars = self.species_embedding(species)  # (n, C)
-        if node_condition is not None:
-            if self.condition_embedding is None:
-                raise ValueError("FacetBackbone: got node_condition but was built with condition_dim=0")
-            scalars = scalars + self.condition_embedding(node_condition)
+        scalars = self.embedding(species, node_condition)  # (n, C)
         features = scalars.new_zeros(species.shape[0], num_coefficients(self.lmax), self.num_channels)
         features[:, 0] = scalars
         return features
@@ -335,7 +321,7 @@ class FacetBackbone(Backbone):
         geometry = EdgeGeometry(
             harmonics=harmonics,
             matrix=self.edge_matrix(harmonics) if len(self.layers) > 1 else None,
-            spline_basis=self.layers[0].radial.basis(edge_lengths),
+            spline_basis=self.spline_basis(edge_lengths),
         )
         features = self.initial_features(inputs.species, inputs.node_condition)
         scalars = []

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 import torch
 from e3nn import o3
 
-from mlip.models.backbones.base import Backbone, BackboneInputs, NodeFeatures
+from mlip.models.backbones.base import Backbone, BackboneInputs, NodeEmbedding, NodeFeatures
 from mlip.nn.mlp import MLP
 from mlip.nn.radial import RadialEmbedding
-from mlip.nn.spline import SplineRadial
+from mlip.nn.spline import SplineBasis, SplineRadial
 
 
 def channelwise_irreps(num_channels: int, lmax: int) -> o3.Irreps:
@@ -40,7 +40,7 @@ def to_channels(features: torch.Tensor, irreps: o3.Irreps) -> torch.Tensor:
 def symmetric_power_basis(channel_irreps: str, correlation: int) -> tuple[o3.Irreps, torch.Tensor]:
     """Irreps and change of basis (dim_out, d, ..., d) of the symmetric `correlation`-th power.
 
-    Computed once per (irreps, power) in float64 (e3nn's reduction is slow: ~0.3 s each).
+    Computed once per (irreps, power) in float64 and cached (e3nn's reduction is slow; docs/models.md).
     """
     formulas = {1: "i", 2: "ij=ji", 3: "ijk=jik=ikj"}
     previous = torch.get_default_dtype()
@@ -285,36 +285,15 @@ class MACEBackbone(Backbone):
             raise ValueError(f"MACEBackbone: avg_num_neighbors must be positive, got {avg_num_neighbors}")
         if radial not in ("bessel_mlp", "spline"):
             raise ValueError(f"MACEBackbone: radial must be 'bessel_mlp' or 'spline', got {radial!r}")
-        self.config = {
-            "_target_": f"{type(self).__module__}.{type(self).__qualname__}",
-            "num_elements": int(num_elements),
-            "cutoff": float(cutoff),
-            "condition_dim": int(condition_dim),
-            "num_channels": int(num_channels),
-            "lmax": int(lmax),
-            "correlation": int(correlation),
-            "num_layers": int(num_layers),
-            "num_radial_basis": int(num_radial_basis),
-            "radial_polynomial_p": int(radial_polynomial_p),
-            "radial_mlp": [int(width) for width in radial_mlp],
-            "avg_num_neighbors": float(avg_num_neighbors),
-            "hidden_irreps": str(hidden),
-            "radial": radial,
-            "num_spline_knots": int(num_spline_knots),
-        }
-        self.num_elements = int(num_elements)
-        self.condition_dim = int(condition_dim)
-        self.cutoff = float(cutoff)
         self.hidden_irreps = hidden
         self.num_channels = num_channels
         edge_irreps = o3.Irreps.spherical_harmonics(lmax)
 
-        self.species_embedding = torch.nn.Embedding(num_elements, num_channels)
-        self.condition_projection = (
-            torch.nn.Linear(condition_dim, num_channels, bias=False) if condition_dim > 0 else None
-        )
+        self.embedding = NodeEmbedding(num_elements, num_channels, condition_dim)
         self.radial = radial
+        # the backbone's radial basis, evaluated once per forward pass for all layers
         self.radial_embedding = RadialEmbedding(cutoff, num_radial_basis, radial_polynomial_p) if radial == "bessel_mlp" else None
+        self.spline_basis = SplineBasis(cutoff, num_spline_knots) if radial == "spline" else None
         self.spherical_harmonics = o3.SphericalHarmonics(edge_irreps, normalize=True, normalization="component")
         self.layers = torch.nn.ModuleList(
             MACEInteraction(
@@ -327,14 +306,17 @@ class MACEBackbone(Backbone):
                 correlation=correlation,
                 avg_num_neighbors=avg_num_neighbors,
                 residual=index > 0,
-                radial_spline=self._tensor_product_splines(index, hidden, edge_irreps, num_spline_knots),
+                radial_spline=self._tensor_product_splines(index, hidden, edge_irreps, cutoff, num_spline_knots),
             )
             for index in range(num_layers)
         )
         self.num_scalar_features = num_layers * num_channels
         self.num_vector_features = num_channels if o3.Irrep("1o") in hidden else 0
 
-    def _tensor_product_splines(self, index, hidden, edge_irreps, num_spline_knots) -> SplineRadial | None:
+    def resolved_hyperparameters(self) -> dict:
+        return {"num_channels": self.num_channels, "hidden_irreps": str(self.hidden_irreps)}
+
+    def _tensor_product_splines(self, index, hidden, edge_irreps, cutoff, num_spline_knots) -> SplineRadial | None:
         """Layer `index`'s splines (one per tensor-product weight) when radial="spline", else None."""
         if self.radial != "spline":
             return None
@@ -342,7 +324,7 @@ class MACEBackbone(Backbone):
         target = channelwise_irreps(self.num_channels, edge_irreps.lmax)
         _, instructions = MACEInteraction._message_paths(irreps_in, edge_irreps, target)
         weight_numel = sum(irreps_in[i].mul for i, *_ in instructions)  # 'uvu': C weights per path
-        return SplineRadial(self.cutoff, weight_numel, num_spline_knots)
+        return SplineRadial(cutoff, weight_numel, num_spline_knots)
 
     @staticmethod
     def _check_hidden_irreps(hidden: o3.Irreps, lmax: int) -> None:
@@ -357,17 +339,13 @@ class MACEBackbone(Backbone):
 
     def forward(self, inputs: BackboneInputs) -> NodeFeatures:
         species_one_hot = torch.nn.functional.one_hot(inputs.species, self.num_elements).to(inputs.edge_vectors.dtype)
-        node_features = self.species_embedding(inputs.species)  # (n, C): l=0 only
-        if inputs.node_condition is not None:
-            if self.condition_projection is None:
-                raise ValueError("MACEBackbone: got node_condition but was built with condition_dim=0")
-            node_features = node_features + self.condition_projection(inputs.node_condition)
+        node_features = self.embedding(inputs.species, inputs.node_condition)  # (n, C): l=0 only
 
         distances = inputs.edge_vectors.norm(dim=-1)  # (E,) Å
         if self.radial_embedding is not None:
             edge_radial = self.radial_embedding(distances)  # (E, num_radial_basis)
-        else:  # all layers' splines share the knots: one basis matrix (E, M + 3)
-            edge_radial = self.layers[0].radial_spline.basis(distances)
+        else:  # all layers' splines share the backbone's knots: one basis matrix (E, M + 3)
+            edge_radial = self.spline_basis(distances)
         edge_harmonics = self.spherical_harmonics(inputs.edge_vectors)
 
         layer_scalars = []

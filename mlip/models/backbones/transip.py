@@ -36,10 +36,19 @@ from __future__ import annotations
 import math
 
 import torch
-from torch_geometric.utils import scatter
-
-from mlip.models.backbones.base import Backbone, BackboneInputs, NodeFeatures
+from mlip.models.backbones.base import Backbone, BackboneInputs, NodeEmbedding, NodeFeatures
 from mlip.nn.radial import PolynomialEnvelope, RadialEmbedding
+
+def scatter_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """Σ of the rows of ``values`` (E, ...) with the same ``index`` (E,) -> (size, ...); zeros where none."""
+    return values.new_zeros(size, *values.shape[1:]).index_add(0, index, values)
+
+
+def scatter_max(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """Max of the rows of ``values`` (E, H) with the same ``index`` -> (size, H); -inf where none."""
+    empty = values.new_full((size, *values.shape[1:]), float("-inf"))
+    return empty.scatter_reduce(0, index[:, None].expand_as(values), values, reduce="amax", include_self=True)
+
 
 FOURIER_SEED = 1729  # frequencies are a buffer (saved with the weights); the seed makes rebuilds identical
 
@@ -87,17 +96,13 @@ class EdgeAttention(torch.nn.Module):
         edge_logits = edge_logits + self.edge_bias(edge_features) + self.direction_bias(edge_vectors)
 
         # Subtracting a per-centre constant leaves the weights unchanged; it only avoids overflow.
-        largest = torch.maximum(
-            self_logits, scatter(edge_logits, centre, dim=0, dim_size=num_atoms, reduce="max")
-        ).detach()
-        if edge_logits.shape[0] == 0:
-            largest = self_logits.detach()
+        largest = torch.maximum(self_logits, scatter_max(edge_logits, centre, num_atoms)).detach()
         self_weights = torch.exp(self_logits - largest)  # (n, H)
         edge_weights = edge_envelope[:, None] * torch.exp(edge_logits - largest[centre])  # (E, H)
-        normaliser = self_weights + scatter(edge_weights, centre, dim=0, dim_size=num_atoms, reduce="sum")
+        normaliser = self_weights + scatter_sum(edge_weights, centre, num_atoms)
 
         edge_values = value[neighbour] + self.edge_value(edge_features).view(-1, self.heads, self.head_dim)
-        messages = scatter(edge_weights[..., None] * edge_values, centre, dim=0, dim_size=num_atoms, reduce="sum")
+        messages = scatter_sum(edge_weights[..., None] * edge_values, centre, num_atoms)
         attended = (self_weights[..., None] * value + messages) / normaliser[..., None]  # (n, H, d)
         return self.output(attended.reshape(num_atoms, -1))
 
@@ -151,28 +156,11 @@ class TransIPBackbone(Backbone):
         super().__init__()
         if depth < 1:
             raise ValueError(f"TransIPBackbone: depth must be >= 1, got {depth}")
-        self.config = {
-            "_target_": f"{type(self).__module__}.{type(self).__qualname__}",
-            "num_elements": int(num_elements),
-            "cutoff": float(cutoff),
-            "condition_dim": int(condition_dim),
-            "dim": int(dim),
-            "depth": int(depth),
-            "heads": int(heads),
-            "mlp_ratio": float(mlp_ratio),
-            "num_fourier": int(num_fourier),
-            "use_positions": bool(use_positions),
-            "position_length": float(position_length),
-        }
-        self.num_elements = int(num_elements)
-        self.cutoff = float(cutoff)
-        self.condition_dim = int(condition_dim)
         self.num_scalar_features = int(dim)
         self.num_vector_features = 0
         self.use_positions = bool(use_positions)
 
-        self.species_embedding = torch.nn.Embedding(num_elements, dim)
-        self.condition_projection = torch.nn.Linear(condition_dim, dim, bias=False) if condition_dim > 0 else None
+        self.embedding = NodeEmbedding(num_elements, dim, condition_dim)
         self.radial = RadialEmbedding(cutoff, num_basis=num_fourier)
         self.envelope = PolynomialEnvelope(cutoff)
         self.edge_fourier = FourierFeatures(num_fourier, cutoff)
@@ -193,18 +181,14 @@ class TransIPBackbone(Backbone):
         envelope = self.envelope(distances)  # (E,)
         directional = envelope[:, None] * self.edge_fourier(inputs.edge_vectors)  # (E, 2 · num_fourier)
         edge_features = torch.cat([self.radial(distances), directional], dim=-1)  # (E, 3 · num_fourier)
-        environment = scatter(directional, inputs.edge_index[1], dim=0, dim_size=inputs.species.shape[0], reduce="sum")
+        environment = scatter_sum(directional, inputs.edge_index[1], inputs.species.shape[0])
         tokens = self.initial_tokens(inputs) + self.environment_projection(environment)
         for block in self.blocks:
             tokens = block(tokens, inputs.edge_index, edge_features, inputs.edge_vectors, envelope)
         return self.final_norm(tokens)
 
     def initial_tokens(self, inputs: BackboneInputs) -> torch.Tensor:
-        tokens = self.species_embedding(inputs.species)  # (n, dim)
-        if self.condition_projection is not None:
-            if inputs.node_condition is None:
-                raise ValueError("TransIPBackbone: built with condition_dim > 0 but got node_condition=None")
-            tokens = tokens + self.condition_projection(inputs.node_condition)
+        tokens = self.embedding(inputs.species, inputs.node_condition)  # (n, dim)
         if self.use_positions and inputs.pos is not None:
             tokens = tokens + self.position_projection(self.position_fourier(self.centred_positions(inputs)))
         return tokens
@@ -213,8 +197,8 @@ class TransIPBackbone(Backbone):
     def centred_positions(inputs: BackboneInputs) -> torch.Tensor:
         """pos - per-structure mean (n, 3) Å; zero for atoms of structures with a non-zero cell."""
         pos, batch, num_graphs = inputs.pos, inputs.batch, inputs.num_graphs
-        counts = scatter(torch.ones_like(pos[:, 0]), batch, dim=0, dim_size=num_graphs, reduce="sum")
-        means = scatter(pos, batch, dim=0, dim_size=num_graphs, reduce="sum") / counts.clamp(min=1)[:, None]
+        counts = scatter_sum(torch.ones_like(pos[:, 0]), batch, num_graphs)
+        means = scatter_sum(pos, batch, num_graphs) / counts.clamp(min=1)[:, None]
         centred = pos - means[batch]
         if inputs.cell is None:
             return centred
