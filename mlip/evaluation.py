@@ -27,6 +27,7 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from mlip.data.structure import Structure
+from mlip.files import atomic_path, atomic_write
 
 METRIC_COLUMNS = [
     ("energy_mae", "E MAE (meV/atom)"),
@@ -207,13 +208,11 @@ def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
     """The error table as CSV (empty cells where a label is missing), written atomically.
     The last column, "note", is empty except for a model that was not evaluated."""
     columns = ["model", "subset", "n_structures"] + [key for key, _ in METRIC_COLUMNS] + ["structures_per_s", "note"]
-    temporary = f"{os.fspath(path)}.tmp"
-    with open(temporary, "w", newline="") as handle:
+    with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({key: _csv_value(row.get(key)) for key in columns})
-    os.replace(temporary, path)
 
 
 def _csv_value(value):
@@ -223,10 +222,9 @@ def _csv_value(value):
 
 
 def write_text(text: str, path: str | os.PathLike) -> None:
-    temporary = f"{os.fspath(path)}.tmp"
-    with open(temporary, "w") as handle:
+    """``text`` to ``path`` (UTF-8), written atomically (`mlip.files.atomic_write`)."""
+    with atomic_write(path, "w") as handle:
         handle.write(text)
-    os.replace(temporary, path)
 
 
 def parity_plot(evaluation: Evaluation, path: str | os.PathLike) -> None:
@@ -260,7 +258,8 @@ def parity_plot(evaluation: Evaluation, path: str | os.PathLike) -> None:
             axis.legend(fontsize=7, markerscale=2)
     figure.suptitle(evaluation.model_name)
     figure.tight_layout()
-    temporary = f"{os.fspath(path)}.tmp.png"
-    figure.savefig(temporary, dpi=110)
-    plt.close(figure)
-    os.replace(temporary, path)
+    try:
+        with atomic_path(path) as temporary:  # the temporary name does not end in .png: say the format
+            figure.savefig(temporary, format="png", dpi=110)
+    finally:
+        plt.close(figure)

@@ -3,11 +3,10 @@
 `retain_freed_memory` addresses a cost that dominates large CPU force calls: glibc's malloc
 serves big blocks with fresh mmap'ed pages and returns freed memory to the kernel, so every large
 tensor of every step (at 1000 atoms the per-edge (E, K, C) float64 tensors are ~30 MB) is
-page-faulted in again and zeroed by the kernel. Measured on the development machine (float64
-MD, one thread, 1000-atom Si, untrained default models, docs/calculator.md): FacetBackbone
-283 -> 159 ms and MACEBackbone 379 -> 295 ms per step. It is the same effect that jemalloc or
-tcmalloc (LD_PRELOAD) or `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.trim_threshold=...`
-give; this function applies it from Python, at run time.
+page-faulted in again and zeroed by the kernel (measurements: docs/calculator.md, "Memory
+allocator"). It is the same effect that jemalloc or tcmalloc (LD_PRELOAD) or
+`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.trim_threshold=...` give; this
+function applies it from Python, at run time.
 """
 
 from __future__ import annotations

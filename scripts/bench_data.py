@@ -16,13 +16,13 @@ the run with the least CPU time is kept; structures per CPU-second (the child's 
 is the figure to compare, wall-clock rates are shown too. Files are read from the page cache.
 
 Inputs:
-  (a) the shipped sample data data/*.h5 (skipped with a message when absent);
+  (a) the shipped sample data mlip/sample_data/*.h5 (skipped with a message when absent);
   (b) a synthetic file of --n-structures small molecules and crystals written into a temporary
       directory; the extxyz and MACE files hold its first --n-read structures (the same data),
       and every contender reads --n-read structures.
 
     python scripts/bench_data.py [--n-structures 100000] [--n-read 3000] [--rounds 2]
-                                 [--cutoff 5.0] [--sample 'data/*.h5'] [--skip-sample]
+                                 [--cutoff 5.0] [--sample 'mlip/sample_data/*.h5'] [--skip-sample]
 """
 
 from __future__ import annotations
@@ -284,8 +284,8 @@ def main() -> None:
     parser.add_argument("--cutoff", type=float, default=5.0, help="neighbour cutoff, Å")
     parser.add_argument("--rounds", type=int, default=2,
                         help="runs per contender, interleaved; the one with least CPU time is kept")
-    parser.add_argument("--sample", default=str(REPOSITORY / "data" / "*.h5"),
-                        help="glob of the sample data files (default: the shipped data/*.h5)")
+    parser.add_argument("--sample", default=str(REPOSITORY / "mlip" / "sample_data" / "*.h5"),
+                        help="glob of the sample data files (default: the shipped mlip/sample_data/*.h5)")
     parser.add_argument("--skip-sample", action="store_true", help="skip the sample data")
     arguments = parser.parse_args()
     n_read = min(arguments.n_read, arguments.n_structures)

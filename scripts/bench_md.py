@@ -2,7 +2,7 @@
 
 Three systems: ethanol (9 atoms, no cell), a 64-atom diamond Si crystal (2x2x2 cubic cells) and
 a 1000-atom Si box (5x5x5). Each backbone is built untrained from its default config in
-configs/model/backbone/<name>.yaml (the "matched size" model users get; weights do not change
+mlip/configs/model/backbone/<name>.yaml (the "matched size" model users get; weights do not change
 the cost) with cutoff 5 Å, wrapped in `MLIPCalculator` and driven by ASE's VelocityVerlet
 (1 fs, 300 K). Timing covers whole MD steps (neighbour list, forward, backward, integrator)
 after two warm-up steps, repeated until `--seconds` have passed (at least `--min-steps`).
@@ -98,13 +98,13 @@ def time_md(atoms, seconds: float, min_steps: int) -> dict:
 
 
 def available_backbones() -> dict[str, dict]:
-    """Default config of every backbone in configs/model/backbone whose class imports."""
+    """Default config of every backbone in mlip/configs/model/backbone whose class imports."""
     import importlib
 
     from omegaconf import OmegaConf
 
     backbones = {}
-    for path in sorted((REPO / "configs" / "model" / "backbone").glob("*.yaml")):
+    for path in sorted((REPO / "mlip" / "configs" / "model" / "backbone").glob("*.yaml")):
         config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
         module_name, _, class_name = config["_target_"].rpartition(".")
         try:
@@ -118,13 +118,13 @@ def available_backbones() -> dict[str, dict]:
 
 def mlip_calculator(backbone_config: dict, dtype: str, skin: float, compile: bool = False):
     from mlip.calculator import MLIPCalculator
-    from mlip.models.potential import build_potential
+    from mlip.models.build import build_potential
 
     statistics = {
         "elements": ELEMENTS, "atomic_energies": REFERENCE_ENERGIES, "scale": 1.0, "shift": 0.0,
         "avg_num_neighbors": 20.0,
     }
-    potential = build_potential({"backbone": dict(backbone_config), "cutoff": CUTOFF}, statistics)
+    potential = build_potential({"backbone": dict(backbone_config), "cutoff": CUTOFF}, statistics, dtype=dtype)
     return MLIPCalculator(potential, dtype=dtype, skin=skin, compile=compile)
 
 
@@ -215,7 +215,7 @@ def markdown(rows: list[dict]) -> str:
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
-    parser.add_argument("--backbones", nargs="+", help="default: every backbone in configs/model/backbone")
+    parser.add_argument("--backbones", nargs="+", help="default: every backbone in mlip/configs/model/backbone")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--skin", type=float, default=0.5, help="MLIPCalculator neighbour-list skin, Å")

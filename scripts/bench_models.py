@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = [REPO / "data" / "molecules.h5", REPO / "data" / "crystals.h5"]
+DATA = [REPO / "mlip" / "sample_data" / "molecules.h5", REPO / "mlip" / "sample_data" / "crystals.h5"]
 CUTOFF = 5.0
 SPLIT = {"val_fraction": 0.1, "test_fraction": 0.1, "split_seed": 0}
 

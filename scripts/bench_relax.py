@@ -1,8 +1,8 @@
 """Relaxation benchmark: steps, wall time and final fmax of ASE optimizers driven by an mlip model.
 
 Starting points come from the shipped sample data: the first frame of each neutral
-closed-shell molecule species in data/molecules.h5, rattled by `--rattle` Å, and the first frame
-of each crystal in data/crystals.h5, rattled and given a random strain of `--strain` (relaxed
+closed-shell molecule species in mlip/sample_data/molecules.h5, rattled by `--rattle` Å, and the first frame
+of each crystal in mlip/sample_data/crystals.h5, rattled and given a random strain of `--strain` (relaxed
 together with the cell through `ase.filters.FrechetCellFilter`). Every optimizer starts from the
 same geometries. fmax is the largest atomic force norm, eV/Å (for crystals, of the filter, so
 the cell's virial enters too).
@@ -35,7 +35,7 @@ def starting_structures(kind: str, count: int, rattle: float, strain: float, see
     from mlip.data.reader import StructureReader
 
     rng = np.random.default_rng(seed)
-    path = REPO / "data" / ("molecules.h5" if kind == "molecule" else "crystals.h5")
+    path = REPO / "mlip" / "sample_data" / ("molecules.h5" if kind == "molecule" else "crystals.h5")
     reader = StructureReader(path)
     chosen, seen = [], set()
     for index in range(len(reader)):

@@ -61,7 +61,7 @@ def main() -> None:
         f"experiment={arguments.experiment}",
         f"trainer.max_time={max_time}",
         "trainer.max_epochs=100000",
-        "scheduler.name=constant",  # a cosine schedule needs a known number of steps; max_time gives none
+        "scheduler=constant",  # a cosine schedule needs a known number of steps; max_time gives none
         "resume=never",
         "progress_bar=none",
         *arguments.overrides,

@@ -123,7 +123,7 @@ def train_variant(args, run_dir: Path):
     overrides = [
         "experiment=sample", *VARIANTS[args.worker], f"name={run_dir.name}", f"runs_dir={run_dir.parent}",
         f"trainer.max_time={max_time}", "trainer.max_epochs=100000", f"num_threads={args.threads}", f"seed={args.seed}",
-        f"data.batch_size={args.batch_size}", f"optimizer.lr={args.lr}", "scheduler.name=constant",
+        f"data.batch_size={args.batch_size}", f"optimizer.lr={args.lr}", "scheduler=constant",
         "logger=csv", "progress_bar=none", "test_after_fit=false", "resume=never",
         f"data.val_fraction={SPLIT['val_fraction']}", f"data.test_fraction={SPLIT['test_fraction']}",
         f"data.split_seed={SPLIT['split_seed']}",

@@ -282,7 +282,7 @@ def backbone_cost(repeats: int) -> None:
     from torch_geometric.data import Batch
 
     from mlip.data.graph import atoms_to_graph
-    from mlip.models.potential import build_potential
+    from mlip.models.build import build_potential
 
     cutoff = 5.0
     atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat((2, 2, 2))
@@ -302,7 +302,7 @@ def backbone_cost(repeats: int) -> None:
     for name, backbone in models.items():
         torch.manual_seed(0)
         config = {"backbone": backbone, "cutoff": cutoff, "elements": [14], "atomic_energies": [0.0]}
-        potentials[name] = build_potential(config, statistics={"avg_num_neighbors": average})
+        potentials[name] = build_potential(config, statistics={"avg_num_neighbors": average}, dtype=torch.float32)
     print(f"## Potential forward + forces, float32: Si cell with {len(atoms)} atoms, {data.edge_index.shape[1]} edges")
     print()
     print("| backbone | energy + forces (ms) | training step, force loss backward (ms) | parameters |")
@@ -353,7 +353,7 @@ def lennard_jones_batches(num_train: int, num_test: int, cutoff: float):
 
 
 def fit_check(steps: int = 300) -> None:
-    from mlip.models.potential import build_potential
+    from mlip.models.build import build_potential
 
     cutoff = 4.0
     train, test = lennard_jones_batches(18, 6, cutoff)
@@ -377,7 +377,7 @@ def fit_check(steps: int = 300) -> None:
             "charge_spin_conditioning": False,
         }
         statistics_ = {"avg_num_neighbors": train.edge_index.shape[1] / train.num_nodes}
-        potential = build_potential(config, statistics=statistics_)
+        potential = build_potential(config, statistics=statistics_, dtype=torch.float32)
         optimizer = torch.optim.Adam(potential.parameters(), lr=5e-3)
         start = time.perf_counter()
         for _ in range(steps):
@@ -402,7 +402,7 @@ def main() -> None:
     parser.add_argument("--skip-models", action="store_true", help="skip the backbone timing (section 4)")
     parser.add_argument("--fit", action="store_true", help="also run the Lennard-Jones fit check (minutes)")
     parser.add_argument("--trained", metavar="EXPORT", help="only: rotation error of this trained Facet export (mlip.load)")
-    parser.add_argument("--data", nargs="+", default=["data/molecules.h5", "data/crystals.h5"], help="structures for --trained")
+    parser.add_argument("--data", nargs="+", default=["mlip/sample_data/molecules.h5", "mlip/sample_data/crystals.h5"], help="structures for --trained")
     parser.add_argument("--num-structures", type=int, default=12, help="structures per data file for --trained")
     args = parser.parse_args()
     if args.trained:

@@ -1,4 +1,4 @@
-"""Generate the small sample data sets shipped in data/, labelled with tblite (xTB).
+"""Generate the small sample data sets shipped in mlip/sample_data/, labelled with tblite (xTB).
 
 Two files, both written through `mlip.data.writer.StructureWriter` (HDF5 schema v1):
 
@@ -16,7 +16,7 @@ Two files, both written through `mlip.data.writer.StructureWriter` (HDF5 schema 
 Everything is deterministic given ``--seed`` (run with OMP_NUM_THREADS=1, which this script
 sets unless the caller already did).
 
-    python scripts/make_sample_data.py --out-dir data --seed 0
+    python scripts/make_sample_data.py --out-dir mlip/sample_data --seed 0   # the shipped files
     python scripts/make_sample_data.py --out-dir /tmp/sample --quick   # a few seconds
 """
 
@@ -475,7 +475,8 @@ def write_file(path: Path, structures: Iterator[Structure], method: str, source:
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out-dir", type=Path, default=Path("data"), help="output folder")
+    parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parents[1] / "mlip" / "sample_data",
+                        help="output folder (default: mlip/sample_data/, where the package ships them)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     parser.add_argument("--quick", action="store_true", help="tiny run for tests (seconds)")
     parser.add_argument(

@@ -33,13 +33,13 @@ def emt_files(tmp_path_factory) -> list[str]:
 
 
 def test_config_groups_are_found():
-    assert CONFIGS == REPO_ROOT / "configs"
+    assert CONFIGS == REPO_ROOT / "mlip" / "configs"  # shipped inside the package
     assert "sample" in EXPERIMENTS and "mace" in BACKBONES and {"csv", "wandb", "tensorboard"} <= set(LOGGERS)
 
 
 def test_sample_experiment_trains_on_both_shipped_files():
     config = compose_config(["experiment=sample"])
-    assert [Path(p) for p in config.data.paths] == [REPO_ROOT / "data" / "molecules.h5", REPO_ROOT / "data" / "crystals.h5"]
+    assert [Path(p) for p in config.data.paths] == [REPO_ROOT / "mlip" / "sample_data" / "molecules.h5", REPO_ROOT / "mlip" / "sample_data" / "crystals.h5"]
     assert config.model.backbone._target_.endswith("MACEBackbone")
     assert config.data.cutoff == config.model.cutoff  # graphs are built with the model's cutoff
 

@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from train_helpers import SAMPLE_DATA
 
 from mlip.calculator import MLIPCalculator
@@ -146,7 +147,7 @@ def test_mlip_eval_reports_a_missing_model_or_test_set(tmp_path):
 def tiny_exported_model(path, elements: list[int]):
     """An untrained tiny MACE potential for `elements` (atomic numbers), exported to `path` (a second to build)."""
     from mlip.export import export_model
-    from mlip.models.potential import build_potential
+    from mlip.models.build import build_potential
 
     config = {
         "backbone": {"_target_": "mlip.models.backbones.mace.MACEBackbone", "num_channels": 8, "correlation": 2,
@@ -154,7 +155,7 @@ def tiny_exported_model(path, elements: list[int]):
         "cutoff": 4.0, "condition_dim": 4, "readout_hidden": [8],
     }
     statistics = {"elements": elements, "atomic_energies": {z: -1.0 for z in elements}, "avg_num_neighbors": 8.0}
-    return export_model(build_potential(config, statistics), path)
+    return export_model(build_potential(config, statistics, dtype=torch.float32), path)
 
 
 def test_a_model_lacking_an_element_gets_a_row_saying_so_and_the_zoo_goes_on(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The shipped sample data (data/*.h5) are real, readable tblite labels, and the script that
+"""The shipped sample data (mlip/sample_data/*.h5) are real, readable tblite labels, and the script that
 makes them runs.
 
 Re-labelling a few shipped frames with tblite proves the stored numbers are what GFN2-xTB /
@@ -18,8 +18,8 @@ import pytest
 from mlip.data.reader import StructureReader
 
 REPO = Path(__file__).resolve().parents[1]
-MOLECULES = REPO / "data" / "molecules.h5"
-CRYSTALS = REPO / "data" / "crystals.h5"
+MOLECULES = REPO / "mlip" / "sample_data" / "molecules.h5"
+CRYSTALS = REPO / "mlip" / "sample_data" / "crystals.h5"
 SCRIPT = REPO / "scripts" / "make_sample_data.py"
 MAX_FILE_BYTES = 5 * 1024 * 1024
 

@@ -190,6 +190,42 @@ def test_find_resume_checkpoint(tmp_path):
         find_resume_checkpoint(str(tmp_path / "nope.ckpt"), tmp_path)
 
 
+def test_optimizer_and_schedule_come_from_the_config_by_target():
+    from mlip.train.schedules import WarmupCosine, build_optimizer, build_scheduler
+
+    parameters = list(torch.nn.Linear(2, 1).parameters())
+    default = build_optimizer({"lr": 0.01, "betas": [0.8, 0.9]}, parameters)  # no _target_: AdamW
+    assert type(default) is torch.optim.AdamW and default.param_groups[0]["betas"] == (0.8, 0.9)
+    sgd = build_optimizer({"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.5}, parameters)
+    assert type(sgd) is torch.optim.SGD and sgd.param_groups[0]["momentum"] == 0.5
+
+    cosine = build_scheduler({"_target_": "mlip.train.schedules.warmup_cosine", "warmup_steps": 2, "min_factor": 0.1},
+                             sgd, total_steps=10)
+    assert cosine["interval"] == "step" and "monitor" not in cosine
+    schedule = cosine["scheduler"].lr_lambdas[0]
+    assert isinstance(schedule, WarmupCosine) and schedule.total_steps == 10 and schedule(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
+
+    plateau = build_scheduler({"_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau", "patience": 2}, sgd)
+    assert isinstance(plateau["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert plateau["monitor"] == "val/loss" and plateau["interval"] == "epoch"
+    with pytest.warns(UserWarning, match="no warm-up"):
+        build_scheduler({"_target_": "mlip.train.schedules.reduce_on_plateau", "warmup_steps": 100, "monitor": "val/forces_mae"}, sgd)
+    step = build_scheduler({"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 3, "interval": "epoch"}, sgd)
+    assert type(step["scheduler"]) is torch.optim.lr_scheduler.StepLR and step["interval"] == "epoch"
+    assert build_scheduler(None, sgd) is None
+    with pytest.raises(ValueError, match="replaced by `_target_`"):
+        build_scheduler({"name": "cosine", "warmup_steps": 2}, sgd)
+
+
+def test_loss_weights_have_one_default():
+    from mlip.train.losses import LossWeights
+    from train_helpers import compose_config
+
+    config = compose_config([])
+    assert dict(config.loss.weights) == vars(LossWeights())  # train.yaml takes them from the dataclass
+    assert compose_config(["loss.weights.stress=3"]).loss.weights.stress == 3.0
+
+
 # ------------------------------------------------------------------------------ end to end
 def test_training_lowers_validation_force_error(trained_run):
     validations = [row for row in read_metrics(trained_run) if "val/forces_mae" in row]
@@ -221,7 +257,7 @@ def test_export_round_trip_gives_identical_predictions(trained_run, emt_files):
     # the same EMA weights straight from the best Lightning checkpoint
     checkpoint = torch.load(trained_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     prefix = "ema.averaged."
-    reference = Potential.from_config(exported["potential_config"])
+    reference = Potential.from_config(exported["potential_config"], dtype=torch.float32)
     reference.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
     reference.eval()
 
@@ -261,7 +297,7 @@ def test_transip_with_rotation_augmentation_and_equivariance_loss(emt_files, tmp
 
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert any(name.startswith("equivariance_loss.transform.") for name in checkpoint["state_dict"])  # T is saved
-    module = build_module(config, Potential.from_config(read_export(run_dir / "best_model.pt")["potential_config"]))
+    module = build_module(config, Potential.from_config(read_export(run_dir / "best_model.pt")["potential_config"], dtype=torch.float32))
     n_potential = len(list(module.potential.parameters()))
     n_map = len(list(module.equivariance_loss.parameters()))
     assert n_map > 0

@@ -22,7 +22,7 @@ import mlip
 from mlip.data.writer import write_structures
 from mlip.export import export_model, read_export
 from mlip.models.backbones import BACKBONES, MACEBackbone, register_backbone
-from mlip.models.potential import UnregisteredBackboneError, build_potential
+from mlip.models.build import UnregisteredBackboneError, build_potential
 from mlip.train.build import train
 
 CUTOFF = 4.0
@@ -36,7 +36,7 @@ def tiny_potential(backbone: dict | None = None, trusted: bool = False):
     config = {"backbone": backbone or {"name": "mace", **TINY_MACE}, "cutoff": CUTOFF, "condition_dim": 4,
               "readout_hidden": [4]}
     statistics = {"elements": [13, 29], "atomic_energies": {13: -0.5, 29: -0.3}, "avg_num_neighbors": 6.0}
-    return build_potential(config, statistics, trusted=trusted)
+    return build_potential(config, statistics, dtype=torch.float32, trusted=trusted)
 
 
 @pytest.fixture(scope="module")
@@ -318,3 +318,27 @@ def test_an_element_missing_from_the_training_split_is_named_before_training(emt
         train(config, run_dir)
     assert "test split" not in str(error.value)
     assert not (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def test_optimizer_and_schedule_targets_come_from_the_current_config_never_from_files(emt_files, tmp_path):
+    """The optimiser/scheduler `_target_`s are built from the user's training config only: a
+    checkpoint or model file naming one (here os.system) is resumed/loaded without calling it."""
+    run_dir = tmp_path / "run"
+    train(tiny_config(emt_files, run_dir, **{"trainer.max_epochs": 1}), run_dir)
+    marker = tmp_path / "pwned"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["hyper_parameters"] = {"optimizer": os_system(marker), "scheduler": os_system(marker)}
+    torch.save(checkpoint, last)
+    model_file = run_dir / "best_model.pt"
+    payload = torch.load(model_file, weights_only=True)
+    assert payload["config"]["optimizer"]["_target_"] == "torch.optim.AdamW"  # provenance only
+    payload["config"]["optimizer"] = payload["config"]["scheduler"] = os_system(marker)
+    torch.save(payload, model_file)
+    mlip.load(model_file)
+    assert not marker.exists()
+
+    resumed = train(tiny_config(emt_files, run_dir, **{"trainer.max_epochs": 2, "optimizer._target_": "torch.optim.Adam",
+                                                       "scheduler": "constant"}), run_dir)
+    assert resumed["resumed_from"] == str(last) and resumed["global_step"] > checkpoint["global_step"]
+    assert not marker.exists()

@@ -20,7 +20,7 @@ from mlip.data.structure import Structure
 from mlip.data.writer import write_structures
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_DATA_DIR = Path(os.environ.get("MLIP_SAMPLE_DATA_DIR", REPO_ROOT / "data"))  # override: data made elsewhere
+SAMPLE_DATA_DIR = Path(os.environ.get("MLIP_SAMPLE_DATA_DIR", REPO_ROOT / "mlip" / "sample_data"))  # override: data made elsewhere
 SAMPLE_DATA = [SAMPLE_DATA_DIR / "molecules.h5", SAMPLE_DATA_DIR / "crystals.h5"]
 
 

@@ -1,4 +1,4 @@
-"""`mlip-train`: train a potential from the Hydra configs in ``configs/``.
+"""`mlip-train`: train a potential from the Hydra configs shipped in the package, ``mlip/configs/``.
 
     mlip-train experiment=sample                    # the README's quick start
     mlip-train model/backbone=mace trainer.max_epochs=5 name=try1

@@ -42,31 +42,52 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from mlip.files import atomic_write
 from mlip.train.callbacks import BestModelExport, LastCheckpoint
 from mlip.train.checkpoint import AtomicCheckpointIO, find_resume_checkpoint, load_checkpoint_file
 from mlip.train.datamodule import PotentialDataModule, torch_dtype
 from mlip.train.module import PotentialModule
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the installed mlip package
+CONFIG_DIR = PACKAGE_DIR / "configs"  # Hydra configs, shipped as package data
+SAMPLE_DATA_DIR = PACKAGE_DIR / "sample_data"  # molecules.h5, crystals.h5, shipped as package data
 BEST_MODEL = "best_model.pt"
 
 
 # ----------------------------------------------------------------------------- configuration
 def config_dir() -> Path:
-    """Directory of the Hydra configs: ``$MLIP_CONFIG_DIR`` or ``configs/`` at the repository root."""
-    directory = Path(os.environ.get("MLIP_CONFIG_DIR", REPO_ROOT / "configs")).resolve()
+    """Directory of the Hydra configs: ``$MLIP_CONFIG_DIR`` if set, else ``mlip/configs/`` of the installed package."""
+    directory = Path(os.environ.get("MLIP_CONFIG_DIR") or CONFIG_DIR).resolve()
     if not (directory / "train.yaml").is_file():
+        where = "MLIP_CONFIG_DIR" if os.environ.get("MLIP_CONFIG_DIR") else "the mlip package (a broken install?)"
         raise FileNotFoundError(
-            f"mlip-train: no train.yaml in the config directory {directory}; install mlip from a source "
-            "checkout (`pip install -e .`) or point MLIP_CONFIG_DIR at a copy of its configs/ folder"
+            f"mlip-train: no train.yaml in the config directory {directory} (from {where}); point "
+            "MLIP_CONFIG_DIR at a copy of mlip's configs/ folder, or unset it to use the packaged configs"
         )
     return directory
 
 
+def sample_data_dir() -> Path:
+    """Directory of the shipped sample data (``molecules.h5``, ``crystals.h5``): ``mlip/sample_data/``."""
+    return SAMPLE_DATA_DIR
+
+
+def register_configs() -> None:
+    """Config nodes defined in Python: ``loss/default`` = `mlip.train.losses.LossConfig` (the one
+    source of the loss weights' defaults; train.yaml's defaults list selects it)."""
+    from hydra.core.config_store import ConfigStore
+
+    from mlip.train.losses import LossConfig
+
+    ConfigStore.instance().store(group="loss", name="default", node=LossConfig)
+
+
 def register_resolvers() -> None:
-    """``${mlip_root:}`` -> the repository root (where the sample data lives)."""
-    if not OmegaConf.has_resolver("mlip_root"):
-        OmegaConf.register_new_resolver("mlip_root", lambda: str(REPO_ROOT))
+    """What composing the configs needs: ``${mlip_sample_data:}`` -> the directory of the shipped
+    sample data (`sample_data_dir`), and the Python config nodes (`register_configs`)."""
+    if not OmegaConf.has_resolver("mlip_sample_data"):
+        OmegaConf.register_new_resolver("mlip_sample_data", lambda: str(sample_data_dir()))
+    register_configs()
 
 
 def wandb_logger(save_dir: str, project: str = "mlip", name: str | None = None, **kwargs):
@@ -101,22 +122,25 @@ def model_statistics(statistics: Any) -> dict[str, Any]:
 def build_model(config: DictConfig, statistics: Any) -> torch.nn.Module:
     """The `Potential` of ``config.model`` with elements/references/scale/shift from ``statistics``.
 
-    The training config is the user's own: its ``model.backbone._target_`` may import a backbone
+    The model is built in ``config.dtype``. The training config is the user's own: its ``model.backbone._target_`` may import a backbone
     class of their code (``trusted=True``; model files never can, see `mlip.export`).
     """
-    from mlip.models.potential import build_potential
+    from mlip.models.build import build_potential
 
     model_config = OmegaConf.to_container(config.model, resolve=True)
-    potential = build_potential(model_config, model_statistics(statistics), trusted=True)
-    return potential.to(torch_dtype(config.dtype))
+    # built in its precision, never built in float32 and cast (see mlip.models.build)
+    return build_potential(model_config, model_statistics(statistics), dtype=torch_dtype(config.dtype), trusted=True)
 
 
 def build_module(config: DictConfig, potential: torch.nn.Module) -> PotentialModule:
+    """The `PotentialModule` of ``config``: its optimiser and schedule are the ``_target_``s of
+    ``config.optimizer`` / ``config.scheduler`` (the user's training config, trusted; see
+    `mlip.train.schedules`). ``scheduler: null`` keeps the learning rate constant."""
     return PotentialModule(
         potential,
         loss=OmegaConf.to_container(config.loss, resolve=True),
         optimizer=OmegaConf.to_container(config.optimizer, resolve=True),
-        scheduler=OmegaConf.to_container(config.scheduler, resolve=True),
+        scheduler=OmegaConf.to_container(config.scheduler, resolve=True) if config.get("scheduler") else None,
         ema_decay=config.ema_decay,
         compute_stress=config.compute_stress,
         rotation_augmentation=config.symmetry.rotation_augmentation,
@@ -309,17 +333,14 @@ def best_checkpoint(trainer: pl.Trainer, checkpoint_dir: Path) -> str | None:
 # ----------------------------------------------------------------------------- files
 @rank_zero_only
 def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
-    os.replace(temporary, path)
+    with atomic_write(path, "w") as handle:
+        handle.write(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
 
 
 @rank_zero_only
 def write_config(path: Path, config: DictConfig) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(OmegaConf.to_yaml(config, resolve=True))
-    os.replace(temporary, path)
+    with atomic_write(path, "w") as handle:
+        handle.write(OmegaConf.to_yaml(config, resolve=True))
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
 """Crash-safe checkpoints, safe checkpoint loading and finding the checkpoint to resume from.
 
-`AtomicCheckpointIO` writes every Lightning checkpoint to ``<path>.tmp``, flushes it to disk and
-renames it over ``<path>`` (``os.replace`` is atomic on POSIX), so a ``kill -9`` while saving
+`AtomicCheckpointIO` writes every Lightning checkpoint to a hidden temporary file next to
+``<path>`` (`mlip.files.atomic_write`: ``.<name>.<host>.<pid>.<token>.mlip-tmp``, swept by the
+next writer if a killed process left it), flushes it to disk and renames it over ``<path>``
+(``os.replace`` is atomic on POSIX), so a ``kill -9`` while saving
 leaves the previous ``last.ckpt`` intact instead of a truncated file. It reads checkpoints with
 `load_checkpoint_file`: always ``weights_only=True`` (tensors and plain containers), whatever
 torch's default or the ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` environment variable say, so that
@@ -18,22 +20,16 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mlip.files import atomic_write
+
 LAST_CHECKPOINT = "last.ckpt"
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    """``torch.save`` to a temporary file next to ``path``, fsync, then rename over ``path``
+    (`mlip.files.atomic_write`)."""
+    with atomic_write(path, "wb", fsync=True) as handle:
+        torch.save(obj, handle)
 
 
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

@@ -9,17 +9,29 @@ prediction, e.g. from two coincident atoms, or a NaN in a label that is flagged 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 
 @dataclass
 class LossWeights:
+    """The loss weights: the one source of their defaults (the training config's ``loss`` section
+    is this dataclass, registered with Hydra by `mlip.train.build.register_configs`)."""
+
     energy: float = 1.0  # weight of the per-atom energy term, (eV/atom)^-2 for MSE
     forces: float = 10.0  # weight of the force term, (eV/Å)^-2 for MSE
-    stress: float = 1.0  # weight of the stress term, (eV/Å³)^-2 for MSE
+    stress: float = 100.0  # weight of the stress term, (eV/Å³)^-2 for MSE
     direct_forces: float = 10.0  # weight of the direct-force head's term (only if the model has one)
+
+
+@dataclass
+class LossConfig:
+    """Keywords of `PotentialLoss`; the schema and defaults of the training config's ``loss``."""
+
+    kind: str = "mse"  # mse or huber
+    huber_delta: float = 0.01  # huber: where the error turns from quadratic to linear (eV/atom, eV/Å, eV/Å³)
+    weights: LossWeights = field(default_factory=LossWeights)
 
 
 def elementwise_error(prediction: torch.Tensor, target: torch.Tensor, kind: str, huber_delta: float) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
 One training step: predict energy, forces (and stress where labelled) with ``training=True``
 (forces are taken with ``create_graph`` so the force loss can be back-propagated), compute the
-masked weighted loss, step AdamW. After every optimiser step the EMA copy of the weights is
-updated; validation and testing run on the EMA copy. Metrics (MAE/RMSE in meV units, per split
-and per subset) are reduced over DDP ranks in the step of each epoch's last batch.
+masked weighted loss, step the optimiser (named by ``_target_`` in the config, AdamW by default;
+`mlip.train.schedules`). After every optimiser step the EMA copy of the weights is updated;
+validation and testing run on the EMA copy. Metrics (MAE/RMSE in meV units, per split and per
+subset) are reduced over DDP ranks in the step of each epoch's last batch.
 
 Non-finite numbers never train silently (``nonfinite``): a NaN/inf training loss or gradient
 raises `NonFiniteTrainingError` naming the batch's structure ids (and which predictions or
@@ -15,7 +16,6 @@ validation (so before every export), before every checkpoint is written and when
 
 from __future__ import annotations
 
-import math
 import random
 import warnings
 from typing import Any
@@ -27,32 +27,8 @@ import torch
 from mlip.train.ema import ExponentialMovingAverage
 from mlip.train.losses import PotentialLoss, nonfinite_structures
 from mlip.train.metrics import ErrorAccumulator
+from mlip.train.schedules import LinearWarmup, WarmupCosine, build_optimizer, build_scheduler  # noqa: F401 (re-exported)
 from mlip.train.symmetry import LearnedEquivarianceLoss, energy_gradient_rotation_penalty, rotation_augmentation
-
-
-class WarmupCosine:
-    """LR factor: linear warm-up over ``warmup_steps``, then cosine decay to ``min_factor`` at ``total_steps``."""
-
-    def __init__(self, warmup_steps: int, total_steps: int, min_factor: float = 0.01):
-        self.warmup_steps = max(0, int(warmup_steps))
-        self.total_steps = max(self.warmup_steps + 1, int(total_steps))
-        self.min_factor = min_factor
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
-        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class LinearWarmup:
-    """LR factor: linear warm-up over ``warmup_steps``, then constant 1."""
-
-    def __init__(self, warmup_steps: int):
-        self.warmup_steps = max(0, int(warmup_steps))
-
-    def __call__(self, step: int) -> float:
-        return (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
 
 
 NONFINITE_MODES = ("raise", "skip")
@@ -92,9 +68,12 @@ class PotentialModule(pl.LightningModule):
     Args:
         potential: the model.
         loss: keywords of `PotentialLoss` (``weights`` dict, ``kind`` "mse"/"huber", ``huber_delta``).
-        optimizer: AdamW keywords (``lr``, ``weight_decay``, ``betas``, ``amsgrad``).
-        scheduler: ``{"name": "cosine"|"plateau"|"constant", "warmup_steps": int, "min_factor": float,
-            "factor": float, "patience": int, "monitor": str}``.
+        optimizer: ``{"_target_": "torch.optim.AdamW", "lr": ..., ...}``: the optimiser class and its
+            keywords (`mlip.train.schedules.build_optimizer`; without ``_target_``: AdamW).
+        scheduler: ``{"_target_": ..., <its keywords>, "interval", "frequency", "monitor"}``: the
+            learning-rate schedule, called with the optimiser (and ``total_steps`` if it takes it;
+            `mlip.train.schedules.build_scheduler`), e.g. ``mlip.train.schedules.warmup_cosine``.
+            None: constant learning rate. Both come from the user's training config only.
         ema_decay: EMA decay per optimiser step; None or 0 disables the EMA.
         compute_stress: "auto" (when the batch has any stress label), True or False.
         rotation_augmentation: rotate every training structure by a random rotation (labels
@@ -135,7 +114,7 @@ class PotentialModule(pl.LightningModule):
         self.potential = potential
         self.loss_fn = PotentialLoss(**(loss or {}))
         self.optimizer_config = dict(optimizer or {"lr": 1e-3})
-        self.scheduler_config = dict(scheduler or {"name": "constant"})
+        self.scheduler_config = dict(scheduler) if scheduler else None
         self.ema = ExponentialMovingAverage(potential, ema_decay) if ema_decay else None
         self.compute_stress = compute_stress
         self.rotation_augmentation = bool(rotation_augmentation)
@@ -321,33 +300,10 @@ class PotentialModule(pl.LightningModule):
         return parameters
 
     def configure_optimizers(self):
-        config = dict(self.optimizer_config)
-        if "betas" in config:
-            config["betas"] = tuple(config["betas"])
-        optimizer = torch.optim.AdamW(self.trainable_parameters(), **config)
-        scheduler_config = dict(self.scheduler_config)
-        name = scheduler_config.pop("name", "constant")
-        warmup_steps = scheduler_config.get("warmup_steps", 0)
-        if name == "cosine":
-            total_steps = self.trainer.estimated_stepping_batches
-            schedule = WarmupCosine(warmup_steps, total_steps, scheduler_config.get("min_factor", 0.01))
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        if name == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer,
-                factor=scheduler_config.get("factor", 0.5),
-                patience=scheduler_config.get("patience", 5),
-                min_lr=scheduler_config.get("min_lr", 0.0),
-            )
-            monitor = scheduler_config.get("monitor", "val/loss")
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": monitor}}
-        if name == "constant":
-            if not warmup_steps:
-                return optimizer
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LinearWarmup(warmup_steps))
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-        raise ValueError(f"unknown scheduler {name!r}; expected 'cosine', 'plateau' or 'constant'")
+        """The optimiser and schedule of the training config, by ``_target_`` (`mlip.train.schedules`)."""
+        optimizer = build_optimizer(self.optimizer_config, self.trainable_parameters())
+        scheduler = build_scheduler(self.scheduler_config, optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # ----------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

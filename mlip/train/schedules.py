@@ -1,0 +1,156 @@
+"""Optimisers and learning-rate schedules, built from the training config by ``_target_``.
+
+The ``optimizer`` and ``scheduler`` sections of the training config name what to build, as
+NequIP does::
+
+    optimizer: {_target_: torch.optim.AdamW, lr: 0.005, amsgrad: true}
+    scheduler: {_target_: mlip.train.schedules.warmup_cosine, warmup_steps: 20, min_factor: 0.01}
+
+`build_optimizer` calls the optimizer's ``_target_`` with the trainable parameters first;
+`build_scheduler` calls the scheduler's ``_target_`` with the optimiser first, plus
+``total_steps`` (the run's optimiser steps, from the trainer) when the target takes a
+``total_steps`` argument that the config leaves unset. Three keys of the scheduler section are
+Lightning's, not the scheduler's: ``interval`` ("step" or "epoch"; default "step", "epoch" for
+ReduceLROnPlateau), ``frequency`` and ``monitor`` (a ReduceLROnPlateau needs one; default
+``val/loss``).
+
+Trust: these ``_target_``s come only from the user's training config, which may import any
+class of their code. Model files and checkpoints never name one that is built: checkpoints
+hold tensors and plain containers (read with ``weights_only=True``) and a resumed run rebuilds
+its optimiser and schedule from the current config, then loads only their state into them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+LIGHTNING_KEYS = ("interval", "frequency", "monitor")  # keys of Lightning's lr_scheduler dict
+DEFAULT_MONITOR = "val/loss"
+
+
+class WarmupCosine:
+    """LR factor: linear warm-up over ``warmup_steps``, then cosine decay to ``min_factor`` at ``total_steps``."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_factor: float = 0.01):
+        self.warmup_steps = max(0, int(warmup_steps))
+        self.total_steps = max(self.warmup_steps + 1, int(total_steps))
+        self.min_factor = min_factor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LinearWarmup:
+    """LR factor: linear warm-up over ``warmup_steps``, then constant 1."""
+
+    def __init__(self, warmup_steps: int):
+        self.warmup_steps = max(0, int(warmup_steps))
+
+    def __call__(self, step: int) -> float:
+        return (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_factor: float = 0.01
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps``, cosine decay to ``min_factor · lr`` at ``total_steps`` (per step).
+
+    ``total_steps`` is filled in from the trainer (`build_scheduler`). A resumed run keeps the
+    schedule's stored length (it is part of the scheduler state).
+    """
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, min_factor))
+
+
+def linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_steps``, then the constant ``lr`` (for open-ended training)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LinearWarmup(warmup_steps))
+
+
+def reduce_on_plateau(
+    optimizer: torch.optim.Optimizer,
+    factor: float = 0.5,
+    patience: int = 5,
+    min_lr: float = 0.0,
+    warmup_steps: int | None = None,
+    **keywords: Any,
+) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """`torch.optim.lr_scheduler.ReduceLROnPlateau` (``patience`` in validation epochs).
+
+    It has no warm-up: a ``warmup_steps`` (e.g. set by an experiment for the default cosine
+    schedule) is ignored with a warning, so that ``scheduler=plateau`` composes with any experiment.
+    """
+    if warmup_steps:
+        warnings.warn(f"scheduler: ReduceLROnPlateau has no warm-up; warmup_steps={warmup_steps} is ignored", stacklevel=2)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=factor, patience=patience, min_lr=min_lr, **keywords)
+
+
+def _partial(config: dict[str, Any], section: str, default_target: str | None = None):
+    """``config`` (a plain dict with ``_target_``) as a partial call of its target (nothing called yet)."""
+    from hydra.utils import instantiate
+
+    config = dict(config)
+    if "name" in config and "_target_" not in config:
+        raise ValueError(
+            f"{section}: `name: {config['name']}` was replaced by `_target_`; choose a schedule with "
+            "scheduler=cosine|plateau|constant or name a class, e.g. scheduler._target_=torch.optim.lr_scheduler.StepLR"
+        )
+    config.setdefault("_target_", default_target)
+    if not config["_target_"]:
+        raise ValueError(f"{section}: no `_target_` (the class or function to build)")
+    return instantiate(config, _partial_=True, _convert_="all")
+
+
+def build_optimizer(config: dict[str, Any] | None, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimiser of ``config`` (``_target_`` and its keywords) over ``parameters``.
+
+    A config without ``_target_`` (e.g. ``{"lr": 1e-3}`` from Python) builds `torch.optim.AdamW`.
+    """
+    factory = _partial(config or {"lr": 1e-3}, "optimizer", default_target="torch.optim.AdamW")
+    if "betas" in factory.keywords:  # YAML gives a list
+        factory.keywords["betas"] = tuple(factory.keywords["betas"])
+    return factory(list(parameters))
+
+
+def _takes(function, name: str) -> bool:
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return False
+
+
+def build_scheduler(
+    config: dict[str, Any] | None, optimizer: torch.optim.Optimizer, total_steps: int | None = None
+) -> dict[str, Any] | None:
+    """Lightning's ``lr_scheduler`` dict for the schedule of ``config``, or None (constant lr).
+
+    ``total_steps``: the run's optimiser steps, passed to a target that takes ``total_steps``
+    when the config does not set it.
+    """
+    if not config:
+        return None
+    config = dict(config)
+    lightning = {key: config.pop(key) for key in LIGHTNING_KEYS if key in config}
+    lightning = {key: value for key, value in lightning.items() if value is not None}
+    factory = _partial(config, "scheduler")
+    extra = {}
+    if _takes(factory.func, "total_steps") and "total_steps" not in factory.keywords:
+        if total_steps is None:
+            raise ValueError(f"scheduler: {config['_target_']} needs total_steps, and the trainer gives none")
+        extra["total_steps"] = int(total_steps)
+    scheduler = factory(optimizer, **extra)
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        lightning.setdefault("monitor", DEFAULT_MONITOR)
+        lightning.setdefault("interval", "epoch")
+    else:
+        lightning.pop("monitor", None)  # only ReduceLROnPlateau reads a metric
+        lightning.setdefault("interval", "step")
+    return {"scheduler": scheduler, **lightning}
