@@ -12,7 +12,12 @@ works on datasets far larger than memory:
   second moments follow from Σe, Σe², Σx, Σe·x, Σxxᵀ with e = E/n and x = counts/n);
 * the average number of neighbours within the cutoff (edges / atoms, all structures);
 * the RMS force component (eV/Å) over structures that have forces;
-* counts: structures, atoms, labels present, per subset, per total charge, per multiplicity.
+* counts: structures, atoms, labels present, per subset, per total charge, per multiplicity;
+* the energies of isolated atoms: single-atom structures with an energy and no neighbour
+  within the cutoff (`isolated_atom_energies`, eV by Z; the last one seen per element wins).
+  With ``exclude_isolated_atoms=True`` such structures count only there (and in
+  ``n_isolated_atoms``), not in any other statistic: they are then reference data, not training
+  structures (as MACE does with ``config_type=IsolatedAtom``).
 
 Results are cached as JSON keyed by the dataset's files (path, size, mtime), its selection, the
 cutoff and `STATISTICS_VERSION`, in a ``.mlip_cache/`` directory next to the first data file
@@ -38,12 +43,12 @@ from mlip.data.neighbours import neighbour_list
 from mlip.data.structure import Structure
 from mlip.files import atomic_write
 
-__all__ = ["STATISTICS_VERSION", "DatasetStatistics", "compute_statistics"]
+__all__ = ["STATISTICS_VERSION", "DatasetStatistics", "compute_statistics", "is_isolated_atom"]
 
 logger = logging.getLogger(__name__)
 
 #: Bump when the definition of any statistic changes: old cache files are then ignored.
-STATISTICS_VERSION = 1
+STATISTICS_VERSION = 2  # 2: isolated_atom_energies, exclude_isolated_atoms
 #: Ridge added to the diagonal of AᵀA, relative to its mean diagonal entry.
 RIDGE_FRACTION = 1e-10
 _N_ATOMIC_NUMBERS = MAX_ATOMIC_NUMBER + 1  # 0..118
@@ -78,11 +83,14 @@ class DatasetStatistics:
     charge_counts: dict[int, int] = field(default_factory=dict)
     spin_counts: dict[int, int] = field(default_factory=dict)
     elements_without_energy: list[int] = field(default_factory=list)
+    isolated_atom_energies: dict[int, float] = field(default_factory=dict)
+    n_isolated_atoms: int = 0
+    exclude_isolated_atoms: bool = False
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (integer keys become strings)."""
         values = asdict(self)
-        for name in ("atomic_energies", "charge_counts", "spin_counts"):
+        for name in ("atomic_energies", "charge_counts", "spin_counts", "isolated_atom_energies"):
             values[name] = {str(key): value for key, value in values[name].items()}
         return values
 
@@ -95,6 +103,7 @@ class DatasetStatistics:
             raise ValueError(f"unknown DatasetStatistics fields: {sorted(unknown)}")
         values = dict(values)
         values["atomic_energies"] = {int(k): float(v) for k, v in values["atomic_energies"].items()}
+        values["isolated_atom_energies"] = {int(k): float(v) for k, v in values.get("isolated_atom_energies", {}).items()}
         for name in ("charge_counts", "spin_counts"):
             values[name] = {int(k): int(v) for k, v in values.get(name, {}).items()}
         values["elements"] = [int(z) for z in values["elements"]]
@@ -113,21 +122,26 @@ class DatasetStatistics:
 # --------------------------------------------------------------------------------------------
 
 
-def compute_statistics(dataset, cutoff: float, cache: bool = True) -> DatasetStatistics:
+def compute_statistics(
+    dataset, cutoff: float, cache: bool = True, exclude_isolated_atoms: bool = False
+) -> DatasetStatistics:
     """Statistics of `dataset` with neighbours counted within `cutoff` (Å).
+
+    Isolated atoms (`is_isolated_atom`) always give `isolated_atom_energies`; with
+    ``exclude_isolated_atoms`` they are left out of every other statistic.
 
     `dataset` may be an mlip `HDF5Dataset` (anything with ``__len__`` and
     ``get_structure(i)``), a `StructureReader`, or any iterable of `Structure`. Caching needs
     to know the files behind the data (a ``paths`` or ``path`` attribute); for plain
     sequences nothing is cached.
     """
-    cache_key = _cache_key(dataset, cutoff) if cache else None
+    cache_key = _cache_key(dataset, cutoff, exclude_isolated_atoms) if cache else None
     if cache_key is not None:
         cached = _read_cache(dataset, cache_key)
         if cached is not None:
             return cached
 
-    accumulator = StatisticsAccumulator(cutoff)
+    accumulator = StatisticsAccumulator(cutoff, exclude_isolated_atoms=exclude_isolated_atoms)
     for structure in _structures_of(dataset):
         accumulator.add(structure)
     statistics = accumulator.result()
@@ -159,13 +173,26 @@ def _structures_of(dataset) -> Iterator[Structure]:
 # --------------------------------------------------------------------------------------------
 
 
+def is_isolated_atom(structure: Structure, cutoff: float, edge_index: np.ndarray | None = None) -> bool:
+    """A single-atom structure with an energy and no neighbour (not even a periodic image) within
+    ``cutoff`` Å: what a model sees as an isolated atom. ``edge_index``: its neighbour list, if known."""
+    if structure.n_atoms != 1 or structure.energy is None:
+        return False
+    if edge_index is None:
+        edge_index, _ = neighbour_list(structure.positions, structure.cell, structure.pbc, cutoff)
+    return edge_index.shape[1] == 0
+
+
 class StatisticsAccumulator:
     """Fixed-size running sums; `add` structures one at a time, then call `result`."""
 
-    def __init__(self, cutoff: float) -> None:
+    def __init__(self, cutoff: float, exclude_isolated_atoms: bool = False) -> None:
         if cutoff is None or not float(cutoff) > 0:
             raise ValueError(f"statistics need a positive neighbour cutoff in Å, got {cutoff!r}")
         self.cutoff = float(cutoff)
+        self.exclude_isolated_atoms = bool(exclude_isolated_atoms)
+        self.isolated_atom_energies: dict[int, float] = {}
+        self.n_isolated_atoms = 0
         self.n_structures = 0
         self.n_atoms = 0
         self.n_edges = 0
@@ -197,16 +224,20 @@ class StatisticsAccumulator:
         counts = np.bincount(structure.numbers, minlength=_N_ATOMIC_NUMBERS)
         if counts.shape[0] > _N_ATOMIC_NUMBERS:
             raise ValueError(f"structure {structure.id!r}: atomic number above {MAX_ATOMIC_NUMBER}")
+        edge_index, _ = neighbour_list(
+            structure.positions, structure.cell, structure.pbc, self.cutoff
+        )
+        if is_isolated_atom(structure, self.cutoff, edge_index):
+            self.isolated_atom_energies[int(structure.numbers[0])] = float(structure.energy)
+            self.n_isolated_atoms += 1
+            if self.exclude_isolated_atoms:
+                return
         self.n_structures += 1
         self.n_atoms += n_atoms
         self.atoms_per_element += counts
         self.subset_counts[structure.subset] += 1
         self.charge_counts[structure.charge] += 1
         self.spin_counts[structure.spin] += 1
-
-        edge_index, _ = neighbour_list(
-            structure.positions, structure.cell, structure.pbc, self.cutoff
-        )
         self.n_edges += edge_index.shape[1]
 
         if structure.forces is not None:
@@ -276,6 +307,9 @@ class StatisticsAccumulator:
             charge_counts=dict(sorted(self.charge_counts.items())),
             spin_counts=dict(sorted(self.spin_counts.items())),
             elements_without_energy=unfitted,
+            isolated_atom_energies=dict(sorted(self.isolated_atom_energies.items())),
+            n_isolated_atoms=self.n_isolated_atoms,
+            exclude_isolated_atoms=self.exclude_isolated_atoms,
         )
 
     def _reference_energies(self, fitted: np.ndarray) -> np.ndarray:
@@ -337,13 +371,14 @@ def _selection_description(dataset) -> dict:
     return description
 
 
-def _cache_key(dataset, cutoff: float) -> str | None:
+def _cache_key(dataset, cutoff: float, exclude_isolated_atoms: bool = False) -> str | None:
     files = _data_files(dataset)
     if files is None:
         return None
     identity = {
         "statistics_version": STATISTICS_VERSION,
         "cutoff": float(cutoff),
+        "exclude_isolated_atoms": bool(exclude_isolated_atoms),
         "files": [_file_fingerprint(path) for path in files],
         "selection": _selection_description(dataset),
     }

@@ -235,9 +235,11 @@ def build_potential(
 
     `config`: {"backbone": {"name" or "_target_": ..., hyperparameters...}, "cutoff": Å, optional
     "elements", "atomic_energies", "scale", "shift", "charge_spin_conditioning", "condition_dim",
-    "direct_forces", "readout_hidden", ...}. `statistics` (a mapping or an object with these
-    attributes) fills what the config leaves out: `elements`, `atomic_energies`, `scale`, `shift`,
-    `avg_num_neighbors`. The backbone's `num_elements`, `cutoff` and `condition_dim` always come
+    "direct_forces", "readout_hidden", "pair_repulsion", ...}. `statistics` (a mapping or an object
+    with these attributes) fills what the config leaves out: `elements`, `atomic_energies`, `scale`,
+    `shift`, `avg_num_neighbors`. `atomic_energies` may be ``"average"`` (the default: the
+    statistics' least squares), ``"isolated"`` (the statistics' `isolated_atom_energies`; shift 0)
+    or a mapping {symbol or Z: eV}; the choice is recorded as `reference_energies`. The backbone's `num_elements`, `cutoff` and `condition_dim` always come
     from the potential; `avg_num_neighbors` from statistics unless the backbone config sets it.
     The resolved config is `potential.config`; `potential_from_config` rebuilds the same model.
     `dtype` (torch.float32 / torch.float64 or their names): the precision the model is built in.
@@ -247,6 +249,12 @@ def build_potential(
     dtype = _model_dtype(dtype, "build_potential")
     config = dict(config)
     backbone_config = dict(config.pop("backbone"))
+    if config.pop("isolated_atoms", None) is not None:
+        raise ValueError(
+            "build_potential: `isolated_atoms` (a file) is read by mlip.train.build.build_model; pass the energies "
+            "as statistics['isolated_atom_energies'] instead"
+        )
+    config.update(_reference_energies(config, statistics))
     for key in ("elements", "atomic_energies", "scale", "shift"):
         if config.get(key) is None:
             value = _statistic(statistics, key)
@@ -273,6 +281,62 @@ def build_potential(
         potential = Potential(backbone=built, **config)
     _check_built_in(potential, dtype, "build_potential")
     return potential
+
+
+def _atomic_number(key: Any, where: str) -> int:
+    """A reference-energy key: an atomic number (int or digit string) or a chemical symbol."""
+    from ase.data import atomic_numbers
+
+    if isinstance(key, bool):
+        raise ValueError(f"{where}: {key!r} is not an element")
+    if isinstance(key, numbers.Integral) or (isinstance(key, str) and key.strip().isdigit()):
+        return int(key)
+    if isinstance(key, str) and key.strip() in atomic_numbers and key.strip() != "X":
+        return atomic_numbers[key.strip()]
+    raise ValueError(f"{where}: {key!r} is neither a chemical symbol nor an atomic number")
+
+
+def _reference_energies(config: Mapping[str, Any], statistics) -> dict[str, Any]:
+    """`atomic_energies` (and `reference_energies`, `shift`) from what the user set.
+
+    `atomic_energies`: None or ``"average"`` -> the statistics' least-squares energies;
+    ``"isolated"`` -> the statistics' `isolated_atom_energies` (with `isolated_atoms_source` to
+    name where they came from in errors), shift 0; a mapping {symbol or Z: eV} -> those, as given.
+    A list aligned with `elements` (a stored `potential.config`) is kept as it is.
+    """
+    from ase.data import chemical_symbols
+
+    choice = config.get("atomic_energies")
+    mode = config.get("reference_energies")
+    if choice is None or choice == "average":
+        value = _statistic(statistics, "atomic_energies")
+        if value is None:
+            raise ValueError("build_potential: `atomic_energies` is neither in the config nor in the statistics")
+        return {"atomic_energies": value, "reference_energies": mode or "average"}
+    if choice == "isolated":
+        energies = _statistic(statistics, "isolated_atom_energies") or {}
+        source = _statistic(statistics, "isolated_atoms_source") or "the training data (single-atom structures)"
+        elements = config.get("elements") or _statistic(statistics, "elements") or []
+        by_z = {_atomic_number(key, "isolated_atom_energies"): float(value) for key, value in dict(energies).items()}
+        missing = [f"{chemical_symbols[int(z)]} (Z={int(z)})" for z in elements if int(z) not in by_z]
+        if missing:
+            raise ValueError(
+                f"model.atomic_energies=isolated: no isolated-atom energy for {', '.join(missing)} in {source}; add a "
+                "single-atom structure with an energy for each element (model.isolated_atoms=<file>), or set "
+                "model.atomic_energies to average or to an explicit mapping"
+            )
+        shift = config.get("shift")
+        if shift is not None and float(shift) != 0.0:
+            raise ValueError(f"model.shift must be 0 (or unset) with model.atomic_energies=isolated, got {shift}")
+        return {"atomic_energies": by_z, "reference_energies": "isolated", "shift": 0.0}
+    if isinstance(choice, str):
+        raise ValueError(
+            f"model.atomic_energies={choice!r}: expected average, isolated, or a mapping {{symbol or Z: eV}}"
+        )
+    if isinstance(choice, Mapping):
+        energies = {_atomic_number(key, "model.atomic_energies"): float(value) for key, value in choice.items()}
+        return {"atomic_energies": energies, "reference_energies": mode or "explicit"}
+    return {"atomic_energies": choice, "reference_energies": mode or "explicit"}
 
 
 def rebuild(potential: Potential, dtype: torch.dtype | str) -> Potential:

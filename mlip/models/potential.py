@@ -3,7 +3,7 @@
 A backbone maps a neighbour graph to per-atom features; `Potential` turns them into energies
 (eV), forces (eV/Å) and stress (eV/Å³, ASE sign):
 
-    E   = Σ_i [ scale · readout(h_i) + shift + E_ref(Z_i) ]
+    E   = Σ_i [ scale · readout(h_i) + shift + E_ref(Z_i) + E_pair,i ]
     F_i = -∂E/∂r_i
     σ   = (1/V) ∂E/∂ε     (symmetric strain ε applied to positions and cell, at ε = 0)
 
@@ -25,6 +25,12 @@ from mlip.geometry import edge_vectors
 from mlip.models.backbones.base import Backbone, BackboneInputs
 from mlip.models.conditioning import ChargeSpinEmbedding
 from mlip.nn.mlp import MLP
+from mlip.nn.zbl import ZBLRepulsion
+
+#: Pair-repulsion priors by config name (`Potential(pair_repulsion=...)`): never an import path.
+PAIR_REPULSIONS: dict[str, type[torch.nn.Module]] = {"zbl": ZBLRepulsion}
+#: What `atomic_energies` are (`Potential(reference_energies=...)`): see docs/models.md.
+REFERENCE_ENERGIES = ("average", "isolated", "explicit")
 
 
 class Potential(torch.nn.Module):
@@ -44,6 +50,14 @@ class Potential(torch.nn.Module):
         direct_forces: also predict forces directly from features (`direct_forces` output).
         readout_hidden: hidden widths of the bias-free energy readout MLP.
         max_charge, max_multiplicity: ranges of the learned charge/spin embedding tables.
+        pair_repulsion: None, or the name of a fixed short-range pair prior in
+            `PAIR_REPULSIONS` (``"zbl"``: `mlip.nn.zbl.ZBLRepulsion`), whose per-atom energy is
+            added to ``node_energy``.
+        reference_energies: what `atomic_energies` are: ``"average"`` (least squares over the
+            training data), ``"explicit"`` (given by the user) or ``"isolated"`` (DFT energies of
+            isolated atoms). With ``"isolated"`` the shift must be 0 and the learned energy of an
+            atom without neighbours (no edge within the cutoff) is set to zero, so a lone atom's energy is
+            exactly E_ref(Z).
     """
 
     def __init__(
@@ -60,8 +74,23 @@ class Potential(torch.nn.Module):
         readout_hidden: Sequence[int] = (16,),
         max_charge: int = 4,
         max_multiplicity: int = 6,
+        pair_repulsion: str | None = None,
+        reference_energies: str = "average",
     ):
         super().__init__()
+        if pair_repulsion is not None and pair_repulsion not in PAIR_REPULSIONS:
+            raise ValueError(
+                f"Potential: pair_repulsion={pair_repulsion!r} is not one of None, {', '.join(map(repr, PAIR_REPULSIONS))}"
+            )
+        if reference_energies not in REFERENCE_ENERGIES:
+            raise ValueError(
+                f"Potential: reference_energies={reference_energies!r} is not one of {', '.join(REFERENCE_ENERGIES)}"
+            )
+        if reference_energies == "isolated" and float(shift) != 0.0:
+            raise ValueError(
+                f"Potential: shift must be 0 with isolated-atom reference energies (got {shift}): an isolated atom's "
+                "energy is then exactly its reference"
+            )
         self.elements = [int(z) for z in elements]
         self._check_elements(self.elements)
         self.cutoff = float(cutoff)
@@ -82,7 +111,10 @@ class Potential(torch.nn.Module):
             "readout_hidden": [int(width) for width in readout_hidden],
             "max_charge": int(max_charge),
             "max_multiplicity": int(max_multiplicity),
+            "pair_repulsion": pair_repulsion,
+            "reference_energies": reference_energies,
         }
+        self.reference_energies = reference_energies
 
         species_of_z = torch.full((MAX_ATOMIC_NUMBER + 1,), -1, dtype=torch.long)
         species_of_z[torch.tensor(self.elements)] = torch.arange(len(self.elements))
@@ -96,6 +128,9 @@ class Potential(torch.nn.Module):
         )
         self.readout = MLP(backbone.num_scalar_features, readout_hidden, 1, bias=False)
         self.direct_force_head = self._direct_force_head(backbone) if direct_forces else None
+        self.pair_repulsion = (
+            PAIR_REPULSIONS[pair_repulsion](self.elements, self.cutoff) if pair_repulsion is not None else None
+        )
 
     # ----------------------------------------------------------------------------------- setup
     @staticmethod
@@ -188,9 +223,16 @@ class Potential(torch.nn.Module):
             if compute_forces:
                 pos = pos.detach().requires_grad_(True)
             strain = torch.zeros_like(cell, requires_grad=True) if compute_stress else None  # (G, 3, 3)
-            features = self._features(batch, species, pos, cell, strain, node_batch)
+            inputs = self._inputs(batch, species, pos, cell, strain, node_batch)
+            features = self.backbone(inputs)
             learned = self.readout(features.scalars).squeeze(-1)  # (n,)
+            if self.reference_energies == "isolated":  # a lone atom is exactly its reference
+                within = torch.linalg.norm(inputs.edge_vectors.detach(), dim=-1) < self.cutoff  # (E,)
+                has_neighbours = torch.zeros_like(learned, dtype=torch.bool).index_fill(0, inputs.edge_index[1][within], True)
+                learned = torch.where(has_neighbours, learned, torch.zeros_like(learned))
             node_energy = self.scale * learned + self.shift + self.atomic_energies[species]
+            if self.pair_repulsion is not None:  # same (strained) edge vectors: forces/stress by autograd
+                node_energy = node_energy + self.pair_repulsion(species, inputs.edge_index, inputs.edge_vectors)
             energy = node_energy.new_zeros(cell.shape[0]).index_add(0, node_batch, node_energy)
             outputs = {"energy": energy, "node_energy": node_energy}
             if compute_forces or compute_stress:
@@ -202,25 +244,23 @@ class Potential(torch.nn.Module):
             outputs = {key: value.detach() for key, value in outputs.items()}
         return outputs
 
-    def _features(self, batch, species, pos, cell, strain, node_batch):
-        """Run the backbone on the (optionally strained) geometry."""
+    def _inputs(self, batch, species, pos, cell, strain, node_batch) -> BackboneInputs:
+        """The backbone's inputs for the (optionally strained) geometry."""
         if strain is not None:  # displacement trick: r -> r (1 + ε), cell rows a -> a (1 + ε), ε symmetric
             symmetric = 0.5 * (strain + strain.transpose(-1, -2))
             pos = pos + torch.einsum("ni,nij->nj", pos, symmetric[node_batch])
             cell = cell + torch.bmm(cell, symmetric)
         shifts = batch.shifts.to(pos.dtype)
-        return self.backbone(
-            BackboneInputs(
-                species=species,
-                edge_index=batch.edge_index,
-                edge_vectors=edge_vectors(pos, cell, batch.edge_index, shifts, node_batch),
-                batch=node_batch,
-                num_graphs=cell.shape[0],
-                node_condition=self._node_condition(batch, node_batch, cell.shape[0]),
-                pos=pos,
-                cell=cell,
-                shifts=shifts,
-            )
+        return BackboneInputs(
+            species=species,
+            edge_index=batch.edge_index,
+            edge_vectors=edge_vectors(pos, cell, batch.edge_index, shifts, node_batch),
+            batch=node_batch,
+            num_graphs=cell.shape[0],
+            node_condition=self._node_condition(batch, node_batch, cell.shape[0]),
+            pos=pos,
+            cell=cell,
+            shifts=shifts,
         )
 
     def _node_condition(self, batch, node_batch: torch.Tensor, num_graphs: int) -> torch.Tensor | None:
