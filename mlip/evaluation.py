@@ -206,8 +206,9 @@ def _format_number(value: float, digits: int = 2) -> str:
 
 def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
     """The error table as CSV (empty cells where a label is missing), written atomically.
-    The last column, "note", is empty except for a model that was not evaluated."""
-    columns = ["model", "subset", "n_structures"] + [key for key, _ in METRIC_COLUMNS] + ["structures_per_s", "note"]
+    The first column, "test_set", names the test set of each row (`mlip-eval`; empty if the rows
+    have none); the last, "note", is empty except for a model that was not evaluated."""
+    columns = ["test_set", "model", "subset", "n_structures"] + [key for key, _ in METRIC_COLUMNS] + ["structures_per_s", "note"]
     with atomic_path(path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()

@@ -1,13 +1,18 @@
 """`mlip-eval`: error tables and parity plots for one model or a whole model zoo.
 
     mlip-eval MODEL [MODEL ...] --data test.h5 [more.h5 | test.extxyz ...] --out eval/
+    mlip-eval MODEL [MODEL ...] --test md.h5 dimers.h5 [NAME=file ...] --out eval/
 
 MODEL is an exported model (anything `mlip.load` reads), a folder of them, or a folder of
 training runs (each `<run>/best_model.pt` is taken, e.g. `mlip-eval runs/ ...`). The test sets are
-mlip HDF5 files or anything ASE reads with labels (extxyz). Writes eval/metrics.md,
-eval/metrics.csv and eval/parity_<model>.png, and prints the Markdown table. A model that
-lacks an element of the test sets (or predicts NaN) gets one row with a note saying so, and the
-other models are still evaluated.
+mlip HDF5 files or anything ASE reads with labels (extxyz). The files of --data form one test
+set (an unlabelled subset is named after its file); every --test file is a test set of its own,
+named by its file stem or NAME=file, and reported on its own (missing labels, e.g. the forces of
+an energy-only set, are left out, never zero). Writes eval/metrics.md (one table per test set
+when there are several), eval/metrics.csv (a test_set column) and eval/parity_<model>.png
+(parity_<model>_<test set>.png with several test sets), and prints the Markdown tables. A model
+that lacks an element of a test set (or predicts NaN) gets one row with a note saying so, and
+the other models and test sets are still evaluated.
 """
 
 from __future__ import annotations
@@ -74,6 +79,24 @@ def read_test_sets(paths: list[str]):
     return structures
 
 
+def test_sets(data: list[str] | None, tests: list[str] | None) -> dict[str, list[str]]:
+    """{test set name: its files}: the files of ``--data`` together (named by the stem of a single
+    file, else "data"), then each ``--test`` entry (``file`` named by its stem, or ``NAME=file``)."""
+    sets: dict[str, list[str]] = {}
+    if data:
+        sets[Path(data[0]).stem if len(data) == 1 else "data"] = list(data)
+    for entry in tests or []:
+        name, separator, path = entry.partition("=")
+        if not separator or not name or os.path.exists(entry):  # a file name holding "=" stays a file name
+            name, path = Path(entry).stem, entry
+        if name in sets:
+            raise SystemExit(f"mlip-eval: test set name {name} given twice; name them with NAME=file")
+        sets[name] = [path]
+    if not sets:
+        raise SystemExit("mlip-eval: no test sets; give --data and/or --test files")
+    return sets
+
+
 def model_names(models: list[Path]) -> list[str]:
     """File stems, made unique with the parent folder where two stems clash."""
     stems = [model.stem for model in models]
@@ -83,7 +106,10 @@ def model_names(models: list[Path]) -> list[str]:
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="mlip-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", help="exported model files and/or folders of them")
-    parser.add_argument("--data", nargs="+", required=True, help="test sets: mlip HDF5 (.h5) or extxyz")
+    parser.add_argument("--data", nargs="+", action="extend",
+                        help="files forming one test set: mlip HDF5 (.h5) or extxyz")
+    parser.add_argument("--test", nargs="+", action="extend", metavar="[NAME=]FILE",
+                        help="test sets of their own, each reported under its name (the file stem, or NAME)")
     parser.add_argument("--out", default="eval", help="output folder (default: eval)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is fastest for small systems)")
@@ -102,19 +128,27 @@ def main(argv=None) -> int:
     from mlip.calculator import MLIPCalculator
 
     models = find_models(arguments.models)
-    structures = read_test_sets(arguments.data)
+    sets = {name: read_test_sets(paths) for name, paths in test_sets(arguments.data, arguments.test).items()}
+    several = len(sets) > 1
     output = Path(arguments.out)
     output.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for model, name in zip(models, model_names(models)):
-        calculator = MLIPCalculator(str(model), device=arguments.device, dtype=arguments.dtype)
-        evaluation = evaluate(calculator, structures, name, max_atoms_per_batch=arguments.max_atoms_per_batch)
-        rows.extend(evaluation.rows())
-        if evaluation.note:
-            print(f"mlip-eval: {name} not evaluated: {evaluation.note}", file=sys.stderr)
-        elif not arguments.no_plots:
-            parity_plot(evaluation, output / f"parity_{name.replace('/', '_')}.png")
-    table = markdown_table(rows)
+    rows, tables = [], []
+    for set_name, structures in sets.items():
+        set_rows = []
+        for model, name in zip(models, model_names(models)):
+            calculator = MLIPCalculator(str(model), device=arguments.device, dtype=arguments.dtype)
+            evaluation = evaluate(calculator, structures, name, max_atoms_per_batch=arguments.max_atoms_per_batch)
+            set_rows.extend({"test_set": set_name, **row} for row in evaluation.rows())
+            if evaluation.note:
+                print(f"mlip-eval: {name} not evaluated{f' on {set_name}' if several else ''}: {evaluation.note}",
+                      file=sys.stderr)
+            elif not arguments.no_plots:
+                stem = name.replace("/", "_") + (f"_{set_name}" if several else "")
+                parity_plot(evaluation, output / f"parity_{stem}.png")
+        heading = f"## {set_name} ({len(structures)} structures)\n\n" if several else ""
+        tables.append(heading + markdown_table(set_rows))
+        rows.extend(set_rows)
+    table = "\n".join(tables)
     write_text(table, output / "metrics.md")
     write_csv(rows, output / "metrics.csv")
     print(table)

@@ -100,23 +100,57 @@ def wandb_logger(save_dir: str, project: str = "mlip", name: str | None = None, 
 
 # ----------------------------------------------------------------------------- builders
 def build_datamodule(config: DictConfig) -> PotentialDataModule:
-    return instantiate(config.data, _convert_="all")
+    """The data module of ``config.data``. ``data.exclude_isolated_atoms: auto`` (the default)
+    leaves isolated atoms out of the training split exactly when ``model.atomic_energies`` is
+    ``isolated`` (they are then references, not training structures)."""
+    exclude = config.data.get("exclude_isolated_atoms", "auto")
+    if exclude == "auto":
+        exclude = config.model.get("atomic_energies") == "isolated"
+    return instantiate(config.data, exclude_isolated_atoms=bool(exclude), _convert_="all")
 
 
 def model_statistics(statistics: Any) -> dict[str, Any]:
     """What `build_potential` takes from the training-split statistics.
 
     scale = force RMS (eV/Å; falls back to the per-atom energy residual std, then 1 eV),
-    shift = mean per-atom energy residual after the reference energies (eV/atom, else 0).
+    shift = mean per-atom energy residual after the reference energies (eV/atom, else 0),
+    isolated_atom_energies = energies of the single-atom structures (eV by Z; for
+    ``model.atomic_energies=isolated``).
     """
     scale = statistics.force_rms or statistics.energy_residual_per_atom_std or 1.0
     return {
         "elements": list(statistics.elements),
         "atomic_energies": dict(statistics.atomic_energies),
+        "isolated_atom_energies": dict(getattr(statistics, "isolated_atom_energies", None) or {}),
         "avg_num_neighbors": statistics.avg_num_neighbors,
         "scale": float(scale),
         "shift": float(statistics.energy_residual_per_atom_mean or 0.0),
     }
+
+
+def read_isolated_atom_energies(path: str | os.PathLike) -> dict[int, float]:
+    """eV by Z of the single-atom structures with an energy in ``path`` (any format of
+    `mlip.data.convert.read_structures`: extxyz with ``energy=`` in info, an mlip HDF5, ...).
+    Structures with more than one atom are ignored; an element given twice with different
+    energies is an error."""
+    from mlip.data.convert import read_structures
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.isolated_atoms: no such file {path}")
+    energies: dict[int, float] = {}
+    for structure in read_structures(path):
+        if structure.n_atoms != 1 or structure.energy is None:
+            continue
+        z, energy = int(structure.numbers[0]), float(structure.energy)
+        if z in energies and energies[z] != energy:
+            raise ValueError(
+                f"model.isolated_atoms: {path} has two energies for {chemical_symbols[z]}: {energies[z]} and {energy} eV"
+            )
+        energies[z] = energy
+    if not energies:
+        raise ValueError(f"model.isolated_atoms: {path} has no single-atom structure with an energy")
+    return energies
 
 
 def build_model(config: DictConfig, statistics: Any) -> torch.nn.Module:
@@ -124,12 +158,25 @@ def build_model(config: DictConfig, statistics: Any) -> torch.nn.Module:
 
     The model is built in ``config.dtype``. The training config is the user's own: its ``model.backbone._target_`` may import a backbone
     class of their code (``trusted=True``; model files never can, see `mlip.export`).
+    ``model.atomic_energies``: ``average`` (default), ``isolated`` (from ``model.isolated_atoms``,
+    a file, else from the single-atom structures of the training data) or a mapping
+    {symbol or Z: eV}; see docs/models.md.
     """
     from mlip.models.build import build_potential
 
     model_config = OmegaConf.to_container(config.model, resolve=True)
+    values = model_statistics(statistics)
+    isolated_atoms = model_config.pop("isolated_atoms", None)
+    if isolated_atoms is not None:
+        if model_config.get("atomic_energies") != "isolated":
+            raise ValueError(
+                f"model.isolated_atoms={isolated_atoms} is only used with model.atomic_energies=isolated "
+                f"(got {model_config.get('atomic_energies')!r})"
+            )
+        values["isolated_atom_energies"] = read_isolated_atom_energies(isolated_atoms)
+        values["isolated_atoms_source"] = str(isolated_atoms)
     # built in its precision, never built in float32 and cast (see mlip.models.build)
-    return build_potential(model_config, model_statistics(statistics), dtype=torch_dtype(config.dtype), trusted=True)
+    return build_potential(model_config, values, dtype=torch_dtype(config.dtype), trusted=True)
 
 
 def build_module(config: DictConfig, potential: torch.nn.Module) -> PotentialModule:
@@ -154,7 +201,15 @@ def build_module(config: DictConfig, potential: torch.nn.Module) -> PotentialMod
 
 
 def build_callbacks(config: DictConfig, run_dir: Path, statistics: Any) -> list[pl.Callback]:
+    """The run's callbacks: ``last.ckpt``, ``best.ckpt``, the ``best_model.pt`` export, the
+    training stage two of ``config.stage_two`` (`mlip.train.stages.StageTwo`, if set), the
+    progress bar and ``config.callbacks``."""
+    from mlip.train.stages import StageTwo, StageTwoConfig
+
     checkpoint_dir = run_dir / "checkpoints"
+    stage_two = StageTwoConfig.from_config(
+        OmegaConf.to_container(config.stage_two, resolve=True) if config.get("stage_two") else None
+    )
     callbacks: list[pl.Callback] = [
         LastCheckpoint(checkpoint_dir, config.checkpoint.every_n_train_steps),
         ModelCheckpoint(
@@ -175,6 +230,8 @@ def build_callbacks(config: DictConfig, run_dir: Path, statistics: Any) -> list[
             statistics=statistics,
         ),
     ]
+    if stage_two is not None:
+        callbacks.append(StageTwo(stage_two, export_path=run_dir / BEST_MODEL))
     if config.progress_bar == "rich":
         callbacks.append(RichProgressBar())
     elif config.progress_bar == "tqdm":
@@ -223,8 +280,21 @@ def _first(items: Sequence[str], total: int | None = None) -> str:
     return "; ".join(items[:MAX_LISTED]) + more
 
 
+def evaluation_sets(datamodule: PotentialDataModule) -> list[tuple[str, Any]]:
+    """(label for messages, dataset) of the validation set and every test set of ``datamodule``."""
+    datamodule.setup()
+    validation = "validation files (data.val_paths)" if datamodule.val_paths is not None else "validation split"
+    sets = [(validation, datamodule.val_set)]
+    for name, dataset in datamodule.test_sets.items():
+        sets.append(("test split" if name is None else f"test set {name!r} (data.test_paths)", dataset))
+    return sets
+
+
 def check_split_elements(datamodule: PotentialDataModule) -> None:
-    """Every element of the validation and test splits must occur in the training split.
+    """Every element of the validation and test data must occur in the training split.
+
+    Covers the random validation/test splits and the files of ``data.val_paths`` and
+    ``data.test_paths`` alike.
 
     The model knows only the training split's elements (its statistics); without this check a
     foreign element fails validation after a whole epoch, before any checkpoint. Raises
@@ -236,7 +306,7 @@ def check_split_elements(datamodule: PotentialDataModule) -> None:
     known = [int(z) for z in datamodule.train_set.elements]
     known_mask = numbers_to_bitmask(known)
     problems = []
-    for split, dataset in (("validation", datamodule.val_set), ("test", datamodule.test_set)):
+    for split, dataset in evaluation_sets(datamodule):
         if dataset is None or len(dataset) == 0:
             continue
         unknown = sorted(set(int(z) for z in dataset.elements) - set(known))
@@ -251,14 +321,15 @@ def check_split_elements(datamodule: PotentialDataModule) -> None:
             extra = sorted(set(int(z) for z in structure.numbers) - set(known))
             listed.append(f"{path} structure {local_index}{label} has {_element_names(extra)}")
         problems.append(
-            f"{_element_names(unknown)} in {len(offending)} structure(s) of the {split} split: "
+            f"{_element_names(unknown)} in {len(offending)} structure(s) of the {split}: "
             + _first(listed, total=len(offending))
         )
     if problems:
         raise ValueError(
             f"data: elements missing from the training split (which has {_element_names(known)}), so the model "
             f"cannot predict them: {'. '.join(problems)}. Add training structures with these elements, leave "
-            "the structures out (e.g. data.subsets), or draw another split (data.split_seed, data.val_fraction)"
+            "the structures out (e.g. data.subsets or other data.val_paths/data.test_paths), or draw another "
+            "split (data.split_seed, data.val_fraction)"
         )
 
 
@@ -405,10 +476,15 @@ def _train(config: DictConfig, run_dir: str | os.PathLike, extra_callbacks: list
             trainer.validate(module, datamodule=datamodule, verbose=False)
             results["fit"].update(_metrics(trainer))
         export.export_current(trainer, module)
-        if config.test_after_fit and datamodule.test_set is not None and len(datamodule.test_set) > 0:
+        if config.test_after_fit and datamodule.test_sets:
             best = best_checkpoint(trainer, checkpoint_dir)
+            # one dataloader per test set; metrics test/... (random split) or test/<name>/... (data.test_paths)
             trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
             results["test"] = {k: v for k, v in _metrics(trainer).items() if k.startswith("test/")}
+            results["test_sets"] = {
+                name or "test": {"n_structures": len(dataset), "paths": [str(path) for path in dataset.paths]}
+                for name, dataset in datamodule.test_sets.items()
+            }
     results["best_model"] = str(run_dir / BEST_MODEL) if (run_dir / BEST_MODEL).is_file() else None
     write_json(run_dir / "results.json", results)
     return results

@@ -4,6 +4,11 @@ The split is drawn once from ``split_seed`` (independent of the training seed), 
 and every DDP rank sees the same partition. Statistics (reference energies, scale, average
 number of neighbours) are computed on the training split only and cached next to the data.
 
+Validation and test data can also be files of their own (``val_paths``, ``test_paths``): then
+no random validation (or test) split is drawn from ``paths``. Several test sets are evaluated
+one by one (one test dataloader each, in the order given) and reported under their own names
+(`test_names`): ``test/<name>/energy_mae``, ``test/<name>/<subset>/forces_rmse``.
+
 Loaders are plain ``torch.utils.data.DataLoader`` objects with PyG's ``Collater`` as
 ``collate_fn``: Lightning recognises them and, under DDP, swaps in a ``DistributedSampler`` so
 that every rank draws a disjoint shard of each epoch.
@@ -12,10 +17,12 @@ that every rank draws a disjoint shard of each epoch.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torch_geometric.loader.dataloader import Collater
@@ -31,16 +38,26 @@ class PotentialDataModule(pl.LightningDataModule):
         cutoff: neighbour cutoff, Å (the model's).
         batch_size: structures per training batch (per DDP rank).
         eval_batch_size: structures per validation/test batch (default: ``batch_size``).
-        val_fraction, test_fraction: fractions of all structures held out.
+        val_fraction, test_fraction: fractions of all structures of ``paths`` held out.
+        val_paths: HDF5 files or globs that form the validation set (concatenated) instead of a
+            random split of ``paths``; ``val_fraction`` is then ignored (None: random split).
+        test_paths: test sets of their own instead of a random test split of ``paths``
+            (``test_fraction`` is then ignored): a list of files/globs, one test set per file
+            named by its file stem, or ``{name: file-or-glob-or-list}``, one test set per name
+            (its files concatenated). None: random split (``test_fraction``).
         split_seed: seed of the split permutation.
         num_workers: loader worker processes (0 = load in the main process).
-        subsets: keep only structures whose subset label is in this list, or equal to this one
-            name (None = all). An empty list and a name that no file holds are errors.
+        subsets: keep only structures of ``paths`` whose subset label is in this list, or equal
+            to this one name (None = all). An empty list and a name that no file holds are
+            errors. The files of ``val_paths``/``test_paths`` are used whole.
         dtype: "float32" or "float64" for positions and labels.
         statistics_cache: cache the statistics of the training split next to the data.
         min_distance: refuse structures with atoms closer than this, Å (None or 0: no check);
             see `mlip.data.dataset.HDF5Dataset`.
         max_neighbours: refuse structures with more neighbour edges per atom than this.
+        exclude_isolated_atoms: leave single atoms without neighbours out of the training split
+            (their energies are the references of ``model.atomic_energies=isolated``, as MACE does
+            with ``config_type=IsolatedAtom``); the statistics still record their energies.
     """
 
     def __init__(
@@ -58,16 +75,14 @@ class PotentialDataModule(pl.LightningDataModule):
         statistics_cache: bool = True,
         min_distance: float | None = DEFAULT_MIN_DISTANCE,
         max_neighbours: float | None = DEFAULT_MAX_NEIGHBOURS,
+        val_paths: Sequence[str | os.PathLike] | str | None = None,
+        test_paths: Sequence[str | os.PathLike] | Mapping[str, Any] | str | None = None,
+        exclude_isolated_atoms: bool = False,
     ):
         super().__init__()
-        from mlip.data.dataset import resolve_paths
-
-        if isinstance(paths, (str, os.PathLike)):
-            paths = [paths]
-        try:  # fail at configuration time, not when training starts
-            self.paths = [str(path) for path in resolve_paths([Path(p).expanduser() for p in paths])]
-        except (FileNotFoundError, ValueError) as error:
-            raise type(error)(f"data.paths: {error}") from error
+        self.paths = _resolved(paths, "data.paths")  # fail at configuration time, not when training starts
+        self.val_paths = None if val_paths is None else _resolved(val_paths, "data.val_paths")
+        self.test_paths = _test_sets(test_paths)  # {name: [files]} or None
         self.cutoff = float(cutoff)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
@@ -80,38 +95,74 @@ class PotentialDataModule(pl.LightningDataModule):
         self.max_neighbours = None if max_neighbours is None else float(max_neighbours)
         self.dtype = torch_dtype(dtype)
         self.statistics_cache = statistics_cache
+        self.exclude_isolated_atoms = bool(exclude_isolated_atoms)
+        self.isolated_atoms = None  # the single atoms left out of the training split (a dataset view)
         self.dataset = None
         self.train_set = self.val_set = self.test_set = None
+        self.test_sets: dict[str | None, Any] = {}  # name (None: the random test split) -> dataset
         self._statistics = None
+
+    @property
+    def test_names(self) -> list[str | None]:
+        """Name of each test dataloader, in order: the keys of ``test_paths``, or ``[None]`` for
+        the random test split (reported as plain ``test/...``), ``[]`` without test data."""
+        if self.test_paths is not None:
+            return list(self.test_paths)
+        self.setup()
+        return list(self.test_sets)
 
     # ------------------------------------------------------------------ datasets
     def setup(self, stage: str | None = None) -> None:
         """Open the files and draw the split (idempotent: Lightning calls it again on fit)."""
         if self.dataset is not None:
             return
-        from mlip.data.dataset import HDF5Dataset, SelectionError
+        from mlip.data.dataset import SelectionError
 
         try:
-            self.dataset = HDF5Dataset(
-                self.paths,
-                cutoff=self.cutoff,
-                dtype=self.dtype,
-                subsets=self.subsets,
-                min_distance=self.min_distance,
-                max_neighbours=self.max_neighbours,
-            )
+            dataset = self._open(self.paths, subsets=self.subsets)
         except SelectionError as error:
             raise SelectionError(f"data.{error.argument}", error.reason) from None
-        if len(self.dataset) == 0:
+        if len(dataset) == 0:
             raise ValueError(f"data: no structures in {self.paths} (subsets={self.subsets})")
-        parts = self.dataset.split(self.val_fraction, test_fraction=self.test_fraction, seed=self.split_seed)
-        self.train_set, self.val_set = parts[0], parts[1]
-        self.test_set = parts[2] if len(parts) > 2 else None
-        if len(self.train_set) == 0 or len(self.val_set) == 0:
+        val_fraction = 0.0 if self.val_paths is not None else self.val_fraction
+        test_fraction = 0.0 if self.test_paths is not None else self.test_fraction
+        train_set, val_set, test_set = dataset.split(val_fraction, test_fraction=test_fraction, seed=self.split_seed)
+        if self.val_paths is not None:
+            val_set = self._open_whole(self.val_paths, "data.val_paths")
+        test_sets = {None: test_set} if self.test_paths is None and len(test_set) > 0 else {}
+        for name, files in (self.test_paths or {}).items():
+            test_sets[name] = self._open_whole(files, f"data.test_paths[{name}]")
+        if len(train_set) == 0 or len(val_set) == 0:
+            where = "data.val_paths" if self.val_paths is not None else f"val_fraction={self.val_fraction}"
             raise ValueError(
-                f"data: split of {len(self.dataset)} structures with val_fraction={self.val_fraction} leaves "
-                f"{len(self.train_set)} training and {len(self.val_set)} validation structures; both must be > 0"
+                f"data: split of {len(dataset)} structures with {where} leaves "
+                f"{len(train_set)} training and {len(val_set)} validation structures; both must be > 0"
             )
+        self._statistics_set = train_set  # isolated atoms included: their energies are statistics
+        if self.exclude_isolated_atoms:
+            train_set, self.isolated_atoms = self._split_off_isolated_atoms(train_set)
+        self.train_set, self.val_set, self.test_sets = train_set, val_set, test_sets
+        self.test_set = test_set if self.test_paths is None else None  # the random test split, as before
+        self.dataset = dataset
+
+    def _open(self, paths: list[str], subsets=None):
+        from mlip.data.dataset import HDF5Dataset
+
+        return HDF5Dataset(
+            paths,
+            cutoff=self.cutoff,
+            dtype=self.dtype,
+            subsets=subsets,
+            min_distance=self.min_distance,
+            max_neighbours=self.max_neighbours,
+        )
+
+    def _open_whole(self, paths: list[str], key: str):
+        """All structures of ``paths`` (a validation or test set of its own); empty is an error."""
+        dataset = self._open(paths)
+        if len(dataset) == 0:
+            raise ValueError(f"{key}: no structures in {paths}")
+        return dataset
 
     def statistics(self):
         """`DatasetStatistics` of the training split (computed once, cached on disk)."""
@@ -119,16 +170,33 @@ class PotentialDataModule(pl.LightningDataModule):
             from mlip.data.statistics import compute_statistics
 
             self.setup()
-            self._statistics = compute_statistics(self.train_set, self.cutoff, cache=self.statistics_cache)
+            self._statistics = compute_statistics(
+                self._statistics_set,
+                self.cutoff,
+                cache=self.statistics_cache,
+                exclude_isolated_atoms=self.exclude_isolated_atoms,
+            )
         return self._statistics
+
+    def _split_off_isolated_atoms(self, dataset):
+        """(dataset without its isolated atoms, the isolated atoms) as views; only single-atom
+        structures are read to decide."""
+        from mlip.data.statistics import is_isolated_atom
+
+        single = np.flatnonzero(dataset.n_atoms == 1)
+        isolated = [int(i) for i in single if is_isolated_atom(dataset.get_structure(int(i)), self.cutoff)]
+        keep = np.setdiff1d(np.arange(len(dataset)), np.asarray(isolated, dtype=np.int64))
+        return dataset.subset(keep), dataset.subset(isolated)
 
     def split_sizes(self) -> dict[str, int]:
         self.setup()
-        return {
+        sizes = {
             "train": len(self.train_set),
             "val": len(self.val_set),
-            "test": len(self.test_set) if self.test_set is not None else 0,
+            "test": sum(len(dataset) for dataset in self.test_sets.values()),
         }
+        sizes.update({f"test/{name}": len(dataset) for name, dataset in self.test_sets.items() if name is not None})
+        return sizes
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
@@ -149,11 +217,55 @@ class PotentialDataModule(pl.LightningDataModule):
         self.setup()
         return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """One loader for the random test split; with ``test_paths``, a list of one loader per
+        test set in the order of `test_names` (``dataloader_idx`` k is ``test_names[k]``)."""
         self.setup()
-        if self.test_set is None or len(self.test_set) == 0:
-            raise ValueError("data.test_fraction is 0: there is no test split to evaluate")
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+        if not self.test_sets:
+            raise ValueError("data.test_fraction is 0 and data.test_paths is null: there is no test set to evaluate")
+        loaders = [self._loader(dataset, self.eval_batch_size, shuffle=False) for dataset in self.test_sets.values()]
+        return loaders if self.test_paths is not None else loaders[0]
+
+
+def _resolved(paths, key: str) -> list[str]:
+    """Files of a path, a glob or a list of them (``~`` expanded); errors name the config key."""
+    from mlip.data.dataset import resolve_paths
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    try:
+        return [str(path) for path in resolve_paths([Path(p).expanduser() for p in paths])]
+    except (FileNotFoundError, ValueError) as error:
+        raise type(error)(f"{key}: {error}") from error
+
+
+def _test_sets(test_paths) -> dict[str, list[str]] | None:
+    """``data.test_paths`` as ``{name: [files]}``.
+
+    A list (or one path/glob): one test set per file, named by its stem (a glob can name several);
+    a mapping: one test set per key, of its path, glob or list. Names must be unique and must not
+    contain "/" (they become part of the metric names ``test/<name>/...``).
+    """
+    if test_paths is None:
+        return None
+    if isinstance(test_paths, Mapping):
+        sets = {str(name): _resolved(files, f"data.test_paths[{name}]") for name, files in test_paths.items()}
+    else:
+        files = _resolved(test_paths, "data.test_paths")
+        stems = [Path(file).stem for file in files]
+        clashes = sorted({stem for stem in stems if stems.count(stem) > 1})
+        if clashes:
+            raise ValueError(
+                f"data.test_paths: several files are named {', '.join(clashes)}; name the test sets with a "
+                "mapping instead, e.g. data.test_paths={a: dir1/test.h5, b: dir2/test.h5}"
+            )
+        sets = {stem: [file] for stem, file in zip(stems, files)}
+    if not sets:
+        raise ValueError("data.test_paths: no test sets; use null for a random test split (data.test_fraction)")
+    for name in sets:
+        if not name or "/" in name:
+            raise ValueError(f"data.test_paths: test set name {name!r} must be non-empty and without '/'")
+    return sets
 
 
 def _subset_list(subsets: Sequence[str] | str | None) -> list[str] | None:

@@ -245,42 +245,54 @@ class PotentialModule(pl.LightningModule):
     def on_train_end(self) -> None:
         self.check_weights("at the end of training")
 
-    def _evaluation_step(self, split: str, batch, batch_idx: int) -> None:
+    def _evaluation_step(self, split: str, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         predictions = self.predict_batch(self.evaluation_model(), batch, training=False)
         loss, _ = self.loss_fn(predictions, batch)
         if not self._nonfinite_loss(split, loss, predictions, batch, batch_idx):
-            self.accumulators[split].update(predictions, batch)
-            self.log(f"{split}/loss", loss.detach(), on_epoch=True, batch_size=batch.num_graphs, sync_dist=True)
-        if self._is_last_batch(split, batch_idx):
+            self.accumulators.setdefault(split, ErrorAccumulator()).update(predictions, batch)
+            self.log(f"{split}/loss", loss.detach(), on_epoch=True, batch_size=batch.num_graphs, sync_dist=True,
+                     add_dataloader_idx=False)  # a named test set carries its name in ``split``
+        if self._is_last_batch(split, batch_idx, dataloader_idx):
             self._log_epoch_metrics(split)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluation_step("val", batch, batch_idx)
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluation_step("test", batch, batch_idx)
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluation_step(self.test_split(dataloader_idx), batch, batch_idx, dataloader_idx)
+
+    def test_split(self, dataloader_idx: int = 0) -> str:
+        """Metric prefix of test dataloader ``dataloader_idx``: ``test/<name>`` for a named test set
+        (the datamodule's ``test_names``, e.g. from ``data.test_paths``), else ``test``."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        names = getattr(datamodule, "test_names", None) or [None]
+        name = names[dataloader_idx] if dataloader_idx < len(names) else f"dataloader_{dataloader_idx}"
+        return "test" if name is None else f"test/{name}"
 
     # ----------------------------------------------------------------------------- epoch metrics
     # The epoch's error sums are reduced over DDP ranks inside the step of the epoch's last batch,
     # where every rank is in lockstep. Epoch-end hooks are not safe for collectives: rank 0's
     # progress bar computes Lightning's synced metrics there before the module hook runs, and the
-    # ranks' collectives would interleave differently (a deadlock under DDP).
-    def _is_last_batch(self, split: str, batch_idx: int) -> bool:
+    # ranks' collectives would interleave differently (a deadlock under DDP). Several test
+    # dataloaders run one after the other, so each is reduced in the step of its own last batch.
+    def _is_last_batch(self, split: str, batch_idx: int, dataloader_idx: int = 0) -> bool:
         trainer = self.trainer
         if split == "train":
             total = trainer.num_training_batches
         elif split == "val":
             total = (trainer.num_sanity_val_batches if trainer.sanity_checking else trainer.num_val_batches)[0]
         else:
-            total = trainer.num_test_batches[0]
+            total = trainer.num_test_batches[dataloader_idx]
         return batch_idx == total - 1
 
     def _log_epoch_metrics(self, split: str) -> None:
-        metrics = self.accumulators[split].compute(split)  # already summed over DDP ranks
-        self.accumulators[split].reset()
+        accumulator = self.accumulators.setdefault(split, ErrorAccumulator())
+        metrics = accumulator.compute(split)  # already summed over DDP ranks; labels absent: no metric
+        accumulator.reset()
         for name, value in metrics.items():
             show = split == "val" and name == "val/forces_mae"
-            self.log(name, value, prog_bar=show, on_step=False, on_epoch=True, sync_dist=False, batch_size=1)
+            self.log(name, value, prog_bar=show, on_step=False, on_epoch=True, sync_dist=False, batch_size=1,
+                     add_dataloader_idx=False)
 
     def on_train_epoch_start(self) -> None:
         self.accumulators["train"].reset()
@@ -289,7 +301,9 @@ class PotentialModule(pl.LightningModule):
         self.accumulators["val"].reset()
 
     def on_test_epoch_start(self) -> None:
-        self.accumulators["test"].reset()
+        for split, accumulator in self.accumulators.items():  # "test" and every "test/<name>"
+            if split == "test" or split.startswith("test/"):
+                accumulator.reset()
 
     # ----------------------------------------------------------------------------- optimisation
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
