@@ -1,5 +1,5 @@
 """Hard-kill resume: `mlip-train` killed with SIGKILL mid-epoch continues from `last.ckpt` with nothing lost
-(training state and the metrics logged before the kill)."""
+(training state and the metrics logged before the kill), also when killed in training stage two."""
 
 from __future__ import annotations
 
@@ -12,14 +12,17 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from train_helpers import REPO_ROOT, read_metrics, tiny_overrides, write_emt_data
+
+from mlip.export import read_export
 
 MAX_EPOCHS = 3
 BATCH_SIZE = 2
 
 
-def training_command(paths: list[str], run_dir: Path) -> list[str]:
+def training_command(paths: list[str], run_dir: Path, **extra) -> list[str]:
     overrides = tiny_overrides(
         paths,
         run_dir,
@@ -29,6 +32,7 @@ def training_command(paths: list[str], run_dir: Path) -> list[str]:
             "data.test_fraction": 0.0,
             "checkpoint.every_n_train_steps": 4,
             "test_after_fit": False,
+            **extra,
         },
     )
     return [sys.executable, "-m", "mlip.cli.train", *overrides]
@@ -94,3 +98,55 @@ def test_resume_after_kill_9_mid_epoch(tmp_path):
     adam_steps = {float(state["step"]) for state in final["optimizer_states"][0]["state"].values()}
     assert adam_steps == {float(total_steps)}
     assert "rng_states" in final
+
+
+def stage_of(checkpoint: dict) -> int:
+    """The training stage stored by `mlip.train.stages.StageTwo` in a checkpoint (1 without one)."""
+    states = [state for key, state in checkpoint.get("callbacks", {}).items() if key.startswith("StageTwo")]
+    return states[0]["stage"] if states else 1
+
+
+def test_killed_in_stage_two_it_resumes_in_stage_two(tmp_path):
+    paths = write_emt_data(tmp_path / "data", n_clusters=16, n_crystals=16)
+    run_dir = tmp_path / "runs" / "stage_two"
+    start_step, stage_lr = 5, 1.0e-3
+    command = training_command(
+        paths, run_dir, scheduler="constant",  # warm-up over 5 steps, then constant: stage two is at stage_lr
+        stage_two=f"{{start_step:{start_step},loss_weights:{{energy:1000.0,forces:100.0}},lr:{stage_lr}}}",
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+
+    first = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_environment(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (last.exists() and stage_of(torch.load(last, map_location="cpu", weights_only=True)) == 2):
+            assert first.poll() is None, f"training exited (code {first.returncode}) before a stage-two checkpoint"
+            assert time.monotonic() < deadline, "no stage-two last.ckpt after 120 s"
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait()
+    saved = torch.load(last, map_location="cpu", weights_only=True)  # plain types only
+    saved_step = saved["global_step"]
+    total_steps = MAX_EPOCHS * math.ceil((32 - round(0.1 * 32)) / BATCH_SIZE)
+    assert start_step < saved_step < total_steps
+
+    resumed = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_environment(),
+                             capture_output=True, text=True, timeout=300, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed in training stage two" in resumed.stdout + resumed.stderr
+
+    final = torch.load(last, map_location="cpu", weights_only=True)
+    assert final["global_step"] == total_steps and stage_of(final) == 2
+    assert [state["started_at_step"] for key, state in final["callbacks"].items() if key.startswith("StageTwo")] == [
+        start_step
+    ]
+    assert final["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(stage_lr)
+    rows = [row for row in read_metrics(run_dir) if "train/stage" in row]
+    assert {row["train/stage"] for row in rows if row["step"] < start_step} == {1.0}
+    after = [row for row in rows if row["step"] > saved_step]
+    assert after and all(row["train/stage"] == 2.0 and row["train/loss_weight_energy"] == 1000.0 for row in after)
+    assert all(row["lr"] == pytest.approx(stage_lr) for row in after if "lr" in row)
+    training = read_export(run_dir / "best_model.pt")["training"]
+    assert training["stage"] == 2 and training["stage_two_start_step"] == start_step

@@ -54,6 +54,8 @@ class BestModelExport(pl.Callback):
     overwrites the export with a truly better model. `validated_step` is the global step of the
     last validation of this process (-1: none yet); `export_current` writes the current EMA
     weights when no validation ever gave a finite value (see `mlip.train.build.train`).
+    With two training stages (`mlip.train.stages`) the search for the best restarts at the switch
+    (`restart`), and ``training_info`` of the export records the ``stage`` it came from.
     """
 
     def __init__(self, path: str | Path, monitor: str, mode: str, config: dict, statistics: Any):
@@ -68,6 +70,10 @@ class BestModelExport(pl.Callback):
         self.best = math.inf if mode == "min" else -math.inf
         self.validated_step = -1
 
+    def restart(self) -> None:
+        """Forget the best value so far (the next finite validation is exported): training stage two began."""
+        self.best = math.inf if self.mode == "min" else -math.inf
+
     def _improved(self, value: float) -> bool:
         return value < self.best if self.mode == "min" else value > self.best
 
@@ -81,7 +87,7 @@ class BestModelExport(pl.Callback):
         if not math.isfinite(value) or not self._improved(value):
             return
         self.best = value
-        self._export(pl_module, trainer.global_step, value)
+        self._export(pl_module, trainer.global_step, value, trainer)
 
     def export_current(self, trainer: pl.Trainer, pl_module) -> None:
         """Export the current EMA weights if there is no export yet (e.g. every validation was NaN)."""
@@ -90,13 +96,17 @@ class BestModelExport(pl.Callback):
         value = float(trainer.callback_metrics.get(self.monitor, math.nan))
         step = trainer.global_step
         rank_zero_warn(f"{self.monitor} = {value} at step {step}: exporting the final EMA weights to {self.path}")
-        self._export(pl_module, trainer.global_step, value)
+        self._export(pl_module, trainer.global_step, value, trainer)
 
     @rank_zero_only
-    def _export(self, pl_module, step: int, value: float) -> None:
+    def _export(self, pl_module, step: int, value: float, trainer: pl.Trainer | None = None) -> None:
         from mlip.export import export_model
+        from mlip.train.stages import StageTwo, current_stage
 
-        info = {"global_step": int(step), "monitor": self.monitor, "value": value}
+        info = {"global_step": int(step), "monitor": self.monitor, "value": value, "stage": current_stage(trainer)}
+        stage_two = next((c for c in getattr(trainer, "callbacks", None) or [] if isinstance(c, StageTwo)), None)
+        if stage_two is not None and stage_two.stage == 2:
+            info["stage_two_start_step"] = int(stage_two.started_at_step)
         export_model(pl_module, self.path, self.config, self.statistics, training_info=info)
 
     def state_dict(self) -> dict[str, Any]:
