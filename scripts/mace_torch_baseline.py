@@ -58,6 +58,10 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--md-steps", type=int, default=200)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--curve-every", type=float, default=0.0,
+                        help="evaluate on --test every this many training seconds (clock paused): a learning curve")
+    parser.add_argument("--predict", action="append", default=[], metavar="NAME=FILE",
+                        help="also write the model's energies (eV) for every structure of FILE (labels ignored)")
     return parser.parse_args(argv)
 
 
@@ -140,6 +144,24 @@ def evaluate(model, loader, test_atoms):
     }
 
 
+def predict_energies(model, path, z_table, cutoff):
+    """The model's energy (eV) for every structure of an ASE-readable file, in file order."""
+    from mace import data as mace_data
+    from mace.tools import torch_geometric
+
+    keyspec = mace_data.KeySpecification(info_keys={}, arrays_keys={})
+    atoms_list = ase.io.read(path, ":")
+    graphs = [
+        mace_data.AtomicData.from_config(mace_data.config_from_atoms(a, key_specification=keyspec), z_table=z_table, cutoff=cutoff)
+        for a in atoms_list
+    ]
+    energies = []
+    for batch in torch_geometric.dataloader.DataLoader(graphs, batch_size=32, shuffle=False):
+        output = model(batch.to_dict(), training=False, compute_force=False)
+        energies.extend(float(e) for e in output["energy"].detach())
+    return energies
+
+
 def md_atom_steps_per_second(model, z_table, cutoff, n_steps):
     """Velocity-Verlet MD on a 9-atom molecule with mace-torch's model behind an ASE calculator."""
     from ase import units
@@ -204,14 +226,28 @@ def main(argv=None):
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(args.warmup_steps, 1)))
     ema = ExponentialMovingAverage(model.parameters(), decay=args.ema_decay) if args.ema_decay > 0 else None
 
+    curve = []
+
+    def record_curve_point():
+        if ema is not None:
+            with ema.average_parameters():
+                metrics = evaluate(model, test_loader, test_atoms)
+        else:
+            metrics = evaluate(model, test_loader, test_atoms)
+        curve.append({"wall_seconds": time.perf_counter() - start - paused_seconds, "train_seconds": training_seconds,
+                      "steps": steps, **metrics})
+        print(json.dumps({"curve": curve[-1]}), flush=True)
+
     start = time.perf_counter()
     structures_seen, steps = 0, 0
     training_seconds = 0.0
-    while time.perf_counter() - start < args.seconds:
+    paused_seconds = 0.0
+    next_curve_point = args.curve_every
+    while time.perf_counter() - start - paused_seconds < args.seconds:
         for batch in train_loader:
             step_start = time.perf_counter()
             optimizer.zero_grad()
-            output = model(batch.to_dict(), training=True, compute_force=True, compute_stress=True)
+            output = model(batch.to_dict(), training=True, compute_force=True, compute_stress=args.stress_weight > 0)
             loss = loss_fn(batch, output, args)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -222,7 +258,12 @@ def main(argv=None):
             training_seconds += time.perf_counter() - step_start
             structures_seen += batch.num_graphs
             steps += 1
-            if time.perf_counter() - start >= args.seconds:
+            if args.curve_every > 0 and time.perf_counter() - start - paused_seconds >= next_curve_point:
+                pause_start = time.perf_counter()
+                record_curve_point()
+                paused_seconds += time.perf_counter() - pause_start
+                next_curve_point += args.curve_every
+            if time.perf_counter() - start - paused_seconds >= args.seconds:
                 break
 
     if ema is not None:
@@ -230,12 +271,15 @@ def main(argv=None):
     result = {
         "model": "mace-torch",
         "parameters": n_parameters,
-        "train_seconds": time.perf_counter() - start,
+        "train_seconds": time.perf_counter() - start - paused_seconds,
         "steps": steps,
         "train_structures_per_s": structures_seen / training_seconds,
         **evaluate(model, test_loader, test_atoms),
         "md_atom_steps_per_s": md_atom_steps_per_second(model, z_table, args.cutoff, args.md_steps),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "curve": curve,
+        "predictions": {name: predict_energies(model, path, z_table, args.cutoff) for name, path in
+                        (item.split("=", 1) for item in args.predict)},
     }
     print(json.dumps(result))
     if args.out:

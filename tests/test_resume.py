@@ -99,6 +99,13 @@ def test_resume_after_kill_9_mid_epoch(tmp_path):
     assert adam_steps == {float(total_steps)}
     assert "rng_states" in final
 
+    # the fit clock carried over the kill: wall seconds only grow along the logged rows
+    clock = [row["time/fit_seconds"] for row in after if "time/fit_seconds" in row]
+    assert len(clock) >= 2 and all(later > earlier for earlier, later in zip(clock, clock[1:]))
+    clock_state = {key: state for key, state in final["callbacks"].items() if key.startswith("TrainingClock")}
+    saved_clock = {key: state for key, state in saved["callbacks"].items() if key.startswith("TrainingClock")}
+    assert next(iter(clock_state.values()))["seconds"] > next(iter(saved_clock.values()))["seconds"] > 0
+
 
 def stage_of(checkpoint: dict) -> int:
     """The training stage stored by `mlip.train.stages.StageTwo` in a checkpoint (1 without one)."""

@@ -128,6 +128,29 @@ def test_stage_two_by_epoch(emt_files, tmp_path):
         assert lr == pytest.approx(0.005 * min(1.0, (step + 1) / 5))
 
 
+def test_stage_two_by_wall_time_over_a_time_budget(emt_files, tmp_path):
+    """``start_time: 0.5`` with ``trainer.max_time`` of 8 s and no epoch limit: the run trains in
+    stage one, switches once, and stays in stage two until the budget ends it."""
+    run_dir = tmp_path / "runs" / "by_time"
+    stage_two = "{start_time:0.5,loss_weights:{energy:1000.0},lr:1.0e-3}"
+    config = stage_config(emt_files, run_dir, stage_two=stage_two, scheduler="constant",
+                          **{"trainer.max_epochs": 100000, "trainer.max_time": "00:00:00:08"})
+    steps = run(config, run_dir).steps
+    stages = [stage for _, stage, _, _ in steps]
+    assert stages[0] == 1 and stages[-1] == 2
+    switch = stages.index(2)
+    assert all(stage == 2 for stage in stages[switch:])  # monotone: one switch
+    assert all(weights == {**BASE, "energy": 1000.0} and lr == pytest.approx(1e-3) for _, _, weights, lr in steps[switch:])
+    assert read_export(run_dir / "best_model.pt")["training"]["stage"] == 2
+
+
+def test_a_time_fraction_needs_a_time_budget(emt_files, tmp_path):
+    run_dir = tmp_path / "runs" / "no_budget"
+    config = stage_config(emt_files, run_dir, stage_two="{start_time:0.5,lr:1.0e-3}")
+    with pytest.raises(ValueError, match="max_time is not set"):
+        run(config, run_dir)
+
+
 def test_off_by_default_changes_nothing(emt_files, tmp_path):
     run_dir = tmp_path / "runs" / "one"
     config = stage_config(emt_files, run_dir)
@@ -154,6 +177,8 @@ def test_off_by_default_changes_nothing(emt_files, tmp_path):
         ({"start": 0.5, "lr": 0.0}, "positive"),
         ({"start": 0.5}, "change nothing"),
         ({"start": 0.5, "lr": 1e-3, "swa": True}, "unknown keys"),
+        ({"start_time": 1.0, "lr": 1e-3}, "fraction of trainer.max_time"),
+        ({"start_time": 0.5, "start": 0.5, "lr": 1e-3}, "exactly one of"),
     ],
 )
 def test_malformed_stage_two_configs_are_refused(section, message):

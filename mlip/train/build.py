@@ -43,7 +43,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mlip.files import atomic_write
-from mlip.train.callbacks import BestModelExport, LastCheckpoint
+from mlip.train.callbacks import BestModelExport, LastCheckpoint, TrainingClock
 from mlip.train.checkpoint import AtomicCheckpointIO, find_resume_checkpoint, load_checkpoint_file
 from mlip.train.datamodule import PotentialDataModule, torch_dtype
 from mlip.train.module import PotentialModule
@@ -201,7 +201,7 @@ def build_module(config: DictConfig, potential: torch.nn.Module) -> PotentialMod
 
 
 def build_callbacks(config: DictConfig, run_dir: Path, statistics: Any) -> list[pl.Callback]:
-    """The run's callbacks: ``last.ckpt``, ``best.ckpt``, the ``best_model.pt`` export, the
+    """The run's callbacks: the fit clock (``time/fit_seconds``), ``last.ckpt``, ``best.ckpt``, the ``best_model.pt`` export, the
     training stage two of ``config.stage_two`` (`mlip.train.stages.StageTwo`, if set), the
     progress bar and ``config.callbacks``."""
     from mlip.train.stages import StageTwo, StageTwoConfig
@@ -211,6 +211,7 @@ def build_callbacks(config: DictConfig, run_dir: Path, statistics: Any) -> list[
         OmegaConf.to_container(config.stage_two, resolve=True) if config.get("stage_two") else None
     )
     callbacks: list[pl.Callback] = [
+        TrainingClock(),
         LastCheckpoint(checkpoint_dir, config.checkpoint.every_n_train_steps),
         ModelCheckpoint(
             dirpath=checkpoint_dir,

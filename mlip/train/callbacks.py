@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,35 @@ class BestModelExport(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("monitor") == self.monitor:
             self.best = float(state_dict["best"])
+
+
+class TrainingClock(pl.Callback):
+    """Logs ``time/fit_seconds``: wall-clock seconds of fitting so far, at every validation.
+
+    The count includes training and validation (everything between the start of fitting and the
+    validation that logs it) and carries over a resume: the seconds of earlier runs are stored in
+    the checkpoint. It is what a learning curve "validation error against wall time" plots.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.seconds_before_this_run = 0.0
+        self._started_at: float | None = None
+
+    def elapsed_seconds(self) -> float:
+        running = 0.0 if self._started_at is None else time.perf_counter() - self._started_at
+        return self.seconds_before_this_run + running
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._started_at = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        pl_module.log("time/fit_seconds", self.elapsed_seconds(), on_step=False, on_epoch=True, batch_size=1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.elapsed_seconds()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seconds_before_this_run = float(state_dict.get("seconds", 0.0))

@@ -8,13 +8,17 @@ The training config's ``stage_two`` section (null: off, the default)::
                                  # i.e. of max_steps or of max_epochs x steps per epoch, whichever ends first)
       # or start_epoch: 80       # the first epoch (0-based, Lightning's current_epoch) of stage two
       # or start_step: 4000      # the first optimiser step (0-based global step) of stage two
+      # or start_time: 0.8       # fraction of trainer.max_time (wall clock of fitting, over resumes)
       loss_weights: {energy: 1000.0, forces: 100.0}   # replaces these weights; the others keep stage one's
       lr: 1.0e-3                 # learning rate from the switch on (null: keep the current one)
 
 `StageTwo` is the Lightning callback that does the switch (`mlip.train.build.build_callbacks`
 adds it). Optimiser step ``k`` (0-based, the global step before it) trains in stage two when
 ``k >= start_step`` (``start_step = round(start * total_steps)``), or when the current epoch is
-``>= start_epoch``. At the switch, before that step's forward pass:
+``>= start_epoch``, or once Lightning's fit timer (`lightning.pytorch.callbacks.Timer`, which
+``trainer.max_time`` sets up and which keeps counting over a resume) has run ``start_time`` of
+``max_time``: a budget in wall time, not in epochs (under DDP rank 0's clock decides, broadcast
+to every rank, so all switch at the same step). At the switch, before that step's forward pass:
 
 * the loss weights of ``loss_weights`` replace those of stage one (validation, ``val/loss`` and
   testing use them from then on too);
@@ -46,23 +50,24 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from mlip.train.losses import LossWeights
 
-START_KEYS = ("start", "start_epoch", "start_step")
+START_KEYS = ("start", "start_epoch", "start_step", "start_time")
 STAGE_TWO_KEYS = (*START_KEYS, "loss_weights", "lr")
 STAGE_ONE_EXPORT_SUFFIX = "_stage1"  # best_model.pt -> best_model_stage1.pt at the switch
 
 
 @dataclasses.dataclass(frozen=True)
 class StageTwoConfig:
-    """The validated ``stage_two`` section: exactly one of ``start``/``start_epoch``/``start_step``."""
+    """The validated ``stage_two`` section: exactly one of ``start``/``start_epoch``/``start_step``/``start_time``."""
 
     start: float | None = None
     start_epoch: int | None = None
     start_step: int | None = None
+    start_time: float | None = None
     loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     lr: float | None = None
 
@@ -87,6 +92,11 @@ class StageTwoConfig:
                 f"stage_two.start must be a fraction of the run's steps in (0, 1), got {start!r} "
                 "(an epoch or step number goes into stage_two.start_epoch / stage_two.start_step)"
             )
+        start_time = section.get("start_time")
+        if start_time is not None and not (
+            isinstance(start_time, (int, float)) and not isinstance(start_time, bool) and 0.0 < float(start_time) < 1.0
+        ):
+            raise ValueError(f"stage_two.start_time must be a fraction of trainer.max_time in (0, 1), got {start_time!r}")
         for key in ("start_epoch", "start_step"):
             value = section.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -108,6 +118,7 @@ class StageTwoConfig:
             start=None if start is None else float(start),
             start_epoch=section.get("start_epoch"),
             start_step=section.get("start_step"),
+            start_time=None if start_time is None else float(start_time),
             loss_weights={name: float(value) for name, value in weights.items()},
             lr=None if lr is None else float(lr),
         )
@@ -124,6 +135,14 @@ class StageTwoConfig:
                 f"finite length ({total_steps}); set trainer.max_epochs or trainer.max_steps, or use stage_two.start_epoch"
             )
         return round(self.start * float(total_steps))
+
+
+def fit_timer(trainer: pl.Trainer) -> Timer | None:
+    """Lightning's `Timer` callback of ``trainer`` (present when ``trainer.max_time`` is set)."""
+    for callback in getattr(trainer, "callbacks", None) or []:
+        if isinstance(callback, Timer) and callback.time_remaining("train") is not None:
+            return callback
+    return None
 
 
 def current_stage(trainer: pl.Trainer | None) -> int:
@@ -164,6 +183,11 @@ class StageTwo(pl.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step = self.config.start_step_of(trainer.estimated_stepping_batches)
+        if self.config.start_time is not None and fit_timer(trainer) is None:
+            raise ValueError(
+                f"stage_two.start_time={self.config.start_time} is a fraction of trainer.max_time, but max_time is not set "
+                "(e.g. trainer.max_time=00:01:00:00 for one hour); or use stage_two.start / start_epoch / start_step"
+            )
         if self.stage == 2:  # resumed after the switch: optimiser and schedule state came with the checkpoint
             self._apply_weights(pl_module)
             rank_zero_info(f"mlip-train: resumed in training stage two (it began at global step {self.started_at_step})")
@@ -187,6 +211,11 @@ class StageTwo(pl.Callback):
 
     # ------------------------------------------------------------------ the switch
     def _due(self, trainer) -> bool:
+        if self.config.start_time is not None:
+            timer = fit_timer(trainer)
+            elapsed, remaining = timer.time_elapsed("train"), timer.time_remaining("train")
+            due = elapsed >= self.config.start_time * (elapsed + remaining)
+            return bool(trainer.strategy.broadcast(due, src=0))  # every DDP rank switches at the same step
         if self.config.start_epoch is not None:
             return trainer.current_epoch >= self.config.start_epoch
         if self.start_step is None:  # on_train_start did not run (not expected)

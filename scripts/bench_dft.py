@@ -1,0 +1,474 @@
+"""Real-DFT benchmark: ethanol at PBE/def2-SVP (data/benchmarks/ethanol_pbe/, rMD17 configurations).
+
+Trains mlip's backbones and mace-torch on ``train.xyz`` for equal wall-time budgets on this machine
+(one thread each), then reports on ``test_MD.xyz`` the energy MAE (meV per structure) and force MAE
+(meV/Å), the units of the published rMD17 tables, the energy RMSE (meV/atom) on the energy-only
+extrapolation sets, and plots: test/validation force MAE against wall time, the six dimer curves
+and the H-removal curve (DFT against every model).
+
+Three steps, each resumable (a finished run is skipped; everything lives under ``--out``, outside
+the repository)::
+
+    python scripts/bench_dft.py prepare --out ../bench_dft
+    python scripts/bench_dft.py run --out ../bench_dft --model mlip-mace --minutes 60
+    python scripts/bench_dft.py run --out ../bench_dft --model mace-torch --minutes 60 \\
+        --mace-python ../mace-venv/bin/python
+    python scripts/bench_dft.py report --out ../bench_dft --figures docs/figures/ethanol_pbe
+
+Models: ``mlip-mace``, ``mlip-facet``, ``mlip-transip`` (``mlip-train experiment=ethanol_pbe`` with
+that backbone, isolated-atom reference energies, the ZBL prior unless ``--no-zbl``, stage two from
+80 % of the time budget) and ``mace-torch`` (scripts/mace_torch_baseline.py in its own venv, the
+same loss weights, batch size and learning rate, the same model size as mlip's MACE-like: 32
+channels, L=1, correlation 3, 2 layers). ``--n-train 50|250`` trains on a random subset of
+``train.xyz`` (seed 0) for the data learning curve. Run two at a time at most on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data" / "benchmarks" / "ethanol_pbe"
+TEST_SETS = {  # name in mlip's metrics -> file in DATA
+    "md": "test_MD.xyz",
+    "h_removal": "test_H_removal.xyz",
+    "dimers": "test_dimers.xyz",
+    "normal_mode_874": "test_norm_mode_874.xyz",
+    "normal_mode_3005": "test_norm_mode_3005.xyz",
+}
+EXTRAPOLATION = ("h_removal", "dimers", "normal_mode_874", "normal_mode_3005")
+MLIP_BACKBONES = {"mlip-mace": "mace", "mlip-facet": "facet", "mlip-transip": "transip"}
+PUBLISHED = [  # rMD17 ethanol, 1000 training configurations, MAE (E meV, F meV/Å); arXiv 2206.07697
+    ("MACE", 0.4, 2.1), ("Allegro", 0.4, 2.1), ("NequIP", 0.4, 2.8), ("BOTNet", 0.4, 3.2),
+    ("GemNet", None, 3.6), ("ACE", 1.2, 7.3), ("PaiNN", 2.7, 10.0),
+]
+
+
+# ----------------------------------------------------------------------------------- prepare
+def training_subset(n_train: int | None) -> list:
+    """The first ``n_train`` structures of a seed-0 permutation of train.xyz (all: None)."""
+    import ase.io
+
+    frames = ase.io.read(DATA / "train.xyz", ":")
+    if n_train is None or n_train >= len(frames):
+        return frames
+    order = np.random.default_rng(0).permutation(len(frames))[:n_train]
+    return [frames[i] for i in sorted(order)]
+
+
+def write_reference_keys(frames, path: Path) -> None:
+    """extxyz with the labels as ``REF_energy`` (info) and ``REF_forces`` (arrays), for mace-torch."""
+    import ase.io
+
+    copies = []
+    for atoms in frames:
+        copy = atoms.copy()
+        copy.calc = None
+        copy.info["REF_energy"] = float(atoms.get_potential_energy())
+        copy.arrays["REF_forces"] = np.asarray(atoms.get_forces())
+        copies.append(copy)
+    temporary = path.with_suffix(".tmp.xyz")
+    ase.io.write(temporary, copies, format="extxyz")
+    os.replace(temporary, path)
+
+
+def prepare(out: Path, n_train: int | None) -> Path:
+    """Converts the training subset and every test set; returns the data folder."""
+    import ase.io
+
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    suffix = "" if n_train is None else f"_{n_train}"
+    train_xyz = data / f"train{suffix}.xyz"
+    if not train_xyz.exists():
+        frames = training_subset(n_train)
+        temporary = train_xyz.with_suffix(".tmp.xyz")
+        ase.io.write(temporary, frames, format="extxyz")
+        os.replace(temporary, train_xyz)
+        write_reference_keys(frames, data / f"train{suffix}_ref.xyz")
+    jobs = [(train_xyz, data / f"train{suffix}.h5")]
+    jobs += [(DATA / name, data / f"{Path(name).stem}.h5") for name in TEST_SETS.values()]
+    for source, target in jobs:
+        if not target.exists():
+            subprocess.run(["mlip-convert", str(source), "-o", str(target), "-q"], check=True)
+    if not (data / "test_MD_ref.xyz").exists():
+        write_reference_keys(ase.io.read(DATA / "test_MD.xyz", ":"), data / "test_MD_ref.xyz")
+    return data
+
+
+# ----------------------------------------------------------------------------------- run
+def run_tag(model: str, minutes: float, n_train: int | None, zbl: bool) -> str:
+    tag = f"{model}_{minutes:g}min"
+    if n_train is not None:
+        tag += f"_n{n_train}"
+    if model.startswith("mlip") and not zbl:
+        tag += "_nozbl"
+    return tag
+
+
+def mlip_command(backbone: str, data: Path, run_root: Path, tag: str, minutes: float, n_train, zbl: bool, extra) -> list[str]:
+    suffix = "" if n_train is None else f"_{n_train}"
+    tests = ",".join(f"{name}:{data / (Path(file).stem + '.h5')}" for name, file in TEST_SETS.items())
+    hours, rest = divmod(round(minutes * 60), 3600)
+    budget = f"00:{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+    command = [
+        "mlip-train", "experiment=ethanol_pbe", f"model/backbone={backbone}",
+        f"runs_dir={run_root}", f"name={tag}", "progress_bar=none",
+        f"data.paths=[{data / f'train{suffix}.h5'}]", f"data.test_paths={{{tests}}}",
+        "model.atomic_energies=isolated", f"model.isolated_atoms={DATA / 'isolated_atoms.xyz'}",
+        f"model.pair_repulsion={'zbl' if zbl else 'null'}",
+        "trainer.max_epochs=100000", f"trainer.max_time={budget}",
+        "stage_two.start=null", "++stage_two.start_time=0.8",  # stage two from 80 % of the time budget
+    ]
+    return command + list(extra)
+
+
+def mace_torch_command(python: str, data: Path, run_dir: Path, minutes: float, n_train) -> list[str]:
+    suffix = "" if n_train is None else f"_{n_train}"
+    command = [
+        python, str(REPO / "scripts" / "mace_torch_baseline.py"),
+        "--train", str(data / f"train{suffix}_ref.xyz"), "--test", str(data / "test_MD_ref.xyz"),
+        "--seconds", str(minutes * 60), "--threads", "1", "--batch-size", "5", "--lr", "0.01",
+        "--energy-weight", "1", "--forces-weight", "1000", "--stress-weight", "0", "--warmup-steps", "0",
+        "--curve-every", str(max(60.0, minutes * 60 / 12)), "--out", str(run_dir / "mace_torch.json"),
+    ]
+    for name in EXTRAPOLATION:
+        command += ["--predict", f"{name}={DATA / TEST_SETS[name]}"]
+    return command
+
+
+def run(args) -> None:
+    data = prepare(args.out, args.n_train)
+    tag = run_tag(args.model, args.minutes, args.n_train, not args.no_zbl)
+    run_root = args.out / "runs"
+    run_dir = run_root / tag
+    if (run_dir / "result.json").exists():
+        print(f"{tag}: done already ({run_dir / 'result.json'})")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if args.model in MLIP_BACKBONES:
+        command = mlip_command(MLIP_BACKBONES[args.model], data, run_root, tag, args.minutes, args.n_train,
+                               not args.no_zbl, args.override)
+        if not (run_dir / "results.json").exists():  # a killed run resumes from its last.ckpt
+            subprocess.run(command, check=True, env=env)
+        result = mlip_result(run_dir, args.minutes * 60)
+        overrides = run_dir / ".hydra" / "overrides.yaml"
+        if overrides.exists():  # the overrides the run was made with
+            import yaml
+
+            command = ["mlip-train", *yaml.safe_load(overrides.read_text())]
+    elif args.model == "mace-torch":
+        if not args.mace_python:
+            raise SystemExit("--mace-python: the python of a venv with mace-torch (see scripts/mace_torch_baseline.py)")
+        command = mace_torch_command(args.mace_python, data, run_dir, args.minutes, args.n_train)
+        if not (run_dir / "mace_torch.json").exists():  # no resume: a killed run starts again
+            subprocess.run(command, check=True, env=env)
+        result = mace_torch_result(run_dir, command)
+    else:
+        raise SystemExit(f"unknown model {args.model!r}; choose from {sorted(MLIP_BACKBONES) + ['mace-torch']}")
+    result.update(model=args.model, minutes=args.minutes, n_train=args.n_train or 1000,
+                  zbl=(not args.no_zbl) if args.model.startswith("mlip") else False, command=command)
+    write_json(result, run_dir / "result.json")
+    print(json.dumps({key: value for key, value in result.items() if key not in ("predictions", "curve")}, indent=1))
+
+
+def write_json(value, path: Path) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(value, indent=1))
+    os.replace(temporary, path)
+
+
+# ----------------------------------------------------------------------------------- results
+def reference_energies(name: str) -> np.ndarray:
+    import ase.io
+
+    return np.array([atoms.get_potential_energy() for atoms in ase.io.read(DATA / TEST_SETS[name], ":")])
+
+
+def atom_counts(name: str) -> np.ndarray:
+    import ase.io
+
+    return np.array([len(atoms) for atoms in ase.io.read(DATA / TEST_SETS[name], ":")])
+
+
+def mlip_predictions(model_path: Path) -> dict[str, list[float]]:
+    """Energies (eV) of the exported model for every structure of the extrapolation sets."""
+    import ase.io
+
+    from mlip.calculator import MLIPCalculator
+
+    calculator = MLIPCalculator(str(model_path))
+    predictions = {}
+    for name in EXTRAPOLATION:
+        energies = []
+        for atoms in ase.io.read(DATA / TEST_SETS[name], ":"):
+            atoms.calc = calculator
+            energies.append(float(atoms.get_potential_energy()))
+        predictions[name] = energies
+    return predictions
+
+
+def mlip_test_md(model_path: Path) -> tuple[float, float]:
+    """Energy MAE (meV per structure) and force MAE (meV/Å, over components) on test_MD.xyz."""
+    import ase.io
+
+    from mlip.calculator import MLIPCalculator
+
+    calculator = MLIPCalculator(str(model_path))
+    energy_errors, force_errors = [], []
+    for atoms in ase.io.read(DATA / TEST_SETS["md"], ":"):
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = calculator
+        energy_errors.append(atoms.get_potential_energy() - energy)
+        force_errors.append((atoms.get_forces() - forces).ravel())
+    return 1000 * float(np.mean(np.abs(energy_errors))), 1000 * float(np.mean(np.abs(np.concatenate(force_errors))))
+
+
+def mlip_curve(run_dir: Path, budget_seconds: float) -> list[dict]:
+    """Validation force MAE (meV/Å) against fitting seconds (``time/fit_seconds``) per validation.
+
+    Runs from before mlip logged ``time/fit_seconds`` get times proportional to the epoch (every
+    epoch is the same 950 structures), marked ``"set": "val, time ∝ epoch"``.
+    """
+    with open(run_dir / "logs" / "metrics.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("val/forces_mae")]
+    if rows and all(row.get("time/fit_seconds") for row in rows):
+        return [{"seconds": float(row["time/fit_seconds"]), "forces_mae": float(row["val/forces_mae"]), "set": "val"}
+                for row in rows]
+    epochs = [int(row["epoch"]) + 1 for row in rows]
+    return [{"seconds": budget_seconds * epoch / max(epochs), "forces_mae": float(row["val/forces_mae"]),
+             "set": "val, time ∝ epoch"} for epoch, row in zip(epochs, rows)]
+
+
+def mlip_result(run_dir: Path, budget_seconds: float) -> dict:
+    results = json.loads((run_dir / "results.json").read_text())
+    model_path = run_dir / "best_model.pt"
+    energy_mae, forces_mae = mlip_test_md(model_path)
+    return {
+        "steps": results["global_step"],
+        "epochs": results["epoch"],
+        "energy_mae_meV": energy_mae,
+        "forces_mae_meV_per_A": forces_mae,
+        "curve": mlip_curve(run_dir, budget_seconds),
+        "predictions": mlip_predictions(model_path),
+    }
+
+
+def mace_torch_result(run_dir: Path, command: list[str]) -> dict:
+    raw = json.loads((run_dir / "mace_torch.json").read_text())
+    atoms_per_structure = atom_counts("md")
+    if len(set(atoms_per_structure)) != 1:
+        raise ValueError("test_MD.xyz: structures of different sizes; per-structure MAE needs the errors themselves")
+    n_atoms = int(atoms_per_structure[0])
+    every = float(command[command.index("--curve-every") + 1]) if "--curve-every" in command else 0.0
+    curve = [  # wall seconds of training (evaluation excluded); older outputs: when the point was due
+        {"seconds": point.get("wall_seconds", every * (k + 1)), "forces_mae": point["force_mae_mev_per_A"], "set": "test"}
+        for k, point in enumerate(raw.get("curve", []))
+    ]
+    return {
+        "steps": raw["steps"],
+        "energy_mae_meV": raw["energy_mae_mev_per_atom"] * n_atoms,
+        "forces_mae_meV_per_A": raw["force_mae_mev_per_A"],
+        "curve": curve,
+        "predictions": raw["predictions"],
+    }
+
+
+def extrapolation_rmse(predictions: dict[str, list[float]]) -> dict[str, float]:
+    """Energy RMSE in meV/atom on each energy-only set."""
+    errors = {}
+    for name in EXTRAPOLATION:
+        if name in predictions:
+            difference = (np.asarray(predictions[name]) - reference_energies(name)) / atom_counts(name)
+            errors[name] = 1000 * float(np.sqrt(np.mean(difference**2)))
+    return errors
+
+
+def repulsive_pairs(predictions: dict[str, list[float]]) -> tuple[int, int]:
+    """How many of the six dimer curves rise monotonically as the pair approaches below the DFT
+    equilibrium distance (energy strictly decreasing with distance there), and of how many."""
+    import ase.io
+
+    frames = ase.io.read(DATA / TEST_SETS["dimers"], ":")
+    pairs = np.array([atoms.info["config_type"] for atoms in frames])
+    distances = np.array([atoms.info["distance"] for atoms in frames])
+    reference, predicted = reference_energies("dimers"), np.asarray(predictions["dimers"])
+    monotone = 0
+    for pair in sorted(set(pairs)):
+        mask = pairs == pair
+        order = np.argsort(distances[mask])
+        r, e_dft, e_model = distances[mask][order], reference[mask][order], predicted[mask][order]
+        inside = r <= r[np.argmin(e_dft)]
+        monotone += bool(np.all(np.diff(e_model[inside]) < 0))
+    return monotone, len(set(pairs))
+
+
+# ----------------------------------------------------------------------------------- report
+def load_results(out: Path) -> list[dict]:
+    results = [json.loads(path.read_text()) for path in sorted((out / "runs").glob("*/result.json"))]
+    return sorted(results, key=lambda r: (r["n_train"], r["minutes"], r["model"], not r.get("zbl")))
+
+
+def label(result: dict) -> str:
+    text = result["model"]
+    if result["model"].startswith("mlip") and not result.get("zbl"):
+        text += " (no ZBL)"
+    return text
+
+
+def table(results: list[dict]) -> str:
+    header = ("| model | budget (min) | N train | steps | test_MD E MAE (meV) | test_MD F MAE (meV/Å) | "
+              "H-removal | dimers | normal mode 874 | normal mode 3005 | repulsive dimers |")
+    lines = [
+        header,
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        rmse = extrapolation_rmse(result["predictions"])
+        cells = [label(result), f"{result['minutes']:g}", str(result["n_train"]), f"{result['steps']:,}",
+                 f"{result['energy_mae_meV']:.2f}", f"{result['forces_mae_meV_per_A']:.1f}"]
+        cells += [f"{rmse[name]:.1f}" if name in rmse else "–" for name in EXTRAPOLATION]
+        if "dimers" in result["predictions"]:
+            monotone, total = repulsive_pairs(result["predictions"])
+            cells.append(f"{monotone}/{total}")
+        else:
+            cells.append("–")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Extrapolation columns: energy RMSE in meV/atom (energy-only sets). Repulsive dimers: curves whose "
+                 "energy rises monotonically as the pair approaches below the DFT equilibrium distance.")
+    lines.append("Published (1000 configurations, GPU): " + ", ".join(
+        f"{name} {'–' if e is None else e} / {f}" for name, e, f in PUBLISHED) + " (E meV / F meV/Å).")
+    return "\n".join(lines)
+
+
+def plot_learning_curves(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for result in [r for r in results if r["n_train"] == 1000]:
+        curve = result.get("curve") or []
+        name = f"{label(result)}, {result['minutes']:g} min"
+        if curve:
+            kind = curve[0]["set"]
+            axis.plot([p["seconds"] / 60 for p in curve], [p["forces_mae"] for p in curve],
+                      label=f"{name} ({kind})", alpha=0.8)
+        axis.scatter([result["minutes"]], [result["forces_mae_meV_per_A"]], marker="o", s=20, zorder=3)
+    axis.axhline(4.2, color="grey", linestyle=":", label="target 4.2 meV/Å")
+    axis.set_xlabel("wall time (min, 1 CPU thread)")
+    axis.set_ylabel("force MAE (meV/Å)")
+    axis.set_yscale("log")
+    axis.legend(fontsize=6)
+    axis.set_title("ethanol PBE: force MAE against wall time (dots: test_MD at the end)", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_dimers(results: list[dict], path: Path) -> None:
+    import ase.io
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = ase.io.read(DATA / TEST_SETS["dimers"], ":")
+    pairs = [atoms.info["config_type"] for atoms in frames]
+    distances = np.array([atoms.info["distance"] for atoms in frames])
+    reference = reference_energies("dimers")
+    figure, axes = plt.subplots(2, 3, figsize=(10, 6))
+    for axis, pair in zip(axes.ravel(), sorted(set(pairs))):
+        mask = np.array([p == pair for p in pairs])
+        order = np.argsort(distances[mask])
+        shift = reference[mask][order][-1]  # energies relative to the longest distance
+        axis.plot(distances[mask][order], reference[mask][order] - shift, "k-", lw=2, label="DFT (PBE)")
+        for result in results:
+            if result["n_train"] != 1000 or "dimers" not in result["predictions"]:
+                continue
+            predicted = np.asarray(result["predictions"]["dimers"])[mask][order]
+            axis.plot(distances[mask][order], predicted - predicted[-1], label=f"{label(result)}, {result['minutes']:g} min")
+        axis.set_title(pair)
+        axis.set_xlabel("distance (Å)")
+        axis.set_ylabel("E − E(r_max) (eV)")
+        axis.set_ylim(-15, 40)
+    axes.ravel()[0].legend(fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_h_removal(results: list[dict], path: Path) -> None:
+    import ase.io
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = ase.io.read(DATA / TEST_SETS["h_removal"], ":")
+    distances = np.array([atoms.info["OH_dist"] for atoms in frames])
+    order = np.argsort(distances)
+    reference = reference_energies("h_removal")[order]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(distances[order], reference - reference.min(), "k-", lw=2, label="DFT (PBE)")
+    for result in results:
+        if result["n_train"] != 1000 or "h_removal" not in result["predictions"]:
+            continue
+        predicted = np.asarray(result["predictions"]["h_removal"])[order]
+        axis.plot(distances[order], predicted - reference.min(), label=f"{label(result)}, {result['minutes']:g} min")
+    axis.set_xlabel("O–H distance (Å)")
+    axis.set_ylabel("E − min E(DFT) (eV)")
+    axis.legend(fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def report(args) -> None:
+    results = load_results(args.out)
+    if not results:
+        raise SystemExit(f"no finished runs under {args.out / 'runs'}")
+    print(table(results))
+    if args.figures:
+        args.figures.mkdir(parents=True, exist_ok=True)
+        plot_learning_curves(results, args.figures / "learning_curves.png")
+        plot_dimers(results, args.figures / "dimers.png")
+        plot_h_removal(results, args.figures / "h_removal.png")
+        print(f"plots in {args.figures}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("prepare", "run", "report"):
+        sub = commands.add_parser(name)
+        sub.add_argument("--out", type=Path, required=True, help="work folder (outside the repository)")
+        if name in ("prepare", "run"):
+            sub.add_argument("--n-train", type=int, default=None, help="random subset of train.xyz (default: all 1000)")
+        if name == "run":
+            sub.add_argument("--model", required=True, choices=sorted(MLIP_BACKBONES) + ["mace-torch"])
+            sub.add_argument("--minutes", type=float, required=True, help="wall-time training budget")
+            sub.add_argument("--no-zbl", action="store_true", help="mlip without the ZBL pair prior")
+            sub.add_argument("--mace-python", default=None, help="python of the mace-torch venv")
+            sub.add_argument("override", nargs="*", help="extra mlip-train overrides (key=value)")
+        if name == "report":
+            sub.add_argument("--figures", type=Path, default=None, help="folder for the PNG plots")
+    args = parser.parse_args(argv)
+    args.out = args.out.resolve()
+    {"prepare": lambda: prepare(args.out, args.n_train), "run": lambda: run(args), "report": lambda: report(args)}[args.command]()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
