@@ -47,6 +47,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from mlip import performance
 from mlip.constants import DTYPES, is_integer
 from mlip.data.graph import SkinNeighbourList, atoms_to_graph
+from mlip.data.neighbours import closest_edge
 from mlip.data.schema import zero_volume_reason
 
 
@@ -217,19 +218,17 @@ class MLIPCalculator(Calculator):
         ``edge_index`` (2, E), ``shifts`` (E, 3) and ``squared_lengths`` (E,) Å² are the
         neighbour-list edges within the cutoff (all pairs closer than ``min_distance`` are among them).
         """
-        if self.min_distance <= 0.0 or squared_lengths.size == 0:
+        if self.min_distance <= 0.0:
             return
-        k = int(np.argmin(squared_lengths))
-        if squared_lengths[k] >= self.min_distance**2:
+        closest = closest_edge(edge_index, shifts, np.sqrt(squared_lengths), within=self.min_distance)
+        if closest is None:
             return
-        j, i = (int(index) for index in edge_index[:, k])
-        distance = float(np.sqrt(squared_lengths[k]))
-        shift = [int(round(value)) for value in shifts[k]]
+        i, j, distance, shift = closest.i, closest.j, closest.distance, list(closest.shift)
         if i == j:
             pair = f"atom {_atom_name(atoms, i)} and its own periodic image (cell shift {shift}) are"
         else:
             image = f" (periodic image, cell shift {shift})" if any(shift) else ""
-            pair = f"atoms {_atom_name(atoms, min(i, j))} and {_atom_name(atoms, max(i, j))}{image} are"
+            pair = f"atoms {_atom_name(atoms, i)} and {_atom_name(atoms, j)}{image} are"
         raise MLIPGeometryError(
             f"MLIPCalculator: {pair} {distance:.4f} Å apart, closer than min_distance = {self.min_distance} Å "
             "(coincident atoms; the model is not defined there)"

@@ -363,12 +363,23 @@ def check_edge_lengths(
     ``edge_index``, ``shifts`` and ``distances`` (Å) as returned by `neighbour_search`; costs one
     pass over the distances, no search.
     """
-    if distances.shape[0] == 0:
-        return
-    edge = int(np.argmin(distances))
-    if distances[edge] < min_distance:
-        pair = _pair_at(edge_index[1], edge_index[0], shifts, distances, edge)
+    pair = closest_edge(edge_index, shifts, distances, within=min_distance)
+    if pair is not None:
         raise _too_close(structure, pair, min_distance, file, index)
+
+
+def closest_edge(edge_index: np.ndarray, shifts: np.ndarray, distances: np.ndarray, within: float) -> AtomPair | None:
+    """The shortest edge of a neighbour list as an `AtomPair`, if it is shorter than ``within`` Å.
+
+    ``edge_index`` (2, E) edges j -> i, ``shifts`` (E, 3) cell multiples, ``distances`` (E,) Å, as
+    `neighbour_search` returns them. One pass over the distances, no search.
+    """
+    if distances.shape[0] == 0:
+        return None
+    edge = int(np.argmin(distances))
+    if distances[edge] >= within:
+        return None
+    return _pair_at(edge_index[1], edge_index[0], shifts, distances, edge)
 
 
 def _pair_at(centres, neighbours, shifts, distances, edge: int) -> AtomPair:
