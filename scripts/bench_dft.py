@@ -249,13 +249,25 @@ def mlip_curve(run_dir: Path, budget_seconds: float) -> list[dict]:
              "set": "val, time ∝ epoch"} for epoch, row in zip(epochs, rows)]
 
 
+def mlip_fit_seconds(run_dir: Path) -> float | None:
+    """Seconds the fit ran, from Lightning's timer state in ``last.ckpt`` (None without ``max_time``)."""
+    from mlip.train.checkpoint import load_checkpoint_file
+
+    checkpoint = load_checkpoint_file(run_dir / "checkpoints" / "last.ckpt")
+    timer = checkpoint.get("callbacks", {}).get("Timer")
+    return None if timer is None else float(timer["time_elapsed"]["train"])
+
+
 def mlip_result(run_dir: Path, budget_seconds: float) -> dict:
     results = json.loads((run_dir / "results.json").read_text())
+    fit_seconds = mlip_fit_seconds(run_dir)
+    budget_seconds = fit_seconds or budget_seconds
     model_path = run_dir / "best_model.pt"
     energy_mae, forces_mae = mlip_test_md(model_path)
     return {
         "steps": results["global_step"],
         "epochs": results["epoch"],
+        "fit_seconds": fit_seconds,
         "energy_mae_meV": energy_mae,
         "forces_mae_meV_per_A": forces_mae,
         "curve": mlip_curve(run_dir, budget_seconds),
@@ -276,10 +288,11 @@ def mace_torch_result(run_dir: Path, command: list[str]) -> dict:
     ]
     return {
         "steps": raw["steps"],
+        "fit_seconds": raw["train_seconds"],
         "energy_mae_meV": raw["energy_mae_mev_per_atom"] * n_atoms,
         "forces_mae_meV_per_A": raw["force_mae_mev_per_A"],
         "curve": curve,
-        "predictions": raw["predictions"],
+        "predictions": raw.get("predictions", {}),  # older outputs: no extrapolation predictions
     }
 
 
@@ -326,15 +339,16 @@ def label(result: dict) -> str:
 
 
 def table(results: list[dict]) -> str:
-    header = ("| model | budget (min) | N train | steps | test_MD E MAE (meV) | test_MD F MAE (meV/Å) | "
+    header = ("| model | budget (min) | trained (min) | N train | steps | test_MD E MAE (meV) | test_MD F MAE (meV/Å) | "
               "H-removal | dimers | normal mode 874 | normal mode 3005 | repulsive dimers |")
     lines = [
         header,
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         rmse = extrapolation_rmse(result["predictions"])
-        cells = [label(result), f"{result['minutes']:g}", str(result["n_train"]), f"{result['steps']:,}",
+        trained = f"{result['fit_seconds'] / 60:.1f}" if result.get("fit_seconds") else "–"
+        cells = [label(result), f"{result['minutes']:g}", trained, str(result["n_train"]), f"{result['steps']:,}",
                  f"{result['energy_mae_meV']:.2f}", f"{result['forces_mae_meV_per_A']:.1f}"]
         cells += [f"{rmse[name]:.1f}" if name in rmse else "–" for name in EXTRAPOLATION]
         if "dimers" in result["predictions"]:
@@ -361,11 +375,15 @@ def plot_learning_curves(results: list[dict], path: Path) -> None:
     for result in [r for r in results if r["n_train"] == 1000]:
         curve = result.get("curve") or []
         name = f"{label(result)}, {result['minutes']:g} min"
+        color = None
         if curve:
             kind = curve[0]["set"]
-            axis.plot([p["seconds"] / 60 for p in curve], [p["forces_mae"] for p in curve],
-                      label=f"{name} ({kind})", alpha=0.8)
-        axis.scatter([result["minutes"]], [result["forces_mae_meV_per_A"]], marker="o", s=20, zorder=3)
+            (line,) = axis.plot([p["seconds"] / 60 for p in curve], [p["forces_mae"] for p in curve],
+                                label=f"{name} ({kind})", alpha=0.8)
+            color = line.get_color()
+        end = (result.get("fit_seconds") or result["minutes"] * 60) / 60
+        axis.scatter([end], [result["forces_mae_meV_per_A"]], marker="o", s=25, zorder=3, color=color,
+                     label=None if curve else f"{name} (test_MD at the end)")
     axis.axhline(4.2, color="grey", linestyle=":", label="target 4.2 meV/Å")
     axis.set_xlabel("wall time (min, 1 CPU thread)")
     axis.set_ylabel("force MAE (meV/Å)")
