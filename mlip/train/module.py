@@ -160,6 +160,9 @@ class PotentialModule(pl.LightningModule):
             return sum((parameter * 0.0).sum() for parameter in self.trainable_parameters())
         batch_size = batch.num_graphs
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        symmetry_weight = terms.pop("equivariance_weight", None)  # the warmed-up weight, not a loss term
+        if symmetry_weight is not None:
+            self.log("train/equivariance_weight", symmetry_weight, on_step=True, on_epoch=False, batch_size=batch_size)
         for name, term in terms.items():
             self.log(f"train/{name}_loss", term, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=batch_size)
