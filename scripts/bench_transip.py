@@ -396,13 +396,13 @@ def run_cells(args, out: Path, keys: list[str]) -> None:
         print(f"{len(failed)} cells failed: {', '.join(failed)}", flush=True)
 
 
-def mean_std(values) -> str:
+def mean_std(values, fmt: str = ".1f") -> str:
     values = np.asarray(values, dtype=float)
     if values.size == 0:
         return "–"
     if values.size == 1:
-        return f"{values[0]:.1f}"
-    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
+        return f"{values[0]:{fmt}}"
+    return f"{values.mean():{fmt}} ± {values.std(ddof=1):{fmt}}"
 
 
 def learned_family(variant: str) -> str | None:
@@ -422,14 +422,14 @@ def report(results: list[dict], args) -> str:
              "meV/atom (energy); mean ± std over seeds.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (split, size, variant), runs in sorted(groups.items()):
-        cells = [split, str(size), variant, str(len(runs)), mean_std([r["steps"] for r in runs]),
-                 mean_std([r["train_seconds"] for r in runs]),
+        cells = [split, str(size), variant, str(len(runs)), mean_std([r["steps"] for r in runs], ".0f"),
+                 mean_std([r["train_seconds"] for r in runs], ".0f"),
                  mean_std([r["test_rotated_force_mae_mev_per_A"] for r in runs]),
                  mean_std([r["test_rotated_energy_mae_mev_per_atom"] for r in runs]),
                  mean_std([r["test_force_mae_mev_per_A"] for r in runs]),
                  mean_std([r["val_rotated_force_mae_mev_per_A"] for r in runs]),
-                 mean_std([r["rotation_energy_std_mev_per_atom"] for r in runs]),
-                 mean_std([r["rotation_force_error_mev_per_A"] for r in runs])]
+                 mean_std([r["rotation_energy_std_mev_per_atom"] for r in runs], ".3g"),
+                 mean_std([r["rotation_force_error_mev_per_A"] for r in runs], ".3g")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Rotated-test force MAE of each learned variant (weight chosen on the rotated validation set) "
               "divided by that of transip_aug, seed by seed (a 40-60 % improvement would be 0.4-0.6):", ""]
