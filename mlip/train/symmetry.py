@@ -5,7 +5,8 @@ Tools for training a model such as `TransIPBackbone` (see docs/transip.md):
 - `random_rotations`: uniform rotations of SO(3) (Haar measure, via unit quaternions).
 - `rotate_batch`: a rotated copy of a graph batch, labels rotated consistently.
 - `rotation_augmentation`: a randomly rotated copy of a batch (plain data augmentation).
-- `LearnedEquivarianceLoss`: the TransIP embedding loss. Two randomly rotated copies of every
+- `LearnedEquivarianceLoss`: the TransIP embedding loss (options: feature-mean or -sum reduction,
+  weight warm-up, stop-gradient target, reuse of the main forward pass, InfoNCE level). Two rotated copies of every
   structure are embedded; a small network T, conditioned on the relative rotation R2 R1ᵀ, must
   map the embedding of copy 1 onto that of copy 2 (MSE, optionally plus an InfoNCE term that
   uses the other structures of the batch as negatives). T starts as the identity, so a model
