@@ -183,7 +183,9 @@ def train_transip(train: list, equivariance_weight: float, steps: int = 200) -> 
     torch.manual_seed(0)
     backbone = TransIPBackbone(num_elements=1, cutoff=CUTOFF, condition_dim=0, dim=16, depth=2, heads=2, num_fourier=8)
     potential = Potential(backbone, [6], {6: 0.0}, cutoff=CUTOFF, charge_spin_conditioning=False, readout_hidden=[16])
-    loss_fn = LearnedEquivarianceLoss(16, weight=equivariance_weight, level="atom") if equivariance_weight else None
+    loss_fn = (  # the feature sum of the measurements below (reduction="sum")
+        LearnedEquivarianceLoss(16, weight=equivariance_weight, level="atom", reduction="sum") if equivariance_weight else None
+    )
     parameters = list(potential.parameters()) + (list(loss_fn.parameters()) if loss_fn else [])
     optimiser = torch.optim.Adam(parameters, lr=3e-3)
     generator = torch.Generator().manual_seed(0)

@@ -344,3 +344,29 @@ def test_training_stops_at_nan_from_coincident_atoms_naming_the_structure(emt_fi
         train(config, run_dir, extra_callbacks=[callback])
     assert f"structure {callback.structure_id!r}: predicted energy" in str(caught.value)
     assert not (run_dir / "best_model.pt").exists()
+
+
+def test_transip_with_the_issue_15_symmetry_loss_options(emt_files, tmp_path):
+    """A few real optimiser steps with the feature-mean loss, a warm-up over half the run, the
+    reused main pass, a stop-gradient target and per-structure InfoNCE: the weight is logged
+    rising from 0, the loss terms are finite."""
+    run_dir = tmp_path / "transip_options"
+    overrides = tiny_overrides(
+        emt_files,
+        run_dir,
+        backbone="transip",
+        **{
+            "trainer.max_epochs": 1,
+            "symmetry.rotation_augmentation": "true",
+            "symmetry.equivariance_loss": "{weight:0.3,level:atom,reduction:mean,warmup_fraction:0.5,reuse_main_pass:true,"
+            "stop_gradient_target:true,contrastive_weight:0.1,contrastive_level:structure}",
+            "test_after_fit": "false",
+        },
+    )
+    train(compose_config(overrides), run_dir)
+    rows = read_metrics(run_dir)
+    weights = [row["train/equivariance_weight"] for row in rows if "train/equivariance_weight" in row]
+    assert weights and weights[0] == 0.0 and max(weights) > 0.0 and max(weights) <= 0.3 + 1e-6
+    for name in ("train/equivariance_mse_loss", "train/equivariance_infonce_loss"):
+        values = [row[name] for row in rows if name in row]
+        assert values and all(math.isfinite(value) for value in values)

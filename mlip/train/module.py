@@ -28,7 +28,7 @@ from mlip.train.ema import ExponentialMovingAverage
 from mlip.train.losses import PotentialLoss, nonfinite_structures
 from mlip.train.metrics import ErrorAccumulator
 from mlip.train.schedules import LinearWarmup, WarmupCosine, build_optimizer, build_scheduler  # noqa: F401 (re-exported)
-from mlip.train.symmetry import LearnedEquivarianceLoss, energy_gradient_rotation_penalty, rotation_augmentation
+from mlip.train.symmetry import LearnedEquivarianceLoss, capture_embeddings, energy_gradient_rotation_penalty, rotation_augmentation
 
 
 NONFINITE_MODES = ("raise", "skip")
@@ -79,8 +79,9 @@ class PotentialModule(pl.LightningModule):
         rotation_augmentation: rotate every training structure by a random rotation (labels
             rotated with it); for backbones that are not equivariant by construction.
         equivariance_loss: keywords of `mlip.train.symmetry.LearnedEquivarianceLoss` (e.g.
-            ``{"weight": 3.0, "level": "atom"}``) to add the TransIP learned-equivariance loss;
-            its map T is trained with the potential. None: off.
+            ``{"weight": 0.1, "level": "atom", "warmup_fraction": 0.1, "reuse_main_pass": True}``)
+            to add the TransIP learned-equivariance loss; its map T is trained with the potential,
+            its weight is warmed up over the optimiser steps (``global_step``). None: off.
         rotation_gradient_penalty: weight of `mlip.train.symmetry.energy_gradient_rotation_penalty`
             (the mean squared energy derivative with respect to infinitesimal rotations, eV²/rad²;
             costs one more forward and double backward per step). None or 0: off.
@@ -129,6 +130,7 @@ class PotentialModule(pl.LightningModule):
         self.check_weights_every_n_steps = int(check_weights_every_n_steps)
         self.skipped_batches = 0  # batches skipped for a non-finite loss or gradient (nonfinite="skip")
         self._skip_step = False  # the current training batch's loss was not finite: skip its optimiser step
+        self._total_steps_cache = None  # the run's optimiser steps (warmup_fraction of the symmetry loss)
         self._current_batch = None  # (batch_idx, batch) of the training step, for the gradient check's message
 
     # ----------------------------------------------------------------------------- prediction
@@ -147,18 +149,7 @@ class PotentialModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------- steps
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if self.rotation_augmentation:
-            batch = rotation_augmentation(batch)
-        predictions = self.predict_batch(self.potential, batch, training=True)
-        loss, terms = self.loss_fn(predictions, batch)
-        if self.equivariance_loss is not None:
-            symmetry_loss, symmetry_terms = self.equivariance_loss(self.potential, batch)
-            loss = loss + symmetry_loss
-            terms.update(symmetry_terms)
-        if self.rotation_gradient_penalty:
-            penalty = energy_gradient_rotation_penalty(self.potential, batch)
-            loss = loss + self.rotation_gradient_penalty * penalty
-            terms["rotation_gradient_penalty"] = penalty.detach()
+        batch, predictions, loss, terms = self.training_loss(batch)
         self._current_batch = (batch_idx, batch)
         self._skip_step = self._nonfinite_loss("training", loss, predictions, batch, batch_idx) or self._skip_step
         if not self._skip_step:
@@ -169,10 +160,53 @@ class PotentialModule(pl.LightningModule):
             return sum((parameter * 0.0).sum() for parameter in self.trainable_parameters())
         batch_size = batch.num_graphs
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        symmetry_weight = terms.pop("equivariance_weight", None)  # the warmed-up weight, not a loss term
+        if symmetry_weight is not None:
+            self.log("train/equivariance_weight", symmetry_weight, on_step=True, on_epoch=False, batch_size=batch_size)
         for name, term in terms.items():
             self.log(f"train/{name}_loss", term, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=batch_size)
         return loss
+
+    def training_loss(self, batch):
+        """(batch as trained on, predictions, loss, detached terms) of one training step.
+
+        Augmentation rotates the batch first (R1 x); the learned-equivariance loss then compares
+        copies of that rotated batch. With its ``reuse_main_pass`` the main pass's embeddings of
+        R1 x are copy 1 and a single extra pass embeds copy 2 = R2 R1 x (T sees R2).
+        """
+        if self.rotation_augmentation:
+            batch = rotation_augmentation(batch)
+        reuse = self.equivariance_loss is not None and self.equivariance_loss.reuse_main_pass
+        if reuse:
+            with capture_embeddings(self.potential) as captured:
+                predictions = self.predict_batch(self.potential, batch, training=True)
+        else:
+            predictions = self.predict_batch(self.potential, batch, training=True)
+        loss, terms = self.loss_fn(predictions, batch)
+        if self.equivariance_loss is not None:
+            symmetry_loss, symmetry_terms = self.equivariance_loss(
+                self.potential,
+                batch,
+                step=self.global_step,
+                total_steps=self._total_steps() if self.equivariance_loss.warmup_fraction else None,
+                main_embeddings=captured.embeddings[-1] if reuse else None,
+            )
+            loss = loss + symmetry_loss
+            terms.update(symmetry_terms)
+        if self.rotation_gradient_penalty:
+            penalty = energy_gradient_rotation_penalty(self.potential, batch)
+            loss = loss + self.rotation_gradient_penalty * penalty
+            terms["rotation_gradient_penalty"] = penalty.detach()
+        return batch, predictions, loss, terms
+
+    def _total_steps(self) -> int:
+        """The run's optimiser steps (for a warm-up given as a fraction of it)."""
+        if self._trainer is None:
+            raise ValueError("symmetry.equivariance_loss.warmup_fraction needs a Trainer (total steps); use warmup_steps")
+        if self._total_steps_cache is None:
+            self._total_steps_cache = int(self.trainer.estimated_stepping_batches)
+        return self._total_steps_cache
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Gradients (already summed over DDP ranks, so every rank decides alike) must be finite."""
