@@ -13,11 +13,12 @@ the repository)::
     python scripts/bench_dft.py run --out ../bench_dft --model mlip-mace --minutes 60
     python scripts/bench_dft.py run --out ../bench_dft --model mace-torch --minutes 60 \\
         --mace-python ../mace-venv/bin/python
-    python scripts/bench_dft.py report --out ../bench_dft --figures docs/figures/ethanol_pbe
+    python scripts/bench_dft.py report --out ../bench_dft --figures docs/figures/ethanol_pbe \\
+        --results docs/benchmarks/ethanol_pbe
 
 Models: ``mlip-mace``, ``mlip-facet``, ``mlip-transip`` (``mlip-train experiment=ethanol_pbe`` with
 that backbone, isolated-atom reference energies, the ZBL prior unless ``--no-zbl``, stage two from
-80 % of the time budget) and ``mace-torch`` (scripts/mace_torch_baseline.py in its own venv, the
+80 % of the time budget; TransIP with random rotations of the training structures) and ``mace-torch`` (scripts/mace_torch_baseline.py in its own venv, the
 same loss weights, batch size and learning rate, the same model size as mlip's MACE-like: 32
 channels, L=1, correlation 3, 2 layers). ``--n-train 50|250`` trains on a random subset of
 ``train.xyz`` (seed 0) for the data learning curve. Run two at a time at most on 2 cores.
@@ -105,12 +106,14 @@ def prepare(out: Path, n_train: int | None) -> Path:
 
 
 # ----------------------------------------------------------------------------------- run
-def run_tag(model: str, minutes: float, n_train: int | None, zbl: bool) -> str:
+def run_tag(model: str, minutes: float, n_train: int | None, zbl: bool, variant: str | None = None) -> str:
     tag = f"{model}_{minutes:g}min"
     if n_train is not None:
         tag += f"_n{n_train}"
     if model.startswith("mlip") and not zbl:
         tag += "_nozbl"
+    if variant:
+        tag += f"_{variant}"
     return tag
 
 
@@ -128,6 +131,8 @@ def mlip_command(backbone: str, data: Path, run_root: Path, tag: str, minutes: f
         "trainer.max_epochs=100000", f"trainer.max_time={budget}",
         "stage_two.start=null", "++stage_two.start_time=0.8",  # stage two from 80 % of the time budget
     ]
+    if backbone == "transip":  # its best symmetry treatment on the sample data (docs/transip.md)
+        command.append("symmetry.rotation_augmentation=true")
     return command + list(extra)
 
 
@@ -147,7 +152,9 @@ def mace_torch_command(python: str, data: Path, run_dir: Path, minutes: float, n
 
 def run(args) -> None:
     data = prepare(args.out, args.n_train)
-    tag = run_tag(args.model, args.minutes, args.n_train, not args.no_zbl)
+    if args.override and not args.variant:
+        raise SystemExit("overrides change the recipe: name the run with --variant NAME (e.g. --variant float32)")
+    tag = run_tag(args.model, args.minutes, args.n_train, not args.no_zbl, args.variant)
     run_root = args.out / "runs"
     run_dir = run_root / tag
     if (run_dir / "result.json").exists():
@@ -175,10 +182,22 @@ def run(args) -> None:
         result = mace_torch_result(run_dir, command)
     else:
         raise SystemExit(f"unknown model {args.model!r}; choose from {sorted(MLIP_BACKBONES) + ['mace-torch']}")
-    result.update(model=args.model, minutes=args.minutes, n_train=args.n_train or 1000,
+    result.update(code=mlip_commit(), model=args.model, minutes=args.minutes, n_train=args.n_train or 1000, variant=args.variant,
                   zbl=(not args.no_zbl) if args.model.startswith("mlip") else False, command=command)
     write_json(result, run_dir / "result.json")
     print(json.dumps({key: value for key, value in result.items() if key not in ("predictions", "curve")}, indent=1))
+
+
+def mlip_commit() -> str:
+    """The repository commit the run trained with (``+dirty`` with uncommitted changes to mlip/)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "mlip"], cwd=REPO, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
 
 
 def write_json(value, path: Path) -> None:
@@ -200,36 +219,29 @@ def atom_counts(name: str) -> np.ndarray:
     return np.array([len(atoms) for atoms in ase.io.read(DATA / TEST_SETS[name], ":")])
 
 
-def mlip_predictions(model_path: Path) -> dict[str, list[float]]:
-    """Energies (eV) of the exported model for every structure of the extrapolation sets."""
+def _mlip_batch_predictions(model_path: Path, name: str) -> tuple[list, list[dict]]:
+    """The frames of test set ``name`` and the exported model's predictions for them (batched)."""
     import ase.io
+    import torch
 
     from mlip.calculator import MLIPCalculator
 
-    calculator = MLIPCalculator(str(model_path))
-    predictions = {}
-    for name in EXTRAPOLATION:
-        energies = []
-        for atoms in ase.io.read(DATA / TEST_SETS[name], ":"):
-            atoms.calc = calculator
-            energies.append(float(atoms.get_potential_energy()))
-        predictions[name] = energies
-    return predictions
+    torch.set_num_threads(1)  # two runs share the 2 cores
+    frames = ase.io.read(DATA / TEST_SETS[name], ":")
+    unlabelled = [atoms.copy() for atoms in frames]  # copy() drops the reference calculator
+    return frames, MLIPCalculator(str(model_path)).predict_batch(unlabelled, max_atoms_per_batch=2000)
+
+
+def mlip_predictions(model_path: Path) -> dict[str, list[float]]:
+    """Energies (eV) of the exported model for every structure of the extrapolation sets."""
+    return {name: [float(p["energy"]) for p in _mlip_batch_predictions(model_path, name)[1]] for name in EXTRAPOLATION}
 
 
 def mlip_test_md(model_path: Path) -> tuple[float, float]:
     """Energy MAE (meV per structure) and force MAE (meV/Å, over components) on test_MD.xyz."""
-    import ase.io
-
-    from mlip.calculator import MLIPCalculator
-
-    calculator = MLIPCalculator(str(model_path))
-    energy_errors, force_errors = [], []
-    for atoms in ase.io.read(DATA / TEST_SETS["md"], ":"):
-        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-        atoms.calc = calculator
-        energy_errors.append(atoms.get_potential_energy() - energy)
-        force_errors.append((atoms.get_forces() - forces).ravel())
+    frames, predictions = _mlip_batch_predictions(model_path, "md")
+    energy_errors = [p["energy"] - atoms.get_potential_energy() for atoms, p in zip(frames, predictions)]
+    force_errors = [(p["forces"] - atoms.get_forces()).ravel() for atoms, p in zip(frames, predictions)]
     return 1000 * float(np.mean(np.abs(energy_errors))), 1000 * float(np.mean(np.abs(np.concatenate(force_errors))))
 
 
@@ -326,15 +338,47 @@ def repulsive_pairs(predictions: dict[str, list[float]]) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------------- report
-def load_results(out: Path) -> list[dict]:
-    results = [json.loads(path.read_text()) for path in sorted((out / "runs").glob("*/result.json"))]
-    return sorted(results, key=lambda r: (r["n_train"], r["minutes"], r["model"], not r.get("zbl")))
+def result_tag(result: dict) -> str:
+    return run_tag(result["model"], result["minutes"], None if result["n_train"] == 1000 else result["n_train"],
+                   bool(result.get("zbl")), result.get("variant"))
+
+
+def portable(value, out: Path):
+    """``value`` with this machine's paths written relative: ``<out>`` for the work folder, ``.`` for
+    the repository (so a stored command runs on any checkout)."""
+    if isinstance(value, str):
+        return value.replace(str(out), "<out>").replace(str(REPO), ".")
+    if isinstance(value, list):
+        return [portable(item, out) for item in value]
+    if isinstance(value, dict):
+        return {key: portable(item, out) for key, item in value.items()}
+    return value
+
+
+def load_results(out: Path, stored: Path | None) -> list[dict]:
+    """Every finished run: those under ``out/runs`` and those stored in ``stored`` (the repository's
+    copy, so runs of earlier sessions on other machines stay in the report). A run in both is
+    taken from ``out`` and its stored copy is refreshed."""
+    results = {}
+    if stored is not None and stored.is_dir():
+        for path in sorted(stored.glob("*.json")):
+            result = json.loads(path.read_text())
+            results[result_tag(result)] = result
+    for path in sorted((out / "runs").glob("*/result.json")):
+        result = portable(json.loads(path.read_text()), out)
+        results[result_tag(result)] = result
+        if stored is not None:
+            stored.mkdir(parents=True, exist_ok=True)
+            write_json(result, stored / f"{result_tag(result)}.json")
+    return sorted(results.values(), key=lambda r: (r["n_train"], r["minutes"], r["model"], not r.get("zbl")))
 
 
 def label(result: dict) -> str:
     text = result["model"]
     if result["model"].startswith("mlip") and not result.get("zbl"):
         text += " (no ZBL)"
+    if result.get("variant"):
+        text += f" [{result['variant']}]"
     return text
 
 
@@ -453,16 +497,47 @@ def plot_h_removal(results: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def plot_data_curve(results: list[dict], path: Path) -> None:
+    """Test force MAE against the number of training configurations, one line per model and budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for result in results:
+        if result["model"].startswith("mlip") and not result.get("zbl"):
+            continue
+        lines.setdefault(f"{label(result)}, {result['minutes']:g} min", []).append(
+            (result["n_train"], result["forces_mae_meV_per_A"]))
+    figure, axis = plt.subplots(figsize=(5, 4))
+    for name, points in sorted(lines.items()):
+        if len({n for n, _ in points}) < 2:
+            continue
+        points.sort()
+        axis.plot([n for n, _ in points], [f for _, f in points], "o-", label=name)
+    axis.plot([50, 1000], [32.6, 2.1], "k:", marker="x", label="MACE, published (GPU)")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("training configurations")
+    axis.set_ylabel("test_MD force MAE (meV/Å)")
+    axis.legend(fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def report(args) -> None:
-    results = load_results(args.out)
+    results = load_results(args.out, args.results)
     if not results:
-        raise SystemExit(f"no finished runs under {args.out / 'runs'}")
+        raise SystemExit(f"no finished runs under {args.out / 'runs'}" + (f" or in {args.results}" if args.results else ""))
     print(table(results))
     if args.figures:
         args.figures.mkdir(parents=True, exist_ok=True)
         plot_learning_curves(results, args.figures / "learning_curves.png")
         plot_dimers(results, args.figures / "dimers.png")
         plot_h_removal(results, args.figures / "h_removal.png")
+        plot_data_curve(results, args.figures / "data_curve.png")
         print(f"plots in {args.figures}")
 
 
@@ -479,9 +554,13 @@ def main(argv=None) -> int:
             sub.add_argument("--minutes", type=float, required=True, help="wall-time training budget")
             sub.add_argument("--no-zbl", action="store_true", help="mlip without the ZBL pair prior")
             sub.add_argument("--mace-python", default=None, help="python of the mace-torch venv")
+            sub.add_argument("--variant", default=None,
+                             help="name of a recipe variant made by the overrides (added to the run's tag and label)")
             sub.add_argument("override", nargs="*", help="extra mlip-train overrides (key=value)")
         if name == "report":
             sub.add_argument("--figures", type=Path, default=None, help="folder for the PNG plots")
+            sub.add_argument("--results", type=Path, default=None,
+                             help="folder of stored result JSONs (the repository's copy; new runs are added to it)")
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
     {"prepare": lambda: prepare(args.out, args.n_train), "run": lambda: run(args), "report": lambda: report(args)}[args.command]()

@@ -7,7 +7,7 @@ the cost) with cutoff 5 Å, wrapped in `MLIPCalculator` and driven by ASE's Velo
 (1 fs, 300 K). Timing covers whole MD steps (neighbour list, forward, backward, integrator)
 after two warm-up steps, repeated until `--seconds` have passed (at least `--min-steps`).
 
-mace-torch: if /work/mace-venv/bin/python can import mace, the same systems are run there with
+mace-torch: if ../mace-venv/bin/python (next to the repository; or $MLIP_MACE_PYTHON) can import mace, the same systems are run there with
 an untrained ScaleShiftMACE of the same size as mlip's default MACE (32x0e+32x1o, l_max 1,
 correlation 3, 2 layers, 8 Bessel functions, p = 5, radial MLP [64, 64]) through mace's own
 MACECalculator. This script is its own worker in that venv (`--mace-torch-worker`).
@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-MACE_VENV_PYTHON = Path("/work/mace-venv/bin/python")
+MACE_VENV_PYTHON = Path(os.environ.get("MLIP_MACE_PYTHON", REPO.parent / "mace-venv" / "bin" / "python"))
 SYSTEMS = ("molecule-9", "crystal-64", "box-1000")
 ELEMENTS = [1, 6, 8, 14]
 REFERENCE_ENERGIES = {1: -13.6, 6: -1029.0, 8: -2041.0, 14: -7850.0}  # eV; a constant shift, no cost
@@ -143,7 +143,7 @@ def parameter_count(calculator) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# mace-torch (runs inside /work/mace-venv)
+# mace-torch (runs inside its own venv, MACE_VENV_PYTHON)
 # --------------------------------------------------------------------------------------------
 
 

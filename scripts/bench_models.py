@@ -15,7 +15,7 @@ environment (it pins e3nn 0.4.4) through scripts/mace_torch_baseline.py, with th
 loss weights, optimiser, learning rate, batch size and budget.
 
     python scripts/bench_models.py --seconds 300 --backbones mace facet \
-        --mace-torch-python /work/mace-venv/bin/python
+        --mace-torch-python ../mace-venv/bin/python
 
 Prints a Markdown table and writes it (plus JSON) to --out-dir.
 """

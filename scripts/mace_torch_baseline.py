@@ -3,9 +3,9 @@
 Runs inside a separate virtual environment with mace-torch installed (it pins e3nn 0.4.4,
 which conflicts with mlip's e3nn), e.g.::
 
-    python -m venv /work/mace-venv
-    /work/mace-venv/bin/pip install torch==2.13.0 mace-torch
-    /work/mace-venv/bin/python scripts/mace_torch_baseline.py --train train.xyz --test test.xyz \
+    python -m venv ../mace-venv
+    ../mace-venv/bin/pip install torch==2.13.0 mace-torch
+    ../mace-venv/bin/python scripts/mace_torch_baseline.py --train train.xyz --test test.xyz \
         --seconds 300 --out mace.json
 
 Inputs are extxyz files with labels in `REF_energy` / `REF_forces` / `REF_stress` (stress as
