@@ -76,16 +76,11 @@ def test_bessel_basis_matches_its_formula():
 
 
 # ----------------------------------------------------------------------- symmetric contraction
-PATHS = {"gathered": 2**40, "by_element": 0}  # SymmetricContraction.max_gathered_numel forcing each path
-
-
-@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("correlation", [1, 2, 3])
-def test_symmetric_contraction_is_equivariant(correlation, path):
+def test_symmetric_contraction_is_equivariant(correlation):
     channel_irreps = o3.Irreps("0e+1o+2e") if correlation < 3 else o3.Irreps("0e+1o")  # (lmax 2, ν=3 is slow)
     target = channel_irreps
     contraction = SymmetricContraction(channel_irreps, target, num_channels=4, num_elements=2, correlation=correlation)
-    contraction.max_gathered_numel = PATHS[path]
     atomic_basis = torch.randn(5, 4, channel_irreps.dim)
     species = torch.tensor([0, 1, 1, 0, 1])
     rotation = o3.rand_matrix() * -1.0  # rotation composed with inversion
@@ -95,12 +90,10 @@ def test_symmetric_contraction_is_equivariant(correlation, path):
     torch.testing.assert_close(rotated_output, contraction(atomic_basis, species) @ d_out.T, atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("path", PATHS)
-def test_symmetric_contraction_equals_explicit_weighted_powers(path):
+def test_symmetric_contraction_equals_explicit_weighted_powers():
     """The Horner evaluation equals Σ_ν Σ_p w[Z, p, c] Q_p · A^⊗ν written out with einsum."""
     channel_irreps, target = o3.Irreps("0e+1o"), o3.Irreps("0e+1o")
     contraction = SymmetricContraction(channel_irreps, target, num_channels=3, num_elements=2, correlation=3)
-    contraction.max_gathered_numel = PATHS[path]
     atomic_basis = torch.randn(4, 3, channel_irreps.dim)
     species = torch.tensor([1, 0, 1, 1])
     formulas = {1: "pmi,nci->ncpm", 2: "pmij,nci,ncj->ncpm", 3: "pmijk,nci,ncj,nck->ncpm"}
@@ -114,29 +107,6 @@ def test_symmetric_contraction_equals_explicit_weighted_powers(path):
             block = block + torch.einsum("ncpm,npc->ncm", powers, weights)
         blocks.append(block.reshape(4, -1))
     torch.testing.assert_close(contraction(atomic_basis, species), torch.cat(blocks, dim=-1), atol=1e-12, rtol=0)
-
-
-def test_symmetric_contraction_paths_agree_with_second_derivatives():
-    """The gathered (small batches) and element-by-element (large) paths give the same values,
-    gradients and second derivatives (forces are a first derivative, their loss needs the second),
-    also for an element absent from the batch and a batch of one element."""
-    channel_irreps = o3.Irreps("0e+1o")
-    contraction = SymmetricContraction(channel_irreps, channel_irreps, num_channels=3, num_elements=3, correlation=3)
-    assert contraction._folded_numel_per_atom() == 3 * 3 * 4**3  # C · m · d^ν of the largest (1o, ν=3) basis
-    for species in (torch.tensor([2, 0, 2, 2, 0]), torch.tensor([1, 1, 1])):
-        atomic_basis = torch.randn(len(species), 3, channel_irreps.dim, requires_grad=True)
-        results = []
-        for path in PATHS.values():
-            contraction.max_gathered_numel = path
-            output = contraction(atomic_basis, species)
-            (gradient,) = torch.autograd.grad(output.pow(2).sum(), atomic_basis, create_graph=True)
-            second = torch.autograd.grad(gradient.sin().sum(), [atomic_basis, *contraction.parameters()], allow_unused=True)
-            results.append((output, gradient, [torch.zeros(1) if g is None else g for g in second]))
-        (out_a, grad_a, second_a), (out_b, grad_b, second_b) = results
-        torch.testing.assert_close(out_a, out_b, atol=1e-12, rtol=0)
-        torch.testing.assert_close(grad_a, grad_b, atol=1e-11, rtol=0)
-        for a, b in zip(second_a, second_b):
-            torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
 def test_body_order_rises_with_correlation():

@@ -103,62 +103,24 @@ class SymmetricContraction(torch.nn.Module):
                 weights = torch.randn(num_elements, basis.shape[0], num_channels) / basis.shape[0] ** 0.5
                 self.register_parameter(f"weights_{nu}_{k}", torch.nn.Parameter(weights / nu))
 
-    # Batches whose per-atom folded bases (n · C · m·d^ν numbers, below) stay under this size take
-    # the gathered path: a few large ops instead of a loop over elements. Small molecules are then
-    # bound by the number of ops, not by arithmetic (a 5-ethanol training step runs ~12k aten ops).
-    max_gathered_numel = 2**22
-
     def forward(self, atomic_basis: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """atomic_basis (n, C, d), species (n,) element indices -> (n, target dim · C) e3nn layout.
 
-        The weights are folded into the bases and the polynomial is evaluated Horner-style,
+        Atoms are processed element by element; per element the weights are first folded into
+        the bases and the polynomial is evaluated Horner-style,
             B = (((W3 Q3) · A + W2 Q2) · A + W1 Q1) · A,
-        so no (n, C, paths, ...) tensor of all symmetric powers is ever formed. Small batches fold
-        the bases of every element at once and gather them per atom (`_gathered_product`); large
-        ones go element by element (`_element_product`), which never holds a per-atom copy of the
-        folded bases. Both compute the same numbers (tests/test_mace.py).
+        so no (n, C, paths, ...) tensor of all symmetric powers is ever formed.
         """
-        num_atoms = atomic_basis.shape[0]
-        if num_atoms * self._folded_numel_per_atom() <= self.max_gathered_numel:
-            products = self._gathered_product(atomic_basis, species)
+        elements = torch.unique(species).tolist()
+        if len(elements) == 1:  # e.g. an elemental crystal: no gather/scatter needed
+            products = self._element_product(atomic_basis, elements[0])
         else:
-            elements = torch.unique(species).tolist()
-            if len(elements) == 1:  # e.g. an elemental crystal: no gather/scatter needed
-                products = self._element_product(atomic_basis, elements[0])
-            else:
-                products = atomic_basis.new_zeros(num_atoms, self.num_channels, self.target_irreps.dim)
-                for element in elements:
-                    atoms = torch.nonzero(species == element).squeeze(1)
-                    products[atoms] = self._element_product(atomic_basis[atoms], element)
+            products = atomic_basis.new_zeros(atomic_basis.shape[0], self.num_channels, self.target_irreps.dim)
+            for element in elements:
+                atoms = torch.nonzero(species == element).squeeze(1)
+                products[atoms] = self._element_product(atomic_basis[atoms], element)
         blocks = products.split([ir.dim for _, ir in self.target_irreps], dim=-1)
         return torch.cat([from_channels(block) for block in blocks], dim=-1)
-
-    def _folded_numel_per_atom(self) -> int:
-        """C · (largest m · d^ν) of the folded bases: the size per atom of the gathered path."""
-        if not hasattr(self, "_folded_numel"):  # shapes only: computed once, not an op per call
-            sizes = [buffer[0].numel() for name, buffer in self.named_buffers() if name.startswith("basis_")]
-            self._folded_numel = self.num_channels * max(sizes, default=0)
-        return self._folded_numel
-
-    def _gathered_product(self, atomic_basis: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        """atomic_basis (n, C, d), species (n,) -> (n, C, target dim), all elements at once."""
-        num_atoms, num_channels, d = atomic_basis.shape
-        outputs = []
-        for k, (_, target_ir) in enumerate(self.target_irreps):
-            partial = None  # (n, C, m · d^(ν-1)) after folding in the order-ν term
-            for nu in range(self.correlation, 0, -1):
-                basis = getattr(self, f"basis_{nu}_{k}", None)
-                if basis is not None:  # (paths, m d^ν) · w (elements, paths, C) -> (elements, C, m d^ν), per atom
-                    weights = getattr(self, f"weights_{nu}_{k}")
-                    folded = torch.matmul(weights.transpose(1, 2), basis.reshape(basis.shape[0], -1))[species]
-                    partial = folded if partial is None else partial + folded
-                if partial is not None:  # contract one index with A: d^ν -> d^(ν-1)
-                    partial = torch.matmul(partial.reshape(num_atoms, num_channels, -1, d), atomic_basis.unsqueeze(-1))
-                    partial = partial.squeeze(-1)
-            if partial is None:  # no power of A contains this irrep
-                partial = atomic_basis.new_zeros(num_atoms, num_channels, target_ir.dim)
-            outputs.append(partial.reshape(num_atoms, num_channels, target_ir.dim))
-        return torch.cat(outputs, dim=-1)
 
     def _element_product(self, atomic_basis: torch.Tensor, element: int) -> torch.Tensor:
         """atomic_basis (n_e, C, d) of atoms of one element -> (n_e, C, target dim)."""
