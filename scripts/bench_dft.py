@@ -161,6 +161,7 @@ def run(args) -> None:
         print(f"{tag}: done already ({run_dir / 'result.json'})")
         return
     run_dir.mkdir(parents=True, exist_ok=True)
+    code = mlip_commit()  # at the start: the code the run trains with
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if args.model in MLIP_BACKBONES:
         command = mlip_command(MLIP_BACKBONES[args.model], data, run_root, tag, args.minutes, args.n_train,
@@ -182,7 +183,7 @@ def run(args) -> None:
         result = mace_torch_result(run_dir, command)
     else:
         raise SystemExit(f"unknown model {args.model!r}; choose from {sorted(MLIP_BACKBONES) + ['mace-torch']}")
-    result.update(code=mlip_commit(), model=args.model, minutes=args.minutes, n_train=args.n_train or 1000, variant=args.variant,
+    result.update(code=code, model=args.model, minutes=args.minutes, n_train=args.n_train or 1000, variant=args.variant,
                   zbl=(not args.no_zbl) if args.model.startswith("mlip") else False, command=command)
     write_json(result, run_dir / "result.json")
     print(json.dumps({key: value for key, value in result.items() if key not in ("predictions", "curve")}, indent=1))
@@ -345,9 +346,9 @@ def result_tag(result: dict) -> str:
 
 def portable(value, out: Path):
     """``value`` with this machine's paths written relative: ``<out>`` for the work folder, ``.`` for
-    the repository (so a stored command runs on any checkout)."""
+    the repository and ``..`` for its folder (so a stored command runs on any checkout)."""
     if isinstance(value, str):
-        return value.replace(str(out), "<out>").replace(str(REPO), ".")
+        return value.replace(str(out), "<out>").replace(str(REPO), ".").replace(str(REPO.parent), "..")
     if isinstance(value, list):
         return [portable(item, out) for item in value]
     if isinstance(value, dict):
