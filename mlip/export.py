@@ -12,7 +12,8 @@ everything needed to rebuild the model without the Hydra run directory or the tr
     cutoff, elements             Å; atomic numbers, species order
     statistics                   `DatasetStatistics.to_dict()` of the training split (or None)
     config                       the resolved training config (provenance; or None)
-    training                     e.g. {"global_step", "monitor", "value"} (or None)
+    training                     e.g. {"global_step", "monitor", "value", "stage"}, and "finetuned_from"
+                                 when fine-tuned (`mlip.train.finetune.finetune_provenance`) (or None)
     mlip_version, torch_version
 
 Loading a file never runs code from it: it is read with ``weights_only=True`` (tensors and

@@ -194,6 +194,7 @@ def copper_model(tmp_path_factory):
 def finetune_overrides(emt_files, run_dir, model, **extra):
     return tiny_overrides(emt_files, run_dir, **{
         "model.backbone.num_layers": 2,
+        "model.cutoff": 5.0,  # the file's is 4.0: replaced, with a warning
         "init_from": str(model),
         "finetune.atomic_energies": "{Al: -0.05}",
         "finetune.freeze": "[backbone.layers.0.*,readout.*]",
@@ -219,9 +220,11 @@ def test_finetuning_run_freezes_records_provenance_and_resumes(emt_files, copper
     run_dir = tmp_path / "runs" / "finetuned"
     source = read_export(copper_model)["state_dict"]
     recorder = InitialWeights()
-    with pytest.warns(UserWarning, match=r"replaced by the file's: .*model.backbone.avg_num_neighbors|replaced by the file's"):
+    with pytest.warns(UserWarning, match=r"architecture comes from .*copper\.pt; .*replaced by the file's: model.cutoff: 5.0 -> 4.0"):
         results = train(compose_config(finetune_overrides(emt_files, run_dir, copper_model)), run_dir,
                         extra_callbacks=[recorder])
+    written = (run_dir / "config.yaml").read_text()
+    assert "cutoff: 4.0" in written and "cutoff: 5.0" not in written  # the data graphs use the file's cutoff too
     first_step = results["global_step"]
     assert first_step > 0 and results["resumed_from"] is None
     start = recorder.weights
@@ -235,8 +238,10 @@ def test_finetuning_run_freezes_records_provenance_and_resumes(emt_files, copper
     assert torch.equal(weights["atomic_energies"], torch.tensor([source["atomic_energies"][0].item(), -0.05]))
     frozen = [k for k in source if k.startswith(("backbone.layers.0.", "readout.")) and k in dict(mlip.load(copper_model).named_parameters())]
     assert frozen
-    for key in frozen:  # frozen: the EMA export equals the pretrained weights exactly
-        assert torch.equal(weights[key], source[key]), key
+    for key in frozen:  # frozen: the EMA export equals the pretrained weights exactly (Cu slice of per-element ones)
+        known = weights[key] if weights[key].shape == source[key].shape else weights[key][: source[key].shape[0]]
+        assert torch.equal(known, source[key]), key
+    assert any(weights[key].shape != source[key].shape for key in frozen)  # a per-element tensor among them
     trained = [k for k in ("backbone.layers.1.linear_up.weight", "backbone.embedding.condition.weight")]
     for key in trained:
         assert not torch.equal(weights[key], source[key]), key
