@@ -156,6 +156,29 @@ def test_freeze_pattern_matching_nothing_lists_parameter_names(tmp_path):
     assert sorted(name for name, parameter in model.named_parameters() if not parameter.requires_grad) == frozen
 
 
+def test_frozen_parameters_are_left_out_of_the_optimiser_and_the_ema(tmp_path):
+    from mlip.train.ema import ExponentialMovingAverage
+    from mlip.train.module import PotentialModule
+
+    model = mlip.load(pretrained_file(tmp_path / "model.pt")).train()
+    frozen = set(freeze_parameters(model, ["backbone.layers.0.*"]))
+    module = PotentialModule(model, ema_decay=0.5)
+    trainable = {id(parameter) for parameter in module.trainable_parameters()}
+    names = {name for name, parameter in model.named_parameters() if id(parameter) in trainable}
+    assert names and not names & frozen and names | frozen == {name for name, _ in model.named_parameters()}
+    ema = ExponentialMovingAverage(model, decay=0.5)
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)  # as if a step had moved everything
+    ema.update(model)
+    averaged = dict(ema.averaged.named_parameters())
+    for name in frozen:
+        assert torch.equal(averaged[name], before[name]), name
+    moved = sorted(set(averaged) - frozen)[0]  # a trained parameter: its average moves
+    assert not torch.equal(averaged[moved], before[moved])
+
+
 # ----------------------------------------------------------------------------- bad inputs
 def test_bad_model_files_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"init_from: no model file at .*missing\.pt"):
@@ -288,3 +311,23 @@ def test_finetuning_run_input_errors_name_the_field(emt_files, copper_model, tmp
     with pytest.raises(ValueError, match=r"holds a mace backbone .* model/backbone=mace"):
         train(compose_config(overrides + ["model.backbone.dim=8"]), run_dir)
     assert not (run_dir / "config.yaml").exists()
+
+
+def test_validation_elements_known_to_the_pretrained_model_are_allowed(tmp_path):
+    from ase.build import bulk
+    from train_helpers import emt_structure
+
+    from mlip.data.writer import write_structures
+    from mlip.train.build import build_datamodule, check_split_elements
+
+    copper = [emt_structure(bulk("Cu", "fcc", a=3.6 + 0.01 * k, cubic=True), "Cu", k) for k in range(4)]
+    alloy = bulk("Cu", "fcc", a=3.6, cubic=True)
+    alloy.numbers[0] = AL
+    write_structures(tmp_path / "train.h5", copper, source="test")
+    write_structures(tmp_path / "val.h5", [emt_structure(alloy, "CuAl", 0)], source="test")
+    overrides = tiny_overrides([str(tmp_path / "train.h5")], tmp_path / "runs" / "x",
+                               **{"data.val_paths": f"[{tmp_path / 'val.h5'}]", "data.test_fraction": 0.0})
+    datamodule = build_datamodule(compose_config(overrides))
+    with pytest.raises(ValueError, match=r"missing from the training split, which has Cu \(Z=29\)"):
+        check_split_elements(datamodule)
+    check_split_elements(datamodule, known_elements=[CU, AL])  # a pretrained model that knows Al

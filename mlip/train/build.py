@@ -360,9 +360,10 @@ def check_split_elements(datamodule: PotentialDataModule, known_elements: Sequen
             + _first(listed, total=len(offending))
         )
     if problems:
+        where = "the training split and the pretrained model of init_from, which have" if known_elements else (
+            "the training split, which has")
         raise ValueError(
-            f"data: elements missing from the training split{' and the pretrained model' if known_elements else ''} "
-            f"(which have {_element_names(known)}), so the model "
+            f"data: elements missing from {where} {_element_names(known)}, so the model "
             f"cannot predict them: {'. '.join(problems)}. Add training structures with these elements, leave "
             "the structures out (e.g. data.subsets or other data.val_paths/data.test_paths), or draw another "
             "split (data.split_seed, data.val_fraction)"
