@@ -9,8 +9,9 @@ checks: read with ``weights_only=True``, the backbone must be registered, nothin
   architecture keys and ``model.backbone`` hyperparameters are replaced by the file's (a warning
   names those that differed); a ``model.backbone`` of another class is an error.
 * Elements of the training data unknown to the pretrained model are appended to its element list
-  (`mlip.models.elements`): they get new rows of every per-element tensor, initialised as a model
-  trained from scratch would be (the run's ``seed``); the known elements keep their weights exactly.
+  (`mlip.models.elements`): they get new rows of every per-element tensor, drawn from the
+  initialisation of a model trained from scratch (random, seeded by the run's ``seed``); the known
+  elements keep their weights exactly.
 * Reference energies (eV) follow ``finetune.atomic_energies`` (`finetune_references`): ``keep``
   (the default: the pretrained values; new elements are an error unless given), ``average``
   (least squares on the training split), ``isolated`` (single-atom energies, as
