@@ -331,3 +331,33 @@ def test_validation_elements_known_to_the_pretrained_model_are_allowed(tmp_path)
     with pytest.raises(ValueError, match=r"missing from the training split, which has Cu \(Z=29\)"):
         check_split_elements(datamodule)
     check_split_elements(datamodule, known_elements=[CU, AL])  # a pretrained model that knows Al
+
+
+def test_finetuning_run_killed_with_sigkill_resumes_from_last_checkpoint(emt_files, copper_model, tmp_path):
+    """`mlip-train ... init_from=...` killed mid-run and run again continues from last.ckpt (not from the file)."""
+    import signal
+    import subprocess
+
+    from test_resume import REPO_ROOT, subprocess_environment, training_command, wait_for
+
+    run_dir = tmp_path / "runs" / "killed"
+    command = training_command(emt_files, run_dir, **{
+        "model.backbone.num_layers": 2, "init_from": str(copper_model), "finetune.atomic_energies": "{Al: -0.05}"})
+    last = run_dir / "checkpoints" / "last.ckpt"
+    first = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_environment(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(last, first, timeout=300)
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.wait()
+    saved_step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    resumed = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_environment(), capture_output=True, text=True,
+                             timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["resumed_from"] == str(last) and results["global_step"] > saved_step
+    assert f"resuming from {last}" in resumed.stdout + resumed.stderr
+    exported = read_export(run_dir / "best_model.pt")
+    assert exported["training"]["finetuned_from"]["sha256"] == sha256_of(copper_model)
+    assert exported["elements"] == [CU, AL]
