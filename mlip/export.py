@@ -12,7 +12,8 @@ everything needed to rebuild the model without the Hydra run directory or the tr
     cutoff, elements             Å; atomic numbers, species order
     statistics                   `DatasetStatistics.to_dict()` of the training split (or None)
     config                       the resolved training config (provenance; or None)
-    training                     e.g. {"global_step", "monitor", "value"} (or None)
+    training                     e.g. {"global_step", "monitor", "value", "stage"}, and "finetuned_from"
+                                 when fine-tuned (`mlip.train.finetune.finetune_provenance`) (or None)
     mlip_version, torch_version
 
 Loading a file never runs code from it: it is read with ``weights_only=True`` (tensors and
@@ -164,13 +165,20 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: tor
     raises `mlip.models.build.UnregisteredBackboneError` before anything is imported or called.
     Files written before the shared backbone embedding load too (`_upgrade_state_dict`).
     """
+    payload = read_export(path)
+    return potential_from_payload(payload, dtype=dtype, where=f"mlip.load: {path}").to(device).eval()
+
+
+def potential_from_payload(payload: dict[str, Any], dtype: torch.dtype | str | None = None, where: str = "model file"):
+    """The `Potential` of a dict read by `read_export`, built in ``dtype`` (None: the file's), with
+    its weights; the trust rules of `load` (registered backbones, plain keywords, nothing
+    imported). ``where`` names the file in error messages. On the CPU, in training mode."""
     from mlip.models.build import potential_from_config
 
-    payload = read_export(path)
     potential = potential_from_config(
         payload.get("potential_config"),
         dtype=DTYPES[payload["dtype"]] if dtype is None else dtype,
-        where=f"mlip.load: {path}: potential_config",
+        where=f"{where}: potential_config",
     )
     potential.load_state_dict(_upgrade_state_dict(payload["state_dict"]))
-    return potential.to(device).eval()
+    return potential

@@ -35,6 +35,7 @@ from mlip.models.potential import Potential
 __all__ = [
     "BACKBONES",
     "UnregisteredBackboneError",
+    "atomic_number",
     "backbone_class",
     "build_backbone",
     "build_potential",
@@ -283,7 +284,7 @@ def build_potential(
     return potential
 
 
-def _atomic_number(key: Any, where: str) -> int:
+def atomic_number(key: Any, where: str) -> int:
     """A reference-energy key: an atomic number (int or digit string) or a chemical symbol."""
     from ase.data import atomic_numbers
 
@@ -317,7 +318,7 @@ def _reference_energies(config: Mapping[str, Any], statistics) -> dict[str, Any]
         energies = _statistic(statistics, "isolated_atom_energies") or {}
         source = _statistic(statistics, "isolated_atoms_source") or "the training data (single-atom structures)"
         elements = config.get("elements") or _statistic(statistics, "elements") or []
-        by_z = {_atomic_number(key, "isolated_atom_energies"): float(value) for key, value in dict(energies).items()}
+        by_z = {atomic_number(key, "isolated_atom_energies"): float(value) for key, value in dict(energies).items()}
         missing = [f"{chemical_symbols[int(z)]} (Z={int(z)})" for z in elements if int(z) not in by_z]
         if missing:
             raise ValueError(
@@ -334,7 +335,7 @@ def _reference_energies(config: Mapping[str, Any], statistics) -> dict[str, Any]
             f"model.atomic_energies={choice!r}: expected average, isolated, or a mapping {{symbol or Z: eV}}"
         )
     if isinstance(choice, Mapping):
-        energies = {_atomic_number(key, "model.atomic_energies"): float(value) for key, value in choice.items()}
+        energies = {atomic_number(key, "model.atomic_energies"): float(value) for key, value in choice.items()}
         return {"atomic_energies": energies, "reference_energies": mode or "explicit"}
     return {"atomic_energies": choice, "reference_energies": mode or "explicit"}
 

@@ -17,6 +17,7 @@ Run directory layout::
     <run dir>/best_model.pt        self-contained export of the best EMA weights (`mlip.load`)
     <run dir>/logs/metrics.csv     CSV logger (a resumed run appends to it)
     <run dir>/results.json         final validation/test metrics
+    <run dir>/finetune.json        with init_from: the model file it started from (mlip.train.finetune)
 """
 
 from __future__ import annotations
@@ -101,11 +102,12 @@ def wandb_logger(save_dir: str, project: str = "mlip", name: str | None = None, 
 # ----------------------------------------------------------------------------- builders
 def build_datamodule(config: DictConfig) -> PotentialDataModule:
     """The data module of ``config.data``. ``data.exclude_isolated_atoms: auto`` (the default)
-    leaves isolated atoms out of the training split exactly when ``model.atomic_energies`` is
-    ``isolated`` (they are then references, not training structures)."""
+    leaves isolated atoms out of the training split exactly when the reference energies are
+    ``isolated`` (``model.atomic_energies``, or ``finetune.atomic_energies`` with ``init_from``;
+    they are then references, not training structures)."""
     exclude = config.data.get("exclude_isolated_atoms", "auto")
     if exclude == "auto":
-        exclude = config.model.get("atomic_energies") == "isolated"
+        exclude = _reference_choice(config) == "isolated"
     return instantiate(config.data, exclude_isolated_atoms=bool(exclude), _convert_="all")
 
 
@@ -153,7 +155,16 @@ def read_isolated_atom_energies(path: str | os.PathLike) -> dict[int, float]:
     return energies
 
 
-def build_model(config: DictConfig, statistics: Any) -> torch.nn.Module:
+def _reference_choice(config: DictConfig) -> Any:
+    """What the reference energies are: ``finetune.atomic_energies`` with ``init_from``, else ``model.atomic_energies``."""
+    if config.get("init_from"):
+        from mlip.train.finetune import finetune_settings
+
+        return finetune_settings(config)["atomic_energies"]
+    return config.model.get("atomic_energies")
+
+
+def build_model(config: DictConfig, statistics: Any, pretrained: Any = None) -> torch.nn.Module:
     """The `Potential` of ``config.model`` with elements/references/scale/shift from ``statistics``.
 
     The model is built in ``config.dtype``. The training config is the user's own: its ``model.backbone._target_`` may import a backbone
@@ -161,20 +172,30 @@ def build_model(config: DictConfig, statistics: Any) -> torch.nn.Module:
     ``model.atomic_energies``: ``average`` (default), ``isolated`` (from ``model.isolated_atoms``,
     a file, else from the single-atom structures of the training data) or a mapping
     {symbol or Z: eV}; see docs/models.md.
+
+    With ``config.init_from`` (a model file; ``pretrained``: it already read by
+    `mlip.train.finetune.read_pretrained`) the model is the file's, expanded to new elements,
+    with the reference energies of ``finetune.atomic_energies`` (`mlip.train.finetune`).
     """
     from mlip.models.build import build_potential
 
     model_config = OmegaConf.to_container(config.model, resolve=True)
     values = model_statistics(statistics)
+    choice, field = _reference_choice(config), "finetune" if config.get("init_from") else "model"
     isolated_atoms = model_config.pop("isolated_atoms", None)
     if isolated_atoms is not None:
-        if model_config.get("atomic_energies") != "isolated":
+        if choice != "isolated":
             raise ValueError(
-                f"model.isolated_atoms={isolated_atoms} is only used with model.atomic_energies=isolated "
-                f"(got {model_config.get('atomic_energies')!r})"
+                f"model.isolated_atoms={isolated_atoms} is only used with {field}.atomic_energies=isolated "
+                f"(got {choice!r})"
             )
         values["isolated_atom_energies"] = read_isolated_atom_energies(isolated_atoms)
         values["isolated_atoms_source"] = str(isolated_atoms)
+    if config.get("init_from"):
+        from mlip.train.finetune import build_finetuned_potential, read_pretrained
+
+        pretrained = pretrained or read_pretrained(config.init_from)
+        return build_finetuned_potential(pretrained, values, choice, dtype=torch_dtype(config.dtype))
     # built in its precision, never built in float32 and cast (see mlip.models.build)
     return build_potential(model_config, values, dtype=torch_dtype(config.dtype), trusted=True)
 
@@ -182,7 +203,15 @@ def build_model(config: DictConfig, statistics: Any) -> torch.nn.Module:
 def build_module(config: DictConfig, potential: torch.nn.Module) -> PotentialModule:
     """The `PotentialModule` of ``config``: its optimiser and schedule are the ``_target_``s of
     ``config.optimizer`` / ``config.scheduler`` (the user's training config, trusted; see
-    `mlip.train.schedules`). ``scheduler: null`` keeps the learning rate constant."""
+    `mlip.train.schedules`). ``scheduler: null`` keeps the learning rate constant.
+    The parameters named by ``finetune.freeze`` are frozen first (`mlip.train.finetune.freeze_parameters`):
+    the optimiser and the EMA leave them alone."""
+    from mlip.train.finetune import finetune_settings, freeze_parameters
+
+    patterns = finetune_settings(config)["freeze"]
+    if patterns:
+        frozen = freeze_parameters(potential, patterns)
+        rank_zero_info(f"mlip-train: finetune.freeze froze {len(frozen)} parameter tensors")
     return PotentialModule(
         potential,
         loss=OmegaConf.to_container(config.loss, resolve=True),
@@ -200,10 +229,13 @@ def build_module(config: DictConfig, potential: torch.nn.Module) -> PotentialMod
     )
 
 
-def build_callbacks(config: DictConfig, run_dir: Path, statistics: Any) -> list[pl.Callback]:
+def build_callbacks(
+    config: DictConfig, run_dir: Path, statistics: Any, finetuned_from: dict | None = None
+) -> list[pl.Callback]:
     """The run's callbacks: the fit clock (``time/fit_seconds``), ``last.ckpt``, ``best.ckpt``, the ``best_model.pt`` export, the
     training stage two of ``config.stage_two`` (`mlip.train.stages.StageTwo`, if set), the
-    progress bar and ``config.callbacks``."""
+    progress bar and ``config.callbacks``. ``finetuned_from``: the provenance the export records
+    (`mlip.train.finetune.finetune_provenance`)."""
     from mlip.train.stages import StageTwo, StageTwoConfig
 
     checkpoint_dir = run_dir / "checkpoints"
@@ -229,6 +261,7 @@ def build_callbacks(config: DictConfig, run_dir: Path, statistics: Any) -> list[
             mode=config.checkpoint.mode,
             config=OmegaConf.to_container(config, resolve=True),
             statistics=statistics,
+            finetuned_from=finetuned_from,
         ),
     ]
     if stage_two is not None:
@@ -291,8 +324,9 @@ def evaluation_sets(datamodule: PotentialDataModule) -> list[tuple[str, Any]]:
     return sets
 
 
-def check_split_elements(datamodule: PotentialDataModule) -> None:
-    """Every element of the validation and test data must occur in the training split.
+def check_split_elements(datamodule: PotentialDataModule, known_elements: Sequence[int] = ()) -> None:
+    """Every element of the validation and test data must occur in the training split (or in
+    ``known_elements``: those of a pretrained model, ``init_from``).
 
     Covers the random validation/test splits and the files of ``data.val_paths`` and
     ``data.test_paths`` alike.
@@ -304,7 +338,7 @@ def check_split_elements(datamodule: PotentialDataModule) -> None:
     from mlip.data.reader import numbers_to_bitmask
 
     datamodule.setup()
-    known = [int(z) for z in datamodule.train_set.elements]
+    known = sorted({int(z) for z in datamodule.train_set.elements} | {int(z) for z in known_elements})
     known_mask = numbers_to_bitmask(known)
     problems = []
     for split, dataset in evaluation_sets(datamodule):
@@ -326,8 +360,10 @@ def check_split_elements(datamodule: PotentialDataModule) -> None:
             + _first(listed, total=len(offending))
         )
     if problems:
+        where = "the training split and the pretrained model of init_from, which have" if known_elements else (
+            "the training split, which has")
         raise ValueError(
-            f"data: elements missing from the training split (which has {_element_names(known)}), so the model "
+            f"data: elements missing from {where} {_element_names(known)}, so the model "
             f"cannot predict them: {'. '.join(problems)}. Add training structures with these elements, leave "
             "the structures out (e.g. data.subsets or other data.val_paths/data.test_paths), or draw another "
             "split (data.split_seed, data.val_fraction)"
@@ -454,17 +490,36 @@ def _train(config: DictConfig, run_dir: str | os.PathLike, extra_callbacks: list
     pl.seed_everything(config.seed, workers=True)
     resume_from = find_resume_checkpoint(config.resume, checkpoint_dir)
 
+    pretrained = None
+    if config.get("init_from"):  # fine-tuning: the architecture is the file's (mlip.train.finetune)
+        from mlip.train.finetune import architecture_config, read_pretrained
+
+        pretrained = read_pretrained(config.init_from)
+        config = architecture_config(config, pretrained)
     datamodule = build_datamodule(config)
-    check_split_elements(datamodule)
+    check_split_elements(datamodule, known_elements=pretrained.elements if pretrained else ())
     statistics = datamodule.statistics()
-    module = build_module(config, build_model(config, statistics))
+    module = build_module(config, build_model(config, statistics, pretrained))
+    provenance = None
+    if pretrained is not None:
+        from mlip.train.finetune import FINETUNE_RECORD, check_same_pretrained, finetune_provenance, finetune_settings
+
+        provenance = finetune_provenance(pretrained, module.potential, finetune_settings(config))
     if resume_from:  # before anything of the run directory is overwritten
         check_resume_compatible(resume_from, module, config, run_dir / "config.yaml")
+        if provenance is not None:
+            check_same_pretrained(run_dir, provenance)
     write_config(run_dir / "config.yaml", config)
     write_json(run_dir / "statistics.json", statistics.to_dict())
+    if provenance is not None:
+        write_json(run_dir / FINETUNE_RECORD, provenance)
+        rank_zero_info(
+            f"mlip-train: fine-tuning {pretrained.path} (new elements {provenance['new_elements'] or 'none'}); "
+            "init_from initialises a fresh run only, a resumed run continues from its checkpoint"
+        )
     rank_zero_info(f"mlip-train: run directory {run_dir}; split sizes {datamodule.split_sizes()}")
 
-    callbacks = build_callbacks(config, run_dir, statistics) + extra_callbacks
+    callbacks = build_callbacks(config, run_dir, statistics, finetuned_from=provenance) + extra_callbacks
     export = next(callback for callback in callbacks if isinstance(callback, BestModelExport))
     trainer = build_trainer(config, run_dir, callbacks, build_loggers(config, run_dir))
     if resume_from:

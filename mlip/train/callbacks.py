@@ -57,9 +57,13 @@ class BestModelExport(pl.Callback):
     weights when no validation ever gave a finite value (see `mlip.train.build.train`).
     With two training stages (`mlip.train.stages`) the search for the best restarts at the switch
     (`restart`), and ``training_info`` of the export records the ``stage`` it came from.
+    ``finetuned_from`` (fine-tuning runs, `mlip.train.finetune.finetune_provenance`) goes into
+    ``training_info["finetuned_from"]``.
     """
 
-    def __init__(self, path: str | Path, monitor: str, mode: str, config: dict, statistics: Any):
+    def __init__(
+        self, path: str | Path, monitor: str, mode: str, config: dict, statistics: Any, finetuned_from: dict | None = None
+    ):
         super().__init__()
         if mode not in ("min", "max"):
             raise ValueError(f"checkpoint.mode must be 'min' or 'max', got {mode!r}")
@@ -68,6 +72,7 @@ class BestModelExport(pl.Callback):
         self.mode = mode
         self.config = config
         self.statistics = statistics
+        self.finetuned_from = finetuned_from
         self.best = math.inf if mode == "min" else -math.inf
         self.validated_step = -1
 
@@ -108,6 +113,8 @@ class BestModelExport(pl.Callback):
         stage_two = next((c for c in getattr(trainer, "callbacks", None) or [] if isinstance(c, StageTwo)), None)
         if stage_two is not None and stage_two.stage == 2:
             info["stage_two_start_step"] = int(stage_two.started_at_step)
+        if self.finetuned_from is not None:
+            info["finetuned_from"] = self.finetuned_from
         export_model(pl_module, self.path, self.config, self.statistics, training_info=info)
 
     def state_dict(self) -> dict[str, Any]:

@@ -17,6 +17,8 @@ class ExponentialMovingAverage(torch.nn.Module):
     After every optimiser step call ``update(model)``:
     ``w_avg <- decay_t · w_avg + (1 - decay_t) · w`` with ``decay_t = min(decay, (1 + t) / (10 + t))``
     so that early, far-from-converged weights are forgotten quickly. Buffers are copied.
+    Frozen parameters (``requires_grad=False`` in the model, e.g. ``finetune.freeze``) are left as
+    they are.
     Being an ``nn.Module``, its state (weights and update count) is part of ``state_dict``.
     """
 
@@ -36,7 +38,8 @@ class ExponentialMovingAverage(torch.nn.Module):
     def update(self, model: torch.nn.Module) -> None:
         weight_of_new = 1.0 - self.current_decay()
         for averaged, current in zip(self.averaged.parameters(), model.parameters(), strict=True):
-            averaged.lerp_(current.detach(), weight_of_new)
+            if current.requires_grad:
+                averaged.lerp_(current.detach(), weight_of_new)
         for averaged, current in zip(self.averaged.buffers(), model.buffers(), strict=True):
             averaged.copy_(current)
         self.num_updates += 1

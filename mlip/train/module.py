@@ -341,8 +341,9 @@ class PotentialModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------- optimisation
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        """The potential's parameters plus those of the learned-equivariance map (not the EMA copy)."""
-        parameters = list(self.potential.parameters())
+        """The potential's parameters plus those of the learned-equivariance map (not the EMA copy),
+        without the frozen ones (``requires_grad=False``, e.g. ``finetune.freeze``)."""
+        parameters = [parameter for parameter in self.potential.parameters() if parameter.requires_grad]
         if self.equivariance_loss is not None:
             parameters += list(self.equivariance_loss.parameters())
         return parameters

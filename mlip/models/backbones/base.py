@@ -172,5 +172,40 @@ class Backbone(torch.nn.Module):
         a later version changes such a default. Override when the constructor resolves any."""
         return {}
 
+    def element_axes(self) -> dict[str, int]:
+        """The backbone's tensors indexed by species: state-dict name (relative to the backbone)
+        -> the axis that runs over the model's elements. The shared `NodeEmbedding` table is one;
+        a backbone with per-element weights of its own adds them (see `expand_element_tensor`)."""
+        return {"embedding.species.weight": 0}
+
+    def expand_element_tensor(
+        self, name: str, source_tensor: torch.Tensor, initial: torch.Tensor, source: Backbone
+    ) -> torch.Tensor:
+        """Tensor ``name`` of this backbone, built for more elements than ``source`` (the same
+        architecture, whose species are the first ``source.num_elements`` of this one's), from
+        ``source``'s value: the known elements' slices are ``source_tensor``'s, exactly; the new
+        elements keep ``initial`` (this backbone's fresh initialisation).
+
+        Used to fine-tune a model on data with new elements (`mlip.models.elements`). The default
+        handles the tensors of `element_axes`; a backbone whose per-element weights are not a plain
+        axis (e.g. folded into a tensor product's flat weights) overrides this. Raises ValueError
+        for a tensor that changed shape and that the backbone does not say how to expand.
+        """
+        axis = self.element_axes().get(name)
+        if axis is None:
+            raise ValueError(
+                f"{type(self).__name__}: tensor {name} {tuple(source_tensor.shape)} -> {tuple(initial.shape)} changes "
+                "shape with the number of elements, but the backbone does not say how to expand it (element_axes / "
+                "expand_element_tensor)"
+            )
+        if source_tensor.shape[axis] != source.num_elements or initial.shape[axis] != self.num_elements:
+            raise ValueError(
+                f"{type(self).__name__}: tensor {name} axis {axis} has sizes {source_tensor.shape[axis]} -> "
+                f"{initial.shape[axis]}, not the element counts {source.num_elements} -> {self.num_elements}"
+            )
+        expanded = initial.detach().clone()
+        expanded.narrow(axis, 0, source.num_elements).copy_(source_tensor)
+        return expanded
+
     def forward(self, inputs: BackboneInputs) -> NodeFeatures:  # pragma: no cover - interface
         raise NotImplementedError

@@ -14,6 +14,8 @@ neighbours has A = 0 and therefore exactly zero features.
 from __future__ import annotations
 
 import functools
+import math
+import re
 from collections.abc import Sequence
 
 import torch
@@ -315,6 +317,37 @@ class MACEBackbone(Backbone):
 
     def resolved_hyperparameters(self) -> dict:
         return {"num_channels": self.num_channels, "hidden_irreps": str(self.hidden_irreps)}
+
+    def element_axes(self) -> dict[str, int]:
+        """The shared embedding table plus every product-basis weight w[Z, path, channel] (axis 0)."""
+        axes = super().element_axes()
+        axes.update({name: 0 for name, _ in self.named_parameters() if re.fullmatch(r"layers\.\d+\.product\.weights_\d+_\d+", name)})
+        return axes
+
+    def expand_element_tensor(self, name, source_tensor, initial, source):
+        """Also the residual self-connections, an e3nn tensor product of the features with the
+        one-hot species (flat weights, one (C_in, num_elements, C_out) block per path).
+
+        e3nn multiplies each path by a normalisation 1/sqrt(fan-in) that grows with the number of
+        elements; the known elements' weights are rescaled by old/new coefficient, so the layer's
+        output for them is unchanged (up to one rounding)."""
+        match = re.fullmatch(r"layers\.(\d+)\.self_connection\.weight", name)
+        if match is None:
+            return super().expand_element_tensor(name, source_tensor, initial, source)
+        layer = int(match.group(1))
+        target_product = self.layers[layer].self_connection
+        source_product = source.layers[layer].self_connection
+        blocks, source_offset, target_offset = [], 0, 0
+        for target_path, source_path in zip(target_product.instructions, source_product.instructions, strict=True):
+            if not target_path.has_weight:
+                continue
+            source_size, target_size = math.prod(source_path.path_shape), math.prod(target_path.path_shape)
+            block = initial[target_offset : target_offset + target_size].detach().clone().view(target_path.path_shape)
+            known = source_tensor[source_offset : source_offset + source_size].view(source_path.path_shape)
+            block[:, : known.shape[1], :] = known * (source_path.path_weight / target_path.path_weight)
+            blocks.append(block.reshape(-1))
+            source_offset, target_offset = source_offset + source_size, target_offset + target_size
+        return torch.cat(blocks)
 
     def _tensor_product_splines(self, index, hidden, edge_irreps, cutoff, num_spline_knots) -> SplineRadial | None:
         """Layer `index`'s splines (one per tensor-product weight) when radial="spline", else None."""
