@@ -12,11 +12,14 @@ import numpy as np
 
 from mlip.evaluation import evaluate, parity_plot
 from mlip.zoo.results import TaskContext, TaskResult, plot_file_name
-from mlip.zoo.structures import is_crystal
+from mlip.zoo.structures import is_crystal, set_charge_and_spin
 
 
 class CalculatorAdapter:
-    """`predict_batch` and `elements` for any ASE calculator, so that `evaluate` can drive it."""
+    """`predict_batch` and `elements` for any ASE calculator, so that `evaluate` can drive it.
+
+    Each structure's total charge and multiplicity (``atoms.info``) are also set as initial
+    charges and magnetic moments, where calculators such as tblite read them."""
 
     def __init__(self, calculator, elements):
         self.calculator = calculator
@@ -28,6 +31,7 @@ class CalculatorAdapter:
         predictions = []
         for index, atoms in enumerate(atoms_list):
             atoms = atoms.copy()
+            set_charge_and_spin(atoms, atoms.info.get("charge", 0), atoms.info.get("spin", 1))  # for tblite & co.
             atoms.calc = self.calculator
             try:
                 prediction = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}

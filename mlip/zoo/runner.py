@@ -117,6 +117,7 @@ def _run_one(module, task: str, model, context: TaskContext, reference, bars) ->
     context.advance = lambda: None
     if result.note and not result.rows:
         print(f"mlip-eval: {task}: {model.name}: {result.note}", file=sys.stderr)
+    bars.note_done(f"{task}: {model.name} done in {result.seconds:.1f} s")
     try:
         module.plot(result, reference, context.out / module.plot_name(model.name))
     except Exception as error:
@@ -125,6 +126,9 @@ def _run_one(module, task: str, model, context: TaskContext, reference, bars) ->
 
 
 class _NoProgress:
+    def note_done(self, text):
+        pass
+
     def __enter__(self):
         return self
 
@@ -145,9 +149,21 @@ def _progress(enabled: bool):
     if not enabled:
         return _NoProgress()
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(
+    return _rich_progress_class()(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=Console(stderr=True),
     )
+
+
+def _rich_progress_class():
+    from rich.progress import Progress
+
+    class RichProgress(Progress):
+        """rich's Progress plus a line per finished (task, model), so that a log file (no live bars) shows progress too."""
+
+        def note_done(self, text):
+            self.console.print(text)
+
+    return RichProgress
