@@ -53,8 +53,10 @@ def run(model, context: TaskContext, reference: dict | None = None) -> TaskResul
         result.note = result.rows[0].get("note", "no structure to run") if result.rows else "no structure to run"
         return result
     stable_nve = [abs(row["drift_meV_per_atom_per_ps"]) for row in runs if row["stable"] and row["ensemble"] == "NVE"]
+    unstable = [row["time_to_instability_ps"] for row in runs if not row["stable"]]
     result.summary = {
         "MD stable": f"{sum(row['stable'] for row in runs)}/{len(runs)}",
+        "first instability (ps)": min(unstable) if unstable else float("nan"),
         "NVE |drift| (meV/atom/ps)": mean_or_nan(stable_nve),
     }
     return result
