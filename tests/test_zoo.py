@@ -221,11 +221,16 @@ class BrokenCalculator(EMT):
         raise RuntimeError("the broken calculator always fails")
 
 
+class EMTWithoutStress(EMT):
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+
 def test_failures_are_cells_and_the_zoo_goes_on(zoo_files, test_set, tmp_path):
     models = [
         ZooModel.from_path(zoo_files["full"], name="full"),
         ZooModel.from_path(zoo_files["no_carbon"], name="no_carbon"),
         ZooModel(name="broken", make_calculator=BrokenCalculator, source="tests:BrokenCalculator", kind="external"),
+        ZooModel(name="no_stress", make_calculator=EMTWithoutStress, source="tests:EMTWithoutStress", kind="external"),
     ]
     options = ZooOptions(relax_steps=20, speed_seconds=0.01, speed_crystal_atoms=(8,))
     zoo = run_zoo(models, test_set, "errors,relax,speed", tmp_path / "eval", options=options, progress=False, command="test")
@@ -236,6 +241,9 @@ def test_failures_are_cells_and_the_zoo_goes_on(zoo_files, test_set, tmp_path):
     broken = zoo.results["relax"]["broken"]
     assert all("the broken calculator always fails" in row["note"] for row in broken.rows)
     assert "the broken calculator always fails" in zoo.results["errors"]["broken"].note
+    no_stress = {row["structure"]: row for row in zoo.results["relax"]["no_stress"].rows}
+    assert no_stress["Cu"]["note"].startswith("NotImplementedError: no stress: EMTWithoutStress does not implement stress")
+    assert no_stress["H2O"]["converged"] and no_stress["CH4"]["converged"]  # molecules need no stress
     assert np.isfinite(zoo.results["errors"]["full"].summary["E MAE (meV/atom)"])
     assert zoo.results["speed"]["full"].summary["crystal MD (atom-steps/s)"] > 0
     report = (tmp_path / "eval" / "report.md").read_text()
@@ -243,7 +251,7 @@ def test_failures_are_cells_and_the_zoo_goes_on(zoo_files, test_set, tmp_path):
     assert "<table>" in (tmp_path / "eval" / "report.html").read_text()
     with open(tmp_path / "eval" / "summary.csv", newline="") as handle:
         summary = {row["model"]: row for row in csv.DictReader(handle)}
-    assert sorted(summary) == ["broken", "full", "no_carbon"]
+    assert sorted(summary) == ["broken", "full", "no_carbon", "no_stress"]
     assert summary["broken"]["E MAE (meV/atom)"].startswith("n/a: ")
 
 

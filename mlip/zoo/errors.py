@@ -72,7 +72,7 @@ def plot(result: TaskResult, reference: dict | None, path):
     evaluation = result.data.get("evaluation")
     if evaluation is None or evaluation.note:
         return None
-    parity_plot(evaluation, path)
+    parity_plot(evaluation, path, dpi=70)
     result.plots.append(path)
     return path
 
