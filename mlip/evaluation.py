@@ -228,7 +228,7 @@ def write_text(text: str, path: str | os.PathLike) -> None:
         handle.write(text)
 
 
-def parity_plot(evaluation: Evaluation, path: str | os.PathLike) -> None:
+def parity_plot(evaluation: Evaluation, path: str | os.PathLike, dpi: int = 110) -> None:
     """A PNG with one parity panel per available quantity (energy/atom, forces, stress), coloured by subset."""
     import matplotlib
 
@@ -261,6 +261,6 @@ def parity_plot(evaluation: Evaluation, path: str | os.PathLike) -> None:
     figure.tight_layout()
     try:
         with atomic_path(path) as temporary:  # the temporary name does not end in .png: say the format
-            figure.savefig(temporary, format="png", dpi=110)
+            figure.savefig(temporary, format="png", dpi=dpi)
     finally:
         plt.close(figure)

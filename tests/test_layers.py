@@ -34,7 +34,8 @@ LAYERS: dict[str, int] = {
     "mlip.evaluation": 6,  # model-zoo tables and plots (drives the calculator)
     "mlip.evaluation_equivariance": 6,
     "mlip.md": 6,
-    "mlip.cli": 7,  # console scripts: may import anything below
+    "mlip.zoo": 7,  # physical tasks over a model zoo (drives mlip.evaluation and mlip.md)
+    "mlip.cli": 8,  # console scripts: may import anything below
 }
 ROOT = "mlip"  # mlip/__init__.py: __version__ and the lazy facade mlip.load (see test_root_package_is_a_facade)
 

@@ -146,6 +146,18 @@ def test_mlip_eval_refuses_a_tampered_model_file_and_a_folder_holding_one(good_e
         assert not marker.exists()
 
 
+def test_mlip_eval_tasks_refuse_a_tampered_model_file(good_export, emt_test_set, tmp_path):
+    """The physical tasks (mlip.zoo) load model files through the same trust rules."""
+    from mlip.cli.evaluate import main
+
+    marker = tmp_path / "pwned"
+    evil = tamper(good_export, tmp_path / "evil.pt", os_system(marker))
+    with pytest.raises((ValueError, SystemExit)) as error:
+        main([str(evil), "--data", *emt_test_set, "--tasks", "dimers", "--out", str(tmp_path / "eval"), "--no-progress"])
+    assert_refused(error.value, evil)
+    assert not marker.exists()
+
+
 def test_mlip_md_refuses_a_tampered_model(good_export, emt_test_set, tmp_path):
     from mlip.cli.md import main
 

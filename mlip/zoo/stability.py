@@ -1,0 +1,90 @@
+"""The `stability` task: MD from each starting structure, NVE and NVT (`mlip.md.run_md`).
+
+Per structure and ensemble: whether the run stayed stable for ``md_steps`` steps of
+``md_timestep_fs`` at ``md_temperature_K`` (velocities drawn at that temperature, NVT: Langevin),
+the simulated time to the first instability (`mlip.md.InstabilityDetector`: non-finite numbers,
+two atoms closer than 0.5 Å, a bond stretched beyond 2x, temperature above 5000 K, or the
+calculator refusing the geometry), the NVE energy drift (meV/atom/ps, slope of a linear fit of
+the total energy) and the mean temperature. Headline: the fraction of stable runs and the mean
+|NVE drift| of the stable NVE runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlip.md import run_md
+from mlip.zoo.results import TaskContext, TaskResult, attach, mean_or_nan, plot_file_name, pyplot, reason, save_figure, unsupported
+
+
+def run(model, context: TaskContext, reference: dict | None = None) -> TaskResult:
+    options = context.options
+    result = TaskResult(task="stability", model=model.name)
+    for atoms in context.starts(model):
+        for ensemble in options.md_ensembles:
+            row = {"structure": atoms.info["name"], "atoms": len(atoms), "ensemble": ensemble.upper()}
+            result.rows.append(row)
+            missing = unsupported(model, atoms)
+            if missing:
+                row["note"] = missing
+                context.advance()
+                continue
+            try:
+                report = run_md(
+                    attach(atoms, model), ensemble=ensemble, temperature_K=options.md_temperature_K,
+                    timestep_fs=options.md_timestep_fs, n_steps=options.md_steps, seed=options.seed,
+                )
+            except Exception as error:  # the calculator failed in a way that is no instability (e.g. SCF)
+                row["note"] = reason(error)
+                context.advance()
+                continue
+            row.update(
+                stable=report.stable,
+                simulated_ps=report.simulated_time_ps,
+                time_to_instability_ps=float("nan") if report.stable else report.simulated_time_ps,
+                drift_meV_per_atom_per_ps=report.energy_drift_meV_per_atom_per_ps if ensemble == "nve" else float("nan"),
+                mean_temperature_K=report.mean_temperature_K,
+            )
+            if not report.stable:
+                row["note"] = report.instability
+            context.advance()
+    runs = [row for row in result.rows if "stable" in row]
+    if not runs:
+        result.note = result.rows[0].get("note", "no structure to run") if result.rows else "no structure to run"
+        return result
+    stable_nve = [abs(row["drift_meV_per_atom_per_ps"]) for row in runs if row["stable"] and row["ensemble"] == "NVE"]
+    unstable = [row["time_to_instability_ps"] for row in runs if not row["stable"]]
+    result.summary = {
+        "MD stable": f"{sum(row['stable'] for row in runs)}/{len(runs)}",
+        "first instability (ps)": min(unstable) if unstable else float("nan"),
+        "NVE |drift| (meV/atom/ps)": mean_or_nan(stable_nve),
+    }
+    return result
+
+
+def plot(result: TaskResult, reference: dict | None, path):
+    """Simulated time reached per run (red: stopped by an instability)."""
+    runs = [row for row in result.rows if "stable" in row]
+    if not runs:
+        return None
+    plt = pyplot()
+    labels = [f"{row['structure']} {row['ensemble']}" for row in runs]
+    figure, axis = plt.subplots(figsize=(5.0, 0.3 * len(runs) + 1.0))
+    colours = ["C2" if row["stable"] else "C3" for row in runs]
+    axis.barh(np.arange(len(runs)), [row["simulated_ps"] for row in runs], color=colours)
+    axis.set_yticks(np.arange(len(runs)), labels, fontsize=7)
+    axis.invert_yaxis()
+    axis.set_xlabel("simulated time reached (ps); red: unstable", fontsize=8)
+    axis.set_title(f"stability: {result.model}", fontsize=9)
+    figure.tight_layout()
+    save_figure(figure, path)
+    result.plots.append(path)
+    return path
+
+
+def plot_name(model_name: str) -> str:
+    return plot_file_name("stability", model_name)
+
+
+def items(model, context: TaskContext) -> int:
+    return len(context.starts(model)) * len(context.options.md_ensembles)
