@@ -33,7 +33,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from mlip.zoo.results import TaskContext, TaskResult, mean_or_nan, plot_file_name, pyplot, reason, save_figure
+from mlip.zoo.results import TaskContext, TaskResult, mean_or_nan, plot_file_name, pyplot, reason
 from mlip.zoo.structures import set_charge_and_spin
 
 ENERGY_TOLERANCE = 1e-4  # eV: smaller wiggles of E(r) are not minima
@@ -220,10 +220,7 @@ def plot(result: TaskResult, reference: dict | None, path) -> None:
     axes[-1][0].set_xlabel("r (Å)", fontsize=7)
     axes[0][0].legend(fontsize=6)
     figure.suptitle(f"dimers: {result.model}", fontsize=9)
-    figure.tight_layout()
-    save_figure(figure, path)
-    result.plots.append(path)
-    return path
+    return result.save_plot(figure, path)
 
 
 def plot_name(model_name: str) -> str:

@@ -15,7 +15,7 @@ from ase import units
 
 from mlip.zoo.relax import relax
 from mlip.zoo.results import (
-    TaskContext, TaskResult, attach, implements, mean_or_nan, plot_file_name, pyplot, reason, save_figure, unsupported,
+    TaskContext, TaskResult, attach, implements, mean_or_nan, plot_file_name, pyplot, reason, unsupported,
 )
 
 MAX_PLOTTED = 6
@@ -116,10 +116,7 @@ def plot(result: TaskResult, reference: dict | None, path):
     axes[0][0].set_ylabel("E - E0 (meV/atom)", fontsize=7)
     axes[-1][0].set_xlabel("V (Å³/atom)", fontsize=7)
     figure.suptitle(f"eos: {result.model}", fontsize=9)
-    figure.tight_layout()
-    save_figure(figure, path)
-    result.plots.append(path)
-    return path
+    return result.save_plot(figure, path)
 
 
 def plot_name(model_name: str) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 from ase import Atoms
 
 from mlip.zoo.results import (
-    TaskContext, TaskResult, attach, implements, mean_or_nan, plot_file_name, pyplot, reason, save_figure, unsupported,
+    TaskContext, TaskResult, attach, implements, mean_or_nan, plot_file_name, pyplot, reason, unsupported,
 )
 
 
@@ -145,10 +145,7 @@ def plot(result: TaskResult, reference: dict | None, path):
         axes[0][1].invert_yaxis()
         axes[0][1].set_xlabel("RMSD to the reference's relaxed structure (Å)", fontsize=8)
     figure.suptitle(f"relax: {result.model}", fontsize=9)
-    figure.tight_layout()
-    save_figure(figure, path)
-    result.plots.append(path)
-    return path
+    return result.save_plot(figure, path)
 
 
 def plot_name(model_name: str) -> str:

@@ -82,6 +82,13 @@ class TaskResult:
     seconds: float = 0.0
     plots: list[Path] = field(default_factory=list)
 
+    def save_plot(self, figure, path):
+        """Lay out ``figure``, write it to ``path`` (`save_figure`), record it in ``plots``; returns ``path``."""
+        figure.tight_layout()
+        save_figure(figure, path)
+        self.plots.append(path)
+        return path
+
 
 def reason(error: BaseException) -> str:
     """A one-line reason for a table cell: the exception type and the start of its message."""

@@ -16,7 +16,7 @@ import time
 import numpy as np
 from ase import Atoms, units
 
-from mlip.zoo.results import TaskContext, TaskResult, attach, plot_file_name, pyplot, reason, save_figure, unsupported
+from mlip.zoo.results import TaskContext, TaskResult, attach, plot_file_name, pyplot, reason, unsupported
 
 WARM_UP_STEPS = 2
 MIN_STEPS = 3
@@ -99,10 +99,7 @@ def plot(result: TaskResult, reference: dict | None, path):
     axis.set_xscale("log")
     axis.set_xlabel("MD atom-steps/s", fontsize=8)
     axis.set_title(f"speed: {result.model}", fontsize=9)
-    figure.tight_layout()
-    save_figure(figure, path)
-    result.plots.append(path)
-    return path
+    return result.save_plot(figure, path)
 
 
 def plot_name(model_name: str) -> str:

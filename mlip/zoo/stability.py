@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from mlip.md import run_md
-from mlip.zoo.results import TaskContext, TaskResult, attach, mean_or_nan, plot_file_name, pyplot, reason, save_figure, unsupported
+from mlip.zoo.results import TaskContext, TaskResult, attach, mean_or_nan, plot_file_name, pyplot, reason, unsupported
 
 
 def run(model, context: TaskContext, reference: dict | None = None) -> TaskResult:
@@ -76,10 +76,7 @@ def plot(result: TaskResult, reference: dict | None, path):
     axis.invert_yaxis()
     axis.set_xlabel("simulated time reached (ps); red: unstable", fontsize=8)
     axis.set_title(f"stability: {result.model}", fontsize=9)
-    figure.tight_layout()
-    save_figure(figure, path)
-    result.plots.append(path)
-    return path
+    return result.save_plot(figure, path)
 
 
 def plot_name(model_name: str) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 
 from mlip.zoo.relax import relax
 from mlip.zoo.results import (
-    TaskContext, TaskResult, attach, mean_or_nan, plot_file_name, pyplot, reason, save_figure, unsupported,
+    TaskContext, TaskResult, attach, mean_or_nan, plot_file_name, pyplot, reason, unsupported,
 )
 
 IMAGINARY_THRESHOLD = -50.0  # cm⁻¹: more negative than this is a real saddle, not numerical noise
@@ -120,10 +120,7 @@ def plot(result: TaskResult, reference: dict | None, path):
     axes[0][0].legend(fontsize=6, loc="upper left")
     axes[-1][0].set_xlabel("frequency (cm⁻¹)", fontsize=8)
     figure.suptitle(f"vibrations: {result.model}", fontsize=9)
-    figure.tight_layout()
-    save_figure(figure, path)
-    result.plots.append(path)
-    return path
+    return result.save_plot(figure, path)
 
 
 def plot_name(model_name: str) -> str:
