@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import subprocess
@@ -208,12 +209,14 @@ def write_json(value, path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------- results
+@functools.cache  # read once per report, not once per run and table cell
 def reference_energies(name: str) -> np.ndarray:
     import ase.io
 
     return np.array([atoms.get_potential_energy() for atoms in ase.io.read(DATA / TEST_SETS[name], ":")])
 
 
+@functools.cache  # read once per report, not once per run and table cell
 def atom_counts(name: str) -> np.ndarray:
     import ase.io
 
