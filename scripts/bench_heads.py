@@ -204,7 +204,7 @@ def replay(args) -> None:
         f"no_replay_{tag}": common + [f"name=no_replay_{tag}", f"data.paths=[{ethanol_train}]"],
         f"replay_{tag}": common + [
             f"name=replay_{tag}", "data.paths=null", "finetune.replay_head=xtb",
-            f"+data.heads={{pbe:{{paths:[{ethanol_train}],weight:{1 - args.replay_weight}}},"
+            f"data.heads={{pbe:{{paths:[{ethanol_train}],weight:{1 - args.replay_weight}}},"
             f"xtb:{{paths:[{replay_file}],weight:{args.replay_weight}}}}}",
         ],
     }

@@ -240,7 +240,7 @@ def head_overrides(emt_files, run_dir, **extra):
     clusters, crystals = emt_files
     return tiny_overrides(emt_files, run_dir, **{
         "data.paths": "null",
-        "+data.heads": f"{{clusters:{{paths:[{clusters}],weight:1.0}},crystals:{{paths:[{crystals}],weight:1.0}}}}",
+        "data.heads": f"{{clusters:{{paths:[{clusters}],weight:1.0}},crystals:{{paths:[{crystals}],weight:1.0}}}}",
         "trainer.max_epochs": 1,
         "data.test_fraction": 0.2,
         "checkpoint.every_n_train_steps": 2,
