@@ -143,7 +143,7 @@ def compare(distances: np.ndarray, energies: np.ndarray, reference: dict) -> dic
 def run(model, context: TaskContext, reference: dict | None = None) -> TaskResult:
     options = context.options
     result = TaskResult(task="dimers", model=model.name)
-    if "molecule" not in model.kinds():
+    if "molecule" not in model.kinds():  # dimers are molecules
         result.note = "not run: the reference for crystals only"
         return result
     elements = context.elements if model.elements is None else [z for z in context.elements if z in model.elements]
@@ -175,6 +175,9 @@ def run(model, context: TaskContext, reference: dict | None = None) -> TaskResul
             row.update(compare(distances, curve, reference[name]))
         result.rows.append(row)
     evaluated = [row for row in result.rows if "minima" in row]
+    if not evaluated:  # the summary cell shows the reason, not "0 pairs without repulsion"
+        result.note = first_reason or "no pair could be evaluated"
+        return result
     result.summary = {
         "dimer pairs": len(evaluated),
         "pairs w/o repulsion": sum(1 for row in evaluated if not row["repulsive"]),
@@ -182,8 +185,6 @@ def run(model, context: TaskContext, reference: dict | None = None) -> TaskResul
     }
     if reference is not None and not model.is_reference:
         result.summary["dimer E MAE vs ref (eV)"] = mean_or_nan(row.get("E_mae_eV") for row in evaluated)
-    if not evaluated:
-        result.note = first_reason or "no pair could be evaluated"
     return result
 
 
