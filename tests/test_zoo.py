@@ -136,6 +136,29 @@ def test_dimers_against_a_reference_compare_the_curves(tmp_path):
     assert other.rows[0]["E_mae_eV"] > 1e-3 and other.rows[0]["r_min_error_A"] > 0.0  # the softer sigma sits further out
 
 
+def test_a_dimer_point_that_fails_is_noted_on_its_own_pair_only(tmp_path):
+    """Like tblite's SCF at a stretched radical: O-H fails beyond 3 Å, O-O below 0.8 Å; each row
+    names its own failure, H-H has none."""
+    from ase.calculators.lj import LennardJones
+
+    class FailsForStretchedOH(LennardJones):
+        def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+            if sorted(atoms.numbers) == [1, 8] and atoms.get_distance(0, 1) > 3.0:
+                raise RuntimeError("SCF not converged")
+            if sorted(atoms.numbers) == [8, 8] and atoms.get_distance(0, 1) < 0.8:
+                raise RuntimeError("too close")
+            super().calculate(atoms, properties, system_changes)
+
+    model = ZooModel(name="flaky", make_calculator=lambda: FailsForStretchedOH(**LJ_KEYWORDS), kind="external")
+    result = dimers.run(model, context(elements=[1, 8], tmp_path=tmp_path, dimer_points=40, dimer_max_distance=4.4))
+    rows = {row["pair"]: row for row in result.rows}
+    assert "note" not in rows["H-H"]
+    grid = np.linspace(0.5, 4.4, 40)
+    assert rows["H-O"]["note"].startswith(f"{np.count_nonzero(grid > 3.0)} of 40 points failed (at 3.")
+    assert "RuntimeError: SCF not converged" in rows["H-O"]["note"] and rows["H-O"]["minima"] == 1
+    assert rows["O-O"]["note"] == f"{np.count_nonzero(grid < 0.8)} of 40 points failed (at 0.50 Å: RuntimeError: too close)"
+
+
 def test_a_tblite_hydrogen_dimer_has_one_minimum_near_its_bond_length(tmp_path):
     pytest.importorskip("tblite.ase")
     model = ZooModel.from_factory("tblite.ase:TBLite", {"method": "GFN2-xTB", "verbosity": 0}, name="GFN2-xTB")

@@ -10,8 +10,8 @@ says how one item is measured. `measure_each` then does, for every item and on i
    when it is periodic and the calculator implements no stress
    (``no stress: EMT does not implement stress``);
 3. otherwise call ``measure(atoms, row, *extra)`` on a copy of the start with a fresh calculator
-   of the model; it fills the row (and ``result.data``); an exception becomes the reason in
-   ``row["note"]`` and the next item goes on;
+   of the model; it fills the row (and ``result.data``); an exception (of ``measure``, or of
+   making the calculator) becomes the reason in ``row["note"]`` and the next item goes on;
 4. advance the progress bar by one (so a task's ``items()`` is the number of its items).
 
 Each item's reason stays in its row; when no item was measured at all, the task's note
