@@ -238,6 +238,14 @@ def test_stability_flags_a_blow_up_and_passes_a_quiet_run(zoo_files, test_set, t
     assert quiet["stable"] and np.isfinite(quiet["drift_meV_per_atom_per_ps"]) and quiet["simulated_ps"] == pytest.approx(0.01)
 
 
+def test_a_one_atom_cell_is_a_reason_in_md_not_a_false_instability(test_set, tmp_path):
+    copper = crystal_starts(test_set)  # the primitive fcc cell: one atom
+    result = stability.run(ZooModel.from_factory("ase.calculators.emt:EMT", name="EMT"),
+                           context(crystals=copper, tmp_path=tmp_path, md_steps=5))
+    assert [len(copper[0]), len(result.rows)] == [1, 2] and "stable" not in result.rows[0]
+    assert all("one atom has no thermal motion" in row["note"] for row in result.rows) and "one atom" in result.note
+
+
 def test_speed_reports_atom_steps_per_second_per_size(zoo_files, test_set, tmp_path):
     options = {"molecules": molecule_starts(test_set), "crystals": crystal_starts(test_set), "tmp_path": tmp_path,
                "speed_seconds": 0.01, "speed_crystal_atoms": (8, 27)}

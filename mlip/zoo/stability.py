@@ -6,7 +6,8 @@ the simulated time to the first instability (`mlip.md.InstabilityDetector`: non-
 two atoms closer than 0.5 Å, a bond stretched beyond 2x, temperature above 5000 K, or the
 calculator refusing the geometry), the NVE energy drift (meV/atom/ps, slope of a linear fit of
 the total energy) and the mean temperature. Headline: the fraction of stable runs and the mean
-|NVE drift| of the stable NVE runs.
+|NVE drift| of the stable NVE runs. A one-atom structure (a primitive fcc cell) is a reason cell,
+not a run: with the centre-of-mass momentum removed nothing moves (give a supercell).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def run(model, context: TaskContext, reference: dict | None = None) -> TaskResul
     result = TaskResult(task="stability", model=model.name)
 
     def measure(atoms, row, ensemble):
+        if len(atoms) < 2:  # mlip.md removes the centre-of-mass momentum: nothing would move (0/0 velocities)
+            raise ValueError("one atom has no thermal motion once the centre-of-mass momentum is removed; "
+                             "give a supercell")
         # a calculator error that is no instability (e.g. an SCF failure) raises: the row's note
         report = run_md(atoms, ensemble=ensemble, temperature_K=options.md_temperature_K,
                         timestep_fs=options.md_timestep_fs, n_steps=options.md_steps, seed=options.seed)
