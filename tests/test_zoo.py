@@ -19,9 +19,10 @@ from test_eval import tiny_exported_model
 
 from mlip.data.structure import Structure
 from mlip.zoo import dimers, eos, relax, speed, stability, vibrations
+from mlip.zoo.loop import measure_each
 from mlip.zoo.models import ZooModel, parse_calculator_spec
-from mlip.zoo.results import TaskContext, ZooOptions
-from mlip.zoo.runner import run_zoo
+from mlip.zoo.results import TaskContext, TaskResult, ZooOptions
+from mlip.zoo.runner import run_zoo, task_module
 from mlip.zoo.structures import crystal_starts, molecule_starts
 
 LJ = "ase.calculators.lj:LennardJones"
@@ -135,6 +136,29 @@ def test_dimers_against_a_reference_compare_the_curves(tmp_path):
     assert other.rows[0]["E_mae_eV"] > 1e-3 and other.rows[0]["r_min_error_A"] > 0.0  # the softer sigma sits further out
 
 
+def test_a_dimer_point_that_fails_is_noted_on_its_own_pair_only(tmp_path):
+    """Like tblite's SCF at a stretched radical: O-H fails beyond 3 Å, O-O below 0.8 Å; each row
+    names its own failure, H-H has none."""
+    from ase.calculators.lj import LennardJones
+
+    class FailsForStretchedOH(LennardJones):
+        def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+            if sorted(atoms.numbers) == [1, 8] and atoms.get_distance(0, 1) > 3.0:
+                raise RuntimeError("SCF not converged")
+            if sorted(atoms.numbers) == [8, 8] and atoms.get_distance(0, 1) < 0.8:
+                raise RuntimeError("too close")
+            super().calculate(atoms, properties, system_changes)
+
+    model = ZooModel(name="flaky", make_calculator=lambda: FailsForStretchedOH(**LJ_KEYWORDS), kind="external")
+    result = dimers.run(model, context(elements=[1, 8], tmp_path=tmp_path, dimer_points=40, dimer_max_distance=4.4))
+    rows = {row["pair"]: row for row in result.rows}
+    assert "note" not in rows["H-H"]
+    grid = np.linspace(0.5, 4.4, 40)
+    assert rows["H-O"]["note"].startswith(f"{np.count_nonzero(grid > 3.0)} of 40 points failed (at 3.")
+    assert "RuntimeError: SCF not converged" in rows["H-O"]["note"] and rows["H-O"]["minima"] == 1
+    assert rows["O-O"]["note"] == f"{np.count_nonzero(grid < 0.8)} of 40 points failed (at 0.50 Å: RuntimeError: too close)"
+
+
 def test_a_tblite_hydrogen_dimer_has_one_minimum_near_its_bond_length(tmp_path):
     pytest.importorskip("tblite.ase")
     model = ZooModel.from_factory("tblite.ase:TBLite", {"method": "GFN2-xTB", "verbosity": 0}, name="GFN2-xTB")
@@ -158,6 +182,10 @@ def test_vibrations_of_a_model_against_itself_have_zero_error(zoo_files, test_se
     assert row["mae_cm1"] == 0.0 and result.summary["vib MAE vs ref (cm⁻¹)"] == 0.0
     vibrations.plot(result, reference_result.data, tmp_path / "vib.png")
     assert (tmp_path / "vib.png").stat().st_size > 5000
+    other = vibrations.run(ZooModel.from_path(zoo_files["no_carbon"], name="other"), context(**options), reference_result.data)
+    expected = np.mean(np.abs(other.data["H2O"] - reference_result.data["H2O"]))
+    assert other.rows[0]["mae_cm1"] == pytest.approx(expected) and expected > 1.0  # other weights, other frequencies
+    assert other.rows[0]["max_error_cm1"] >= other.rows[0]["mae_cm1"]
 
 
 def test_emt_copper_bulk_modulus_and_relaxation_against_a_reference(test_set, tmp_path):
@@ -175,6 +203,16 @@ def test_emt_copper_bulk_modulus_and_relaxation_against_a_reference(test_set, tm
     assert all(row["converged"] for row in relaxed.rows)
     assert [row["rmsd_A"] for row in relaxed.rows] == pytest.approx([0.0, 0.0, 0.0], abs=1e-9)
     assert relaxed.rows[2]["volume_error_pct"] == pytest.approx(0.0, abs=1e-9)
+    # against a reference that differs by a known amount, the errors are that amount
+    stiffer = {name: {**curve, "B": 2.0 * curve["B"], "V0": curve["V0"] / 1.1} for name, curve in eos_reference.data.items()}
+    row = eos.run(again, context(**options), stiffer).rows[0]
+    assert row["B_error_pct"] == pytest.approx(-50.0) and row["V0_error_pct"] == pytest.approx(10.0)
+    expanded = relax_reference.data["Cu"].copy()
+    expanded.set_cell(expanded.cell * 1.01, scale_atoms=True)
+    assert relax.compare(relax_reference.data["Cu"], expanded)["volume_error_pct"] == pytest.approx(100 * (1 / 1.01**3 - 1))
+    moved = relax_reference.data["H2O"].copy()
+    moved.positions[0] += [0.3, 0.0, 0.0]
+    assert relax.compare(moved, relax_reference.data["H2O"])["rmsd_A"] > 0.02  # part of the shift is a rotation
 
 
 def test_kabsch_rmsd_ignores_rotation_and_translation():
@@ -198,6 +236,14 @@ def test_stability_flags_a_blow_up_and_passes_a_quiet_run(zoo_files, test_set, t
     assert not row["stable"] and "temperature" in row["note"] and row["time_to_instability_ps"] <= 0.01
     quiet = stability.run(ZooModel.from_path(zoo_files["full"]), context(**options)).rows[0]
     assert quiet["stable"] and np.isfinite(quiet["drift_meV_per_atom_per_ps"]) and quiet["simulated_ps"] == pytest.approx(0.01)
+
+
+def test_a_one_atom_cell_is_a_reason_in_md_not_a_false_instability(test_set, tmp_path):
+    copper = crystal_starts(test_set)  # the primitive fcc cell: one atom
+    result = stability.run(ZooModel.from_factory("ase.calculators.emt:EMT", name="EMT"),
+                           context(crystals=copper, tmp_path=tmp_path, md_steps=5))
+    assert [len(copper[0]), len(result.rows)] == [1, 2] and "stable" not in result.rows[0]
+    assert all("one atom has no thermal motion" in row["note"] for row in result.rows) and "one atom" in result.note
 
 
 def test_speed_reports_atom_steps_per_second_per_size(zoo_files, test_set, tmp_path):
@@ -239,10 +285,13 @@ def test_failures_are_cells_and_the_zoo_goes_on(zoo_files, test_set, tmp_path):
     assert "converged" in relax_rows["H2O"] and "converged" in relax_rows["Cu"]  # the other structures go on
     assert zoo.results["errors"]["no_carbon"].note.startswith("unsupported elements: C (Z=6)")
     broken = zoo.results["relax"]["broken"]
+    assert [row["structure"] for row in broken.rows] == ["H2O", "CH4", "Cu"]
     assert all("the broken calculator always fails" in row["note"] for row in broken.rows)
-    assert "the broken calculator always fails" in zoo.results["errors"]["broken"].note
+    assert "the broken calculator always fails" in broken.note  # no structure relaxed: the summary cell's reason
+    errors = zoo.results["errors"]["broken"]  # the whole task raised: one cell, the zoo went on
+    assert not errors.rows and "the broken calculator always fails" in errors.note
     no_stress = {row["structure"]: row for row in zoo.results["relax"]["no_stress"].rows}
-    assert no_stress["Cu"]["note"].startswith("NotImplementedError: no stress: EMTWithoutStress does not implement stress")
+    assert no_stress["Cu"]["note"] == "no stress: EMTWithoutStress does not implement stress"
     assert no_stress["H2O"]["converged"] and no_stress["CH4"]["converged"]  # molecules need no stress
     assert np.isfinite(zoo.results["errors"]["full"].summary["E MAE (meV/atom)"])
     assert zoo.results["speed"]["full"].summary["crystal MD (atom-steps/s)"] > 0
@@ -253,6 +302,74 @@ def test_failures_are_cells_and_the_zoo_goes_on(zoo_files, test_set, tmp_path):
         summary = {row["model"]: row for row in csv.DictReader(handle)}
     assert sorted(summary) == ["broken", "full", "no_carbon", "no_stress"]
     assert summary["broken"]["E MAE (meV/atom)"].startswith("n/a: ")
+
+
+def test_measure_each_skips_with_reasons_goes_on_after_a_failure_and_counts_progress(zoo_files, test_set):
+    water, methane = molecule_starts(test_set)
+    copper = crystal_starts(test_set)[0]
+    items = [({"structure": atoms.info["name"]}, atoms, index) for index, atoms in enumerate([water, methane, copper])]
+    advanced = []
+    ctx = context(molecules=[water, methane], crystals=[copper])
+    ctx.advance = lambda: advanced.append(1)
+    seen = []
+
+    def measure(atoms, row, index):
+        seen.append((index, atoms is not items[index][1] and atoms.calc is not None))  # a copy with a calculator
+        if index == 0:
+            raise ValueError("water fails")
+        row["value"] = index
+
+    model = ZooModel.from_path(zoo_files["no_carbon"], name="no_carbon")
+    result = TaskResult(task="test", model=model.name)
+    measured = measure_each(result, model, ctx, items, measure)
+    assert seen == [(0, True), (2, True)] and [row["structure"] for row in measured] == ["Cu"] and measured[0]["value"] == 2
+    assert [row.get("note") for row in result.rows] == ["ValueError: water fails", "unsupported elements: C (Z=6)", None]
+    assert len(advanced) == 3 and result.note == ""
+    no_stress = ZooModel(name="no_stress", make_calculator=EMTWithoutStress)
+    result = TaskResult(task="test", model=no_stress.name)
+    assert measure_each(result, no_stress, ctx, items[2:], measure, needs_stress=True) == []
+    assert result.note == result.rows[0]["note"] == "no stress: EMTWithoutStress does not implement stress"
+    result = TaskResult(task="test", model=no_stress.name)
+    assert measure_each(result, no_stress, ctx, [], measure, empty="nothing here") == [] and result.note == "nothing here"
+
+
+@pytest.mark.parametrize("task", ["stability", "relax", "eos", "vibrations", "speed"])
+def test_the_progress_bar_advances_once_per_item_and_a_reference_runs_on_its_kind_only(task, test_set, tmp_path):
+    """``items()`` (the bar's total) is the number of ``advance()`` calls; a crystal reference skips the molecules."""
+    options = {"molecules": molecule_starts(test_set), "crystals": crystal_starts(test_set), "tmp_path": tmp_path,
+               "md_steps": 4, "relax_steps": 5, "eos_points": 5, "speed_seconds": 0.01, "speed_crystal_atoms": (8,)}
+    module = task_module(task)
+    for model in [ZooModel.from_factory("ase.calculators.emt:EMT", name="EMT"),
+                  ZooModel.from_factory("ase.calculators.emt:EMT", name="EMT-crystals", reference_for=("crystal",))]:
+        ctx = context(**options)
+        advanced = []
+        ctx.advance = lambda: advanced.append(1)
+        result = module.run(model, ctx, None)
+        assert len(advanced) == module.items(model, ctx) == len(result.rows)
+        names = {row.get("structure", row.get("system", "")).split("(")[-1].rstrip(")") for row in result.rows}
+        if model.is_reference:
+            assert names <= {"Cu"} and (names or result.note == "not run: the reference for crystals only")
+        else:
+            assert names & {"H2O", "CH4"} or task == "eos"
+
+
+def test_the_report_names_a_task_no_model_could_do_and_a_failed_plot(zoo_files, test_set, tmp_path, monkeypatch):
+    from mlip.zoo import speed as speed_task
+
+    def broken_plot(result, reference, path):
+        raise RuntimeError("no canvas")
+
+    monkeypatch.setattr(speed_task, "plot", broken_plot)
+    molecules_only = [structure for structure in test_set if structure.cell is None]
+    options = ZooOptions(speed_seconds=0.01, eos_points=5)
+    zoo = run_zoo([ZooModel.from_path(zoo_files["full"], name="full")], molecules_only, "eos,speed", tmp_path / "eval",
+                  options=options, progress=False)
+    assert zoo.results["eos"]["full"].note == "no crystals in the test set"
+    assert zoo.results["speed"]["full"].plot_note == "plot failed: RuntimeError: no canvas"
+    with open(tmp_path / "eval" / "summary.csv", newline="") as handle:
+        summary = next(csv.DictReader(handle))
+    assert summary["eos"] == "n/a: no crystals in the test set" and float(summary["molecule MD (atom-steps/s)"].replace(",", "")) > 0
+    assert "full: plot failed: RuntimeError: no canvas" in (tmp_path / "eval" / "report.md").read_text()
 
 
 def test_mlip_eval_tasks_with_an_external_reference(zoo_files, test_set, tmp_path, capsys):

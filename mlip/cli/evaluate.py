@@ -258,7 +258,6 @@ def zoo_models(arguments) -> list:
 
 
 def zoo_main(arguments, argv) -> int:
-    from mlip.evaluation import markdown_table, write_csv
     from mlip.zoo.results import ZooOptions
     from mlip.zoo.runner import parse_tasks, run_zoo
     from mlip.zoo.structures import training_test_split

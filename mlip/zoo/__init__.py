@@ -12,6 +12,8 @@ Modules, one job each:
 * `mlip.zoo.models`      `ZooModel`: a named calculator factory, its elements, what it is a reference for;
 * `mlip.zoo.structures`  the starting structures of the tasks, chosen from a test set;
 * `mlip.zoo.results`     `TaskResult` (table rows, headline numbers, plots, a failure reason), shared helpers;
+* `mlip.zoo.loop`        `measure_each`: the per-structure loop of the tasks (skips with reasons, per-item
+                         failures, progress);
 * `mlip.zoo.errors`, `dimers`, `stability`, `relax`, `eos`, `vibrations`, `speed`: the tasks;
 * `mlip.zoo.report`      report.md and report.html;
 * `mlip.zoo.runner`      `run_zoo`: tasks x models with progress bars, failures isolated.

@@ -54,19 +54,19 @@ def pair_name(z1: int, z2: int) -> str:
     return f"{chemical_symbols[z1]}-{chemical_symbols[z2]}"
 
 
-def energies_and_forces(model, atoms_list: list[Atoms]) -> tuple[np.ndarray, np.ndarray, str]:
+def energies_and_forces(model, atoms_list: list[Atoms]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Energies (eV) and forces (n, 3) eV/Å of every structure; NaN where the calculator failed,
-    with the first failure's reason (or '')."""
+    with that structure's reason ('' where it did not fail)."""
     calculator = model.make_calculator()
+    reasons = [""] * len(atoms_list)
     if hasattr(calculator, "predict_batch"):  # MLIPCalculator: many structures per forward pass
         try:
             predictions = calculator.predict_batch(atoms_list)
-            return (np.array([p["energy"] for p in predictions]), np.array([p["forces"] for p in predictions]), "")
+            return (np.array([p["energy"] for p in predictions]), np.array([p["forces"] for p in predictions]), reasons)
         except Exception:  # find the failing structures one by one below
             pass
     energies = np.full(len(atoms_list), np.nan)
     forces = np.full((len(atoms_list), len(atoms_list[0]), 3), np.nan)
-    first_reason = ""
     for index, atoms in enumerate(atoms_list):
         atoms = atoms.copy()
         atoms.calc = calculator
@@ -74,9 +74,9 @@ def energies_and_forces(model, atoms_list: list[Atoms]) -> tuple[np.ndarray, np.
             energies[index] = atoms.get_potential_energy()
             forces[index] = atoms.get_forces()
         except Exception as error:
-            first_reason = first_reason or f"at {atoms.get_distance(0, 1):.2f} Å: {reason(error)}"
+            reasons[index] = f"at {atoms.get_distance(0, 1):.2f} Å: {reason(error)}"
             calculator = model.make_calculator()  # a failed call may leave a calculator unusable (tblite aborts the process)
-    return energies, forces, first_reason
+    return energies, forces, reasons
 
 
 def count_minima(energies: np.ndarray, tolerance: float = ENERGY_TOLERANCE) -> int:
@@ -143,7 +143,7 @@ def compare(distances: np.ndarray, energies: np.ndarray, reference: dict) -> dic
 def run(model, context: TaskContext, reference: dict | None = None) -> TaskResult:
     options = context.options
     result = TaskResult(task="dimers", model=model.name)
-    if "molecule" not in model.kinds():
+    if "molecule" not in model.kinds():  # dimers are molecules
         result.note = "not run: the reference for crystals only"
         return result
     elements = context.elements if model.elements is None else [z for z in context.elements if z in model.elements]
@@ -156,13 +156,14 @@ def run(model, context: TaskContext, reference: dict | None = None) -> TaskResul
     distances = np.linspace(options.dimer_min_distance, end, options.dimer_points)
     pairs = list(itertools.combinations_with_replacement(elements, 2))
     atoms_list = [dimer(z1, z2, r) for z1, z2 in pairs for r in distances]
-    energies, forces, first_reason = energies_and_forces(model, atoms_list)
+    energies, forces, reasons = energies_and_forces(model, atoms_list)
     energies = energies.reshape(len(pairs), len(distances))
     radial = forces.reshape(len(pairs), len(distances), 2, 3)[:, :, 1, 0]  # atom 2's force along +x
     for index, (z1, z2) in enumerate(pairs):
         name = pair_name(z1, z2)
         row = {"pair": name}
         curve = energies[index]
+        first_reason = next((text for text in reasons[index * len(distances):(index + 1) * len(distances)] if text), "")
         if not np.isfinite(curve).any():
             row["note"] = first_reason or "no finite energy"
             result.rows.append(row)
@@ -175,6 +176,9 @@ def run(model, context: TaskContext, reference: dict | None = None) -> TaskResul
             row.update(compare(distances, curve, reference[name]))
         result.rows.append(row)
     evaluated = [row for row in result.rows if "minima" in row]
+    if not evaluated:  # the summary cell shows the reason, not "0 pairs without repulsion"
+        result.note = next((text for text in reasons if text), "no pair could be evaluated")
+        return result
     result.summary = {
         "dimer pairs": len(evaluated),
         "pairs w/o repulsion": sum(1 for row in evaluated if not row["repulsive"]),
@@ -182,8 +186,6 @@ def run(model, context: TaskContext, reference: dict | None = None) -> TaskResul
     }
     if reference is not None and not model.is_reference:
         result.summary["dimer E MAE vs ref (eV)"] = mean_or_nan(row.get("E_mae_eV") for row in evaluated)
-    if not evaluated:
-        result.note = first_reason or "no pair could be evaluated"
     return result
 
 

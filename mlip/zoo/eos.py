@@ -14,9 +14,8 @@ import numpy as np
 from ase import units
 
 from mlip.zoo.relax import relax
-from mlip.zoo.results import (
-    TaskContext, TaskResult, attach, implements, mean_or_nan, plot_file_name, pyplot, reason, unsupported,
-)
+from mlip.zoo.loop import measure_each
+from mlip.zoo.results import TaskContext, TaskResult, implements, mean_or_nan, plot_file_name, pyplot
 
 MAX_PLOTTED = 6
 
@@ -42,48 +41,36 @@ def fit(volumes: np.ndarray, energies: np.ndarray) -> tuple[float, float, float]
     return float(v0), float(e0), float(b / units.GPa)
 
 
+def work(model, context: TaskContext) -> list[tuple]:
+    """(row, start) per starting crystal the model runs on."""
+    return [({"structure": atoms.info["name"], "atoms": len(atoms)}, atoms) for atoms in context.starts(model, ("crystal",))]
+
+
 def run(model, context: TaskContext, reference: dict | None = None) -> TaskResult:
     options = context.options
     result = TaskResult(task="eos", model=model.name)
-    if "crystal" not in model.kinds():
-        result.note = "not run: the reference for molecules only"
+    result.note = context.not_run(model, "crystal")
+    if result.note:
         return result
-    if not context.crystals:
-        result.note = "no crystals in the test set"
-        return result
-    for start in context.crystals:
-        name = start.info["name"]
-        row = {"structure": name, "atoms": len(start)}
-        result.rows.append(row)
-        missing = unsupported(model, start)
-        if missing:
-            row["note"] = missing
-            context.advance()
-            continue
-        atoms = attach(start, model)
-        try:
-            if implements(atoms.calc, "stress"):
-                relaxed = relax(atoms, options.relax_optimizer, options.relax_fmax, options.relax_steps)
-                row["relaxed"] = relaxed["converged"]
-            else:
-                row["note"] = "no stress: the starting cell is scaled without relaxation"
-            volumes, energies = energy_volume_curve(atoms, options.eos_points, options.eos_volume_range)
-            v0, e0, bulk_modulus = fit(volumes, energies)
-        except Exception as error:
-            row["note"] = reason(error)
-            context.advance()
-            continue
+
+    def measure(atoms, row):
+        if implements(atoms.calc, "stress"):
+            row["relaxed"] = relax(atoms, options.relax_optimizer, options.relax_fmax, options.relax_steps)["converged"]
+        else:
+            row["note"] = "no stress: the starting cell is scaled without relaxation"
+        volumes, energies = energy_volume_curve(atoms, options.eos_points, options.eos_volume_range)
+        v0, e0, bulk_modulus = fit(volumes, energies)
         n = len(atoms)
         row.update(V0_per_atom_A3=v0 / n, B_GPa=bulk_modulus)
-        result.data[name] = {"volumes": volumes / n, "energies": energies / n, "V0": v0 / n, "E0": e0 / n, "B": bulk_modulus}
-        if reference is not None and name in reference:
-            ref = reference[name]
+        result.data[row["structure"]] = {"volumes": volumes / n, "energies": energies / n, "V0": v0 / n, "E0": e0 / n,
+                                         "B": bulk_modulus}
+        if reference is not None and row["structure"] in reference:
+            ref = reference[row["structure"]]
             row["B_error_pct"] = 100.0 * (bulk_modulus - ref["B"]) / ref["B"]
             row["V0_error_pct"] = 100.0 * (v0 / n - ref["V0"]) / ref["V0"]
-        context.advance()
-    fitted = [row for row in result.rows if "B_GPa" in row]
+
+    fitted = measure_each(result, model, context, work(model, context), measure, empty="no crystal fitted")
     if not fitted:
-        result.note = result.rows[0].get("note", "no crystal fitted") if result.rows else "no crystal fitted"
         return result
     result.summary = {"mean B (GPa)": mean_or_nan(row["B_GPa"] for row in fitted)}
     if reference is not None and not model.is_reference:
@@ -124,4 +111,4 @@ def plot_name(model_name: str) -> str:
 
 
 def items(model, context: TaskContext) -> int:
-    return len(context.crystals) if "crystal" in model.kinds() else 0
+    return len(work(model, context))

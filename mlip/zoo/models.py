@@ -23,9 +23,11 @@ from __future__ import annotations
 import ast
 import importlib
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from ase.calculators.calculator import Calculator
 from ase.data import chemical_symbols
 
 KINDS = ("molecule", "crystal")
@@ -42,13 +44,12 @@ class ZooModel:
     """
 
     name: str
-    make_calculator: object  # () -> ase Calculator
+    make_calculator: Callable[[], Calculator]  # a fresh ASE calculator per call
     elements: frozenset[int] | None = None
     reference_for: tuple[str, ...] = ()
     source: str = ""
     kind: str = "mlip"  # "mlip" (a model file) or "external" (module:factory)
     cutoff: float | None = None  # Å, for mlip models (the dimer curves end there)
-    extra: dict = field(default_factory=dict)
 
     @property
     def is_reference(self) -> bool:

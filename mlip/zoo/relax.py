@@ -20,9 +20,8 @@ import time
 import numpy as np
 from ase import Atoms
 
-from mlip.zoo.results import (
-    TaskContext, TaskResult, attach, implements, mean_or_nan, plot_file_name, pyplot, reason, unsupported,
-)
+from mlip.zoo.loop import measure_each, stress_missing
+from mlip.zoo.results import TaskContext, TaskResult, mean_or_nan, plot_file_name, pyplot
 
 
 def optimizer_class(name: str):
@@ -40,8 +39,9 @@ def relax(atoms: Atoms, optimizer: str, fmax: float, steps: int) -> dict:
     from ase.filters import FrechetCellFilter
 
     periodic = bool(atoms.pbc.any())
-    if periodic and not implements(atoms.calc, "stress"):
-        raise NotImplementedError(f"no stress: {type(atoms.calc).__name__} does not implement stress, the cell cannot relax")
+    missing = stress_missing(atoms.calc, atoms)
+    if missing:
+        raise NotImplementedError(f"{missing}, the cell cannot relax")
     target = FrechetCellFilter(atoms) if periodic else atoms
     dynamics = optimizer_class(optimizer)(target, logfile=None)
     start = time.perf_counter()
@@ -85,37 +85,29 @@ def compare(atoms: Atoms, reference: Atoms) -> dict:
     return {"rmsd_A": kabsch_rmsd(atoms.positions, reference.positions)}
 
 
+def work(model, context: TaskContext) -> list[tuple]:
+    """(row, start) per starting structure."""
+    return [({"structure": atoms.info["name"], "atoms": len(atoms)}, atoms) for atoms in context.starts(model)]
+
+
 def run(model, context: TaskContext, reference: dict | None = None) -> TaskResult:
     options = context.options
     result = TaskResult(task="relax", model=model.name)
-    for start in context.starts(model):
-        name = start.info["name"]
-        row = {"structure": name, "atoms": len(start)}
-        result.rows.append(row)
-        missing = unsupported(model, start)
-        if missing:
-            row["note"] = missing
-            context.advance()
-            continue
-        atoms = attach(start, model)
-        try:
-            row.update(relax(atoms, options.relax_optimizer, options.relax_fmax, options.relax_steps))
-            row["energy_per_atom_eV"] = float(atoms.get_potential_energy()) / len(atoms)
-        except Exception as error:
-            row["note"] = reason(error)
-            context.advance()
-            continue
+
+    def measure(atoms, row):
+        row.update(relax(atoms, options.relax_optimizer, options.relax_fmax, options.relax_steps))
+        row["energy_per_atom_eV"] = float(atoms.get_potential_energy()) / len(atoms)
         if atoms.pbc.any():
             row["volume_per_atom_A3"] = atoms.get_volume() / len(atoms)
         relaxed = atoms.copy()
         relaxed.calc = None
-        result.data[name] = relaxed
-        if reference is not None and name in reference:
-            row.update(compare(relaxed, reference[name]))
-        context.advance()
-    done = [row for row in result.rows if "converged" in row]
+        result.data[row["structure"]] = relaxed
+        if reference is not None and row["structure"] in reference:
+            row.update(compare(relaxed, reference[row["structure"]]))
+
+    done = measure_each(result, model, context, work(model, context), measure, needs_stress=True,
+                        empty="no structure to relax")
     if not done:
-        result.note = result.rows[0].get("note", "no structure to relax") if result.rows else "no structure to relax"
         return result
     result.summary = {"relaxed": f"{sum(row['converged'] for row in done)}/{len(result.rows)}"}
     if reference is not None and not model.is_reference:
@@ -153,4 +145,4 @@ def plot_name(model_name: str) -> str:
 
 
 def items(model, context: TaskContext) -> int:
-    return len(context.starts(model))
+    return len(work(model, context))

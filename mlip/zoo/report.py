@@ -60,14 +60,12 @@ def versions() -> dict[str, str]:
 
 
 def summary_columns(zoo) -> list[tuple[str, str]]:
-    """(task, headline) in task order, each headline once, as the models' results name them."""
+    """(task, headline) in task order, each headline once, as the models' results name them; a
+    task that no model has a headline for gets one column named by the task (for the reasons)."""
     columns = []
     for task in zoo.tasks:
-        for model in zoo.models:
-            result = zoo.results[task].get(model.name)
-            for key in result.summary if result else ():
-                if key != "plot" and (task, key) not in columns:
-                    columns.append((task, key))
+        keys = [key for result in zoo.results[task].values() for key in result.summary]
+        columns += [(task, key) for key in dict.fromkeys(keys)] or [(task, task)]
     return columns
 
 
@@ -150,6 +148,8 @@ def blocks(zoo, command: str) -> list[tuple]:
         out.append(("table", header, rows))
         for model in zoo.models:
             result = zoo.results[task][model.name]
+            if result.plot_note:
+                out.append(("text", f"{model.name}: {result.plot_note}"))
             for plot in result.plots:
                 out.append(("image", Path(plot).name))
     out.append(("heading", 2, "Options"))

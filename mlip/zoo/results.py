@@ -55,12 +55,21 @@ class TaskContext:
     elements: list[int] = field(default_factory=list)  # atomic numbers of the test set (the dimers' elements)
     advance: Callable[[], None] = lambda: None  # one item of the current task done (the progress bar)
 
-    def starts(self, model) -> list[Atoms]:
-        """Molecules and crystals of the kinds ``model`` runs on (a reference for one kind: that kind)."""
-        kinds = model.kinds()
-        return [atoms for atoms in self.molecules if "molecule" in kinds] + [
-            atoms for atoms in self.crystals if "crystal" in kinds
+    def starts(self, model, kinds: tuple[str, ...] = ("molecule", "crystal")) -> list[Atoms]:
+        """The starting molecules, then crystals, of ``kinds`` that ``model`` runs on (a reference
+        for one kind: that kind only)."""
+        runs_on = [kind for kind in kinds if kind in model.kinds()]
+        return [atoms for atoms in self.molecules if "molecule" in runs_on] + [
+            atoms for atoms in self.crystals if "crystal" in runs_on
         ]
+
+    def not_run(self, model, kind: str) -> str:
+        """Why a task for ``kind`` ("molecule" or "crystal") has nothing to do for ``model``, or ''."""
+        if kind not in model.kinds():
+            return f"not run: the reference for {' and '.join(k + 's' for k in model.kinds())} only"
+        if not (self.molecules if kind == "molecule" else self.crystals):
+            return "no neutral closed-shell molecules in the test set" if kind == "molecule" else "no crystals in the test set"
+        return ""
 
 
 @dataclass
@@ -70,7 +79,8 @@ class TaskResult:
     ``rows``: the task's table, one row per item (structure, element pair, system size) with a
     "note" where that item failed; ``summary``: headline numbers for the summary table;
     ``data``: per item what the reference comparison and plots need; ``note``: why the model
-    could not do the task at all (then rows may be empty); ``plots``: PNG files written.
+    could not do the task at all (then rows may be empty); ``plots``: PNG files written;
+    ``plot_note``: why the plot could not be drawn ('' if it was, or there was nothing to draw).
     """
 
     task: str
@@ -81,6 +91,7 @@ class TaskResult:
     note: str = ""
     seconds: float = 0.0
     plots: list[Path] = field(default_factory=list)
+    plot_note: str = ""
 
     def save_plot(self, figure, path):
         """Lay out ``figure``, write it to ``path`` (`save_figure`), record it in ``plots``; returns ``path``."""
@@ -147,6 +158,3 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-Task = Callable[..., TaskResult]  # (model, context, reference data or None) -> TaskResult

@@ -120,8 +120,9 @@ def _run_one(module, task: str, model, context: TaskContext, reference, bars) ->
     bars.note_done(f"{task}: {model.name} done in {result.seconds:.1f} s")
     try:
         module.plot(result, reference, context.out / module.plot_name(model.name))
-    except Exception as error:
-        result.summary.setdefault("plot", f"plot failed: {reason(error)}")
+    except Exception as error:  # the table stands without its plot
+        result.plot_note = f"plot failed: {reason(error)}"
+        print(f"mlip-eval: {task}: {model.name}: {result.plot_note}", file=sys.stderr)
     return result
 
 

@@ -16,7 +16,8 @@ import time
 import numpy as np
 from ase import Atoms, units
 
-from mlip.zoo.results import TaskContext, TaskResult, attach, plot_file_name, pyplot, reason, unsupported
+from mlip.zoo.loop import measure_each
+from mlip.zoo.results import TaskContext, TaskResult, plot_file_name, pyplot
 
 WARM_UP_STEPS = 2
 MIN_STEPS = 3
@@ -56,26 +57,13 @@ def time_md(atoms: Atoms, seconds: float, timestep_fs: float = 0.5, seed: int = 
 
 def run(model, context: TaskContext, reference: dict | None = None) -> TaskResult:
     result = TaskResult(task="speed", model=model.name)
-    systems = speed_systems(context, model)
-    if not systems:
-        result.note = "no system of the kinds this model runs on"
-        return result
-    for label, atoms in systems:
-        row = {"system": label, "atoms": len(atoms)}
-        result.rows.append(row)
-        missing = unsupported(model, atoms)
-        if missing:
-            row["note"] = missing
-            context.advance()
-            continue
-        try:
-            row.update(time_md(attach(atoms, model), context.options.speed_seconds, seed=context.options.seed))
-        except Exception as error:
-            row["note"] = reason(error)
-        context.advance()
-    timed = [row for row in result.rows if "atom_steps_per_s" in row]
+
+    def measure(atoms, row):
+        row.update(time_md(atoms, context.options.speed_seconds, seed=context.options.seed))
+
+    work = [({"system": label, "atoms": len(atoms)}, atoms) for label, atoms in speed_systems(context, model)]
+    timed = measure_each(result, model, context, work, measure, empty="no system of the kinds this model runs on")
     if not timed:
-        result.note = result.rows[0].get("note", "no system") if result.rows else "no system"
         return result
     for kind in ("molecule", "crystal"):
         rows = [row for row in timed if row["system"].startswith(kind)]

@@ -6,7 +6,8 @@ the simulated time to the first instability (`mlip.md.InstabilityDetector`: non-
 two atoms closer than 0.5 Å, a bond stretched beyond 2x, temperature above 5000 K, or the
 calculator refusing the geometry), the NVE energy drift (meV/atom/ps, slope of a linear fit of
 the total energy) and the mean temperature. Headline: the fraction of stable runs and the mean
-|NVE drift| of the stable NVE runs.
+|NVE drift| of the stable NVE runs. A one-atom structure (a primitive fcc cell) is a reason cell,
+not a run: with the centre-of-mass momentum removed nothing moves (give a supercell).
 """
 
 from __future__ import annotations
@@ -14,43 +15,41 @@ from __future__ import annotations
 import numpy as np
 
 from mlip.md import run_md
-from mlip.zoo.results import TaskContext, TaskResult, attach, mean_or_nan, plot_file_name, pyplot, reason, unsupported
+from mlip.zoo.loop import measure_each
+from mlip.zoo.results import TaskContext, TaskResult, mean_or_nan, plot_file_name, pyplot
+
+
+def work(model, context: TaskContext) -> list[tuple]:
+    """(row, start, ensemble) per starting structure and ensemble."""
+    return [
+        ({"structure": atoms.info["name"], "atoms": len(atoms), "ensemble": ensemble.upper()}, atoms, ensemble)
+        for atoms in context.starts(model) for ensemble in context.options.md_ensembles
+    ]
 
 
 def run(model, context: TaskContext, reference: dict | None = None) -> TaskResult:
     options = context.options
     result = TaskResult(task="stability", model=model.name)
-    for atoms in context.starts(model):
-        for ensemble in options.md_ensembles:
-            row = {"structure": atoms.info["name"], "atoms": len(atoms), "ensemble": ensemble.upper()}
-            result.rows.append(row)
-            missing = unsupported(model, atoms)
-            if missing:
-                row["note"] = missing
-                context.advance()
-                continue
-            try:
-                report = run_md(
-                    attach(atoms, model), ensemble=ensemble, temperature_K=options.md_temperature_K,
-                    timestep_fs=options.md_timestep_fs, n_steps=options.md_steps, seed=options.seed,
-                )
-            except Exception as error:  # the calculator failed in a way that is no instability (e.g. SCF)
-                row["note"] = reason(error)
-                context.advance()
-                continue
-            row.update(
-                stable=report.stable,
-                simulated_ps=report.simulated_time_ps,
-                time_to_instability_ps=float("nan") if report.stable else report.simulated_time_ps,
-                drift_meV_per_atom_per_ps=report.energy_drift_meV_per_atom_per_ps if ensemble == "nve" else float("nan"),
-                mean_temperature_K=report.mean_temperature_K,
-            )
-            if not report.stable:
-                row["note"] = report.instability
-            context.advance()
-    runs = [row for row in result.rows if "stable" in row]
+
+    def measure(atoms, row, ensemble):
+        if len(atoms) < 2:  # mlip.md removes the centre-of-mass momentum: nothing would move (0/0 velocities)
+            raise ValueError("one atom has no thermal motion once the centre-of-mass momentum is removed; "
+                             "give a supercell")
+        # a calculator error that is no instability (e.g. an SCF failure) raises: the row's note
+        report = run_md(atoms, ensemble=ensemble, temperature_K=options.md_temperature_K,
+                        timestep_fs=options.md_timestep_fs, n_steps=options.md_steps, seed=options.seed)
+        row.update(
+            stable=report.stable,
+            simulated_ps=report.simulated_time_ps,
+            time_to_instability_ps=float("nan") if report.stable else report.simulated_time_ps,
+            drift_meV_per_atom_per_ps=report.energy_drift_meV_per_atom_per_ps if ensemble == "nve" else float("nan"),
+            mean_temperature_K=report.mean_temperature_K,
+        )
+        if not report.stable:
+            row["note"] = report.instability
+
+    runs = measure_each(result, model, context, work(model, context), measure, empty="no structure to run")
     if not runs:
-        result.note = result.rows[0].get("note", "no structure to run") if result.rows else "no structure to run"
         return result
     stable_nve = [abs(row["drift_meV_per_atom_per_ps"]) for row in runs if row["stable"] and row["ensemble"] == "NVE"]
     unstable = [row["time_to_instability_ps"] for row in runs if not row["stable"]]
@@ -84,4 +83,4 @@ def plot_name(model_name: str) -> str:
 
 
 def items(model, context: TaskContext) -> int:
-    return len(context.starts(model)) * len(context.options.md_ensembles)
+    return len(work(model, context))

@@ -15,9 +15,8 @@ import tempfile
 import numpy as np
 
 from mlip.zoo.relax import relax
-from mlip.zoo.results import (
-    TaskContext, TaskResult, attach, mean_or_nan, plot_file_name, pyplot, reason, unsupported,
-)
+from mlip.zoo.loop import measure_each
+from mlip.zoo.results import TaskContext, TaskResult, mean_or_nan, plot_file_name, pyplot
 
 IMAGINARY_THRESHOLD = -50.0  # cm⁻¹: more negative than this is a real saddle, not numerical noise
 MAX_PLOTTED = 6
@@ -46,48 +45,43 @@ def vibrational_frequencies(atoms, delta: float) -> np.ndarray:
     return np.sort(kept)
 
 
+def work(model, context: TaskContext) -> list[tuple]:
+    """(row, start) per starting molecule the model runs on."""
+    return [({"structure": atoms.info["name"], "atoms": len(atoms)}, atoms) for atoms in context.starts(model, ("molecule",))]
+
+
 def run(model, context: TaskContext, reference: dict | None = None) -> TaskResult:
     options = context.options
     result = TaskResult(task="vibrations", model=model.name)
-    if "molecule" not in model.kinds():
-        result.note = "not run: the reference for crystals only"
+    result.note = context.not_run(model, "molecule")
+    if result.note:
         return result
-    if not context.molecules:
-        result.note = "no neutral closed-shell molecules in the test set"
-        return result
-    for start in context.molecules:
-        name = start.info["name"]
-        row = {"structure": name, "atoms": len(start)}
-        result.rows.append(row)
-        missing = unsupported(model, start)
-        if missing:
-            row["note"] = missing
-            context.advance()
-            continue
-        atoms = attach(start, model)
-        try:
-            relaxed = relax(atoms, options.relax_optimizer, options.vibrations_fmax, options.relax_steps)
-            frequencies = vibrational_frequencies(atoms, options.vibrations_delta)
-        except Exception as error:
-            row["note"] = reason(error)
-            context.advance()
-            continue
+
+    def measure(atoms, row):
+        relaxed = relax(atoms, options.relax_optimizer, options.vibrations_fmax, options.relax_steps)
+        frequencies = vibrational_frequencies(atoms, options.vibrations_delta)
         row.update(
             relaxed=relaxed["converged"], modes=len(frequencies),
             imaginary_modes=int(np.count_nonzero(frequencies < IMAGINARY_THRESHOLD)),
             lowest_cm1=float(frequencies[0]) if frequencies.size else float("nan"),
             highest_cm1=float(frequencies[-1]) if frequencies.size else float("nan"),
         )
+        notes = []
         if not relaxed["converged"]:
-            row["note"] = f"relaxation not converged to {options.vibrations_fmax} eV/Å in {options.relax_steps} steps"
-        result.data[name] = frequencies
-        if reference is not None and name in reference and len(reference[name]) == len(frequencies):
-            row["mae_cm1"] = float(np.mean(np.abs(frequencies - reference[name])))
-            row["max_error_cm1"] = float(np.max(np.abs(frequencies - reference[name])))
-        context.advance()
-    done = [row for row in result.rows if "modes" in row]
+            notes.append(f"relaxation not converged to {options.vibrations_fmax} eV/Å in {options.relax_steps} steps")
+        result.data[row["structure"]] = frequencies
+        if reference is not None and row["structure"] in reference:
+            expected = reference[row["structure"]]
+            if len(expected) == len(frequencies):
+                row["mae_cm1"] = float(np.mean(np.abs(frequencies - expected)))
+                row["max_error_cm1"] = float(np.max(np.abs(frequencies - expected)))
+            else:  # e.g. linear for one model, bent for the other: no mode-by-mode pairing
+                notes.append(f"{len(frequencies)} modes, the reference {len(expected)}: not compared")
+        if notes:
+            row["note"] = "; ".join(notes)
+
+    done = measure_each(result, model, context, work(model, context), measure, empty="no molecule")
     if not done:
-        result.note = result.rows[0].get("note", "no molecule") if result.rows else "no molecule"
         return result
     result.summary = {"imaginary modes": sum(row["imaginary_modes"] for row in done)}
     if reference is not None and not model.is_reference:
@@ -128,4 +122,4 @@ def plot_name(model_name: str) -> str:
 
 
 def items(model, context: TaskContext) -> int:
-    return len(context.molecules) if "molecule" in model.kinds() else 0
+    return len(work(model, context))
