@@ -114,6 +114,22 @@ def trained_on_charged_structures(model, statistics: dict | None) -> bool:
     return any(int(charge) != 0 and int(count) > 0 for charge, count in charge_counts.items())
 
 
+def head_for(model, head: str | None, where: str = "head") -> str | None:
+    """The head to evaluate ``model`` with when one ``head`` is asked for a whole zoo of models:
+    ``head`` (checked) for a multi-head model, None for a single-head one (which has no heads).
+    `MLIPInputError` listing the heads for a multi-head model without ``head`` or with an unknown one."""
+    from mlip.models.potential import UnknownHeadError
+
+    heads = getattr(model, "heads", None)
+    if not heads:
+        return None
+    try:
+        model.head_index(head)
+    except UnknownHeadError as error:
+        raise MLIPInputError(f"{where}: {error}") from None
+    return head
+
+
 class MLIPCalculator(Calculator):
     """ASE calculator wrapping an `mlip` `Potential` (or the path of an exported one).
 

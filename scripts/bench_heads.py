@@ -200,10 +200,11 @@ def replay(args) -> None:
               "stage_two.start=null", "++stage_two.start_time=0.8", f"optimizer.lr={args.lr}",
               "finetune.atomic_energies=average", f"data.val_fraction={args.val_fraction}"]
     tag = f"n{args.n_train}_{args.minutes:g}min"
+    replay_name = f"replay_w{args.replay_weight:g}_{tag}"
     commands = {
         f"no_replay_{tag}": common + [f"name=no_replay_{tag}", f"data.paths=[{ethanol_train}]"],
-        f"replay_{tag}": common + [
-            f"name=replay_{tag}", "data.paths=null", "finetune.replay_head=xtb",
+        replay_name: common + [
+            f"name={replay_name}", "data.paths=null", "finetune.replay_head=xtb",
             f"data.heads={{pbe:{{paths:[{ethanol_train}],weight:{1 - args.replay_weight}}},"
             f"xtb:{{paths:[{replay_file}],weight:{args.replay_weight}}}}}",
         ],
@@ -223,10 +224,11 @@ def replay(args) -> None:
         replaying = name.startswith("replay")
         result["runs"][name] = {
             "fit_seconds": fit_seconds(runs / name),
+            "steps": int(json.loads((runs / name / "results.json").read_text())["global_step"]),
             "xtb_test": errors_by_subset(model, test, (lambda s: "xtb") if replaying else None)["all"],
             "ethanol_test_md": errors_by_subset(model, ethanol_test, (lambda s: "pbe") if replaying else None)["all"],
         }
-    write_json(result, args.results / f"replay_{tag}.json")
+    write_json(result, args.results / f"{replay_name}.json")
     print(replay_table(result))
 
 
@@ -244,13 +246,13 @@ def replay_table(result: dict) -> str:
     pretrained = result["pretrained"]["xtb_test"]
     lines = [f"Fine-tuning on {result['n_train']} ethanol PBE configurations for {result['minutes']:g} min "
              f"(lr {result['lr']}, replay weight {result['replay_weight']})", "",
-             "| model | xTB test F | vs pretrained | xTB test E | ethanol test_MD F | ethanol test_MD E |",
-             "|---|---|---|---|---|---|",
-             f"| pretrained (xTB molecules) | {pretrained['forces_mae']:.1f} | | {pretrained['energy_mae']:.1f} | | |"]
+             "| model | steps | xTB test F | vs pretrained | xTB test E | ethanol test_MD F | ethanol test_MD E |",
+             "|---|---|---|---|---|---|---|",
+             f"| pretrained (xTB molecules) | | {pretrained['forces_mae']:.1f} | | {pretrained['energy_mae']:.1f} | | |"]
     for name, run in result["runs"].items():
         xtb, md = run["xtb_test"], run["ethanol_test_md"]
         change = 100 * (xtb["forces_mae"] / pretrained["forces_mae"] - 1)
-        lines.append(f"| {name} | {xtb['forces_mae']:.1f} | {change:+.0f} % | {xtb['energy_mae']:.1f} | "
+        lines.append(f"| {name} | {run.get('steps', '')} | {xtb['forces_mae']:.1f} | {change:+.0f} % | {xtb['energy_mae']:.1f} | "
                      f"{md['forces_mae']:.1f} | {md['energy_mae']:.2f} |")
     lines += ["", "F: force MAE, meV/Å; E: energy MAE, meV/atom. The replay model is evaluated with its xtb head on "
               "the xTB test split and its pbe head on ethanol."]

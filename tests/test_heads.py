@@ -329,3 +329,36 @@ def graph_with_head(graph, head: int):
     copy = graph.clone()
     copy.head = torch.tensor([head])
     return copy
+
+
+def test_mlip_eval_mlip_md_and_the_zoo_take_a_head(tmp_path, capsys):
+    from mlip.cli.evaluate import main as evaluate
+    from mlip.cli.md import main as md
+    from mlip.data.structure import Structure
+    from mlip.data.writer import write_structures
+    from mlip.zoo.models import ZooModel
+
+    model = two_head_model()
+    path = export_model(model, tmp_path / "two_heads.pt")
+    atoms = methanol()
+    expected = float(predict(model, atoms, 1)["energy"])
+    data = tmp_path / "methanol.h5"
+    write_structures(data, [Structure(numbers=atoms.numbers, positions=atoms.positions, energy=expected,
+                                      forces=predict(model, atoms, 1)["forces"].numpy())])
+    with pytest.raises(SystemExit, match=r"several heads; choose one of dft, xtb .*--head"):
+        evaluate([str(path), "--data", str(data), "--no-plots", "--out", str(tmp_path / "eval")])
+    assert evaluate([str(path), "--data", str(data), "--no-plots", "--out", str(tmp_path / "eval"), "--head", "xtb"]) == 0
+    import csv
+
+    with open(tmp_path / "eval" / "metrics.csv", newline="") as handle:
+        [row] = [r for r in csv.DictReader(handle) if r.get("subset") in ("all", "", None)] or [None]
+    errors = {key: float(value) for key, value in row.items() if key.endswith("_mae") and value not in ("", "-")}
+    assert errors and all(value < 1e-6 for value in errors.values()), errors  # labels = the xtb head's predictions
+    with pytest.raises(SystemExit, match=r"'pbe' is not one of the model's heads: dft, xtb"):
+        evaluate([str(path), "--data", str(data), "--no-plots", "--out", str(tmp_path / "eval"), "--head", "pbe"])
+    calculator = ZooModel.from_path(path, head="xtb").make_calculator()
+    atoms.calc = calculator
+    assert atoms.get_potential_energy() == pytest.approx(expected, abs=1e-9)
+    with pytest.raises(SystemExit, match=r"several heads .*pass --head <name>"):
+        md([str(path), str(data), "--steps", "2"])
+    assert md([str(path), str(data), "--steps", "2", "--head", "dft", "--timestep", "0.1"]) == 0
