@@ -199,7 +199,7 @@ def replay(args) -> None:
               f"init_from={pretrained}", "trainer.max_epochs=100000", f"trainer.max_time={budget}",
               "stage_two.start=null", "++stage_two.start_time=0.8", f"optimizer.lr={args.lr}",
               "finetune.atomic_energies=average", f"data.val_fraction={args.val_fraction}"]
-    tag = f"n{args.n_train}_{args.minutes:g}min"
+    tag = f"n{args.n_train}_{args.minutes:g}min" + (f"_{args.tag}" if args.tag else "")
     replay_name = f"replay_w{args.replay_weight:g}_{tag}"
     commands = {
         f"no_replay_{tag}": common + [f"name=no_replay_{tag}", f"data.paths=[{ethanol_train}]"],
@@ -311,6 +311,7 @@ def main(argv=None) -> int:
             command.add_argument("--lr", type=float, default=0.001)
             command.add_argument("--replay-weight", type=float, default=0.3)
             command.add_argument("--val-fraction", type=float, default=0.1)
+            command.add_argument("--tag", help="suffix of the run names (a repeat of the pair under the same conditions)")
         if name == "report":
             command.add_argument("--figures", type=Path, default=REPO / "docs" / "figures" / "heads")
     args = parser.parse_args(argv)
