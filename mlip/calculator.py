@@ -114,6 +114,22 @@ def trained_on_charged_structures(model, statistics: dict | None) -> bool:
     return any(int(charge) != 0 and int(count) > 0 for charge, count in charge_counts.items())
 
 
+def head_for(model, head: str | None, where: str = "head") -> str | None:
+    """The head to evaluate ``model`` with when one ``head`` is asked for a whole zoo of models:
+    ``head`` (checked) for a multi-head model, None for a single-head one (which has no heads).
+    `MLIPInputError` listing the heads for a multi-head model without ``head`` or with an unknown one."""
+    from mlip.models.potential import UnknownHeadError
+
+    heads = getattr(model, "heads", None)
+    if not heads:
+        return None
+    try:
+        model.head_index(head)
+    except UnknownHeadError as error:
+        raise MLIPInputError(f"{where}: {error}") from None
+    return head
+
+
 class MLIPCalculator(Calculator):
     """ASE calculator wrapping an `mlip` `Potential` (or the path of an exported one).
 
@@ -126,6 +142,10 @@ class MLIPCalculator(Calculator):
             means 0, except for a model trained on charged structures, where a missing charge is
             an error (pass default_charge=0 explicitly to accept 0).
         default_spin: multiplicity 2S+1 used when ``atoms.info`` has no "spin".
+        head: for a multi-head model, the head to evaluate (its name, e.g. a level of theory);
+            ``atoms.info["head"]`` overrides it per structure. Without either, a multi-head model
+            is an error listing its heads; a single-head model takes no head. An unknown name is
+            an `MLIPInputError` listing the known heads.
         min_distance: Å; two atoms closer than this are an `MLIPGeometryError` naming them (0 turns
             the check off). Must be below the cutoff (the pairs come from the neighbour list).
         compile: compile the backbone with `torch.compile` (dynamic shapes; forces and stress are
@@ -151,6 +171,7 @@ class MLIPCalculator(Calculator):
         min_distance: float = 0.1,
         compile: bool = False,
         retain_freed_memory: bool = False,
+        head: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -173,6 +194,10 @@ class MLIPCalculator(Calculator):
         self.charged_model = trained_on_charged_structures(self.model, self.statistics)
         self.default_charge = default_charge
         self.default_spin = int(default_spin)
+        self.heads = list(getattr(self.model, "heads", None) or [])  # [] for a single-head model
+        self.head = head
+        if head is not None:
+            self._head_index(head, "head")  # an unknown head fails here, not at the first call
         if retain_freed_memory and not performance.retain_freed_memory():
             warnings.warn("MLIPCalculator: retain_freed_memory has no effect here (needs Linux with glibc)", stacklevel=2)
         self._compiled = bool(compile)
@@ -234,6 +259,28 @@ class MLIPCalculator(Calculator):
             "(coincident atoms; the model is not defined there)"
         )
 
+    def _head_index(self, head, where: str) -> int:
+        from mlip.models.potential import UnknownHeadError
+
+        try:
+            return self.model.head_index(head)
+        except UnknownHeadError as error:
+            raise MLIPInputError(f"MLIPCalculator: {where}: {error}") from None
+
+    def head_of(self, atoms: Atoms) -> int | None:
+        """The head index for ``atoms`` (``atoms.info["head"]``, else the calculator's `head`);
+        None for a single-head model."""
+        where = "atoms.info['head']" if "head" in atoms.info else "head"
+        head = atoms.info.get("head", self.head)
+        if not self.heads:
+            return None if head is None else self._head_index(head, where)  # a named head: an error
+        if head is None:
+            raise MLIPInputError(
+                f"MLIPCalculator: this model has several heads ({', '.join(self.heads)}); choose one with "
+                "MLIPCalculator(..., head=<name>) or atoms.info['head']"
+            )
+        return self._head_index(head, where)
+
     def charge_and_spin(self, atoms: Atoms) -> tuple[int, int]:
         """Total charge (e) and multiplicity 2S+1 of `atoms`, from atoms.info or the defaults."""
         if "charge" in atoms.info:
@@ -260,7 +307,7 @@ class MLIPCalculator(Calculator):
         """ASE's changes (positions, cell, ...) plus a change of atoms.info charge or spin."""
         changes = super().check_state(atoms, tol)
         if self.atoms is not None and not changes:
-            for key in ("charge", "spin"):
+            for key in ("charge", "spin", "head"):
                 if atoms.info.get(key) != self.atoms.info.get(key):
                     changes.append(key)
         return changes
@@ -276,6 +323,7 @@ class MLIPCalculator(Calculator):
                 "MLIPCalculator: stress needs a periodic structure with a cell of nonzero volume"
             )
         charge, spin = self.charge_and_spin(atoms)
+        self.head_of(atoms)
         edge_index, shifts, squared_lengths = self._neighbours.search(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
         self.check_min_distance(atoms, edge_index, shifts, squared_lengths)
         graph = self._graph(atoms, edge_index, shifts, charge, spin)
@@ -285,8 +333,13 @@ class MLIPCalculator(Calculator):
         self.results = results
 
     def _graph(self, atoms: Atoms, edge_index: np.ndarray, shifts: np.ndarray, charge: int, spin: int):
-        """One structure as a graph of model inputs (`mlip.data.graph.atoms_to_graph`, no labels)."""
-        return atoms_to_graph(atoms, self.cutoff, self.dtype, charge, spin, edges=(edge_index, shifts), labels=False)
+        """One structure as a graph of model inputs (`mlip.data.graph.atoms_to_graph`, no labels),
+        with its head index (``graph.head``) for a multi-head model."""
+        graph = atoms_to_graph(atoms, self.cutoff, self.dtype, charge, spin, edges=(edge_index, shifts), labels=False)
+        head = self.head_of(atoms)
+        if head is not None and self.heads:
+            graph.head = torch.tensor([head], dtype=torch.long)
+        return graph
 
     def _evaluate(self, batch, compute_stress: bool) -> dict[str, np.ndarray]:
         batch = batch.to(self.device)
@@ -321,6 +374,7 @@ class MLIPCalculator(Calculator):
                 self.check_atoms(atoms)
                 self.check_geometry(atoms)
                 charge, spin = self.charge_and_spin(atoms)
+                self.head_of(atoms)
                 fresh = SkinNeighbourList(self.cutoff, skin=0.0)
                 edge_index, shifts, squared_lengths = fresh.search(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
                 self.check_min_distance(atoms, edge_index, shifts, squared_lengths)

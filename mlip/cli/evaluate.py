@@ -128,6 +128,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is fastest for small systems)")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--max-atoms-per-batch", type=int, default=2000)
+    parser.add_argument("--head", help="the head multi-head models are evaluated with (single-head models have none and "
+                                       "ignore it); a multi-head model without it, or with an unknown one, lists its heads")
     parser.add_argument("--no-plots", action="store_true", help="skip the parity plots (errors only)")
     zoo = parser.add_argument_group("physical tasks (mlip.zoo)")
     zoo.add_argument("--tasks", default="errors",
@@ -157,6 +159,18 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def mlip_calculator(model: Path, arguments):
+    """The `MLIPCalculator` of one model file, with ``--head`` for a multi-head model (SystemExit naming the file otherwise)."""
+    from mlip.calculator import MLIPCalculator, MLIPInputError, head_for
+
+    calculator = MLIPCalculator(str(model), device=arguments.device, dtype=arguments.dtype)
+    try:
+        calculator.head = head_for(calculator.model, arguments.head, where=str(model))
+    except MLIPInputError as error:
+        raise SystemExit(f"mlip-eval: {error} (pass --head <name>)") from None
+    return calculator
+
+
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
     if arguments.threads:
@@ -166,8 +180,6 @@ def main(argv=None) -> int:
     tasks = [name.strip() for name in arguments.tasks.split(",") if name.strip()]
     if tasks != ["errors"] or arguments.calculator or arguments.reference or arguments.split != "all":
         return zoo_main(arguments, argv)
-    from mlip.calculator import MLIPCalculator
-
     if not arguments.models:
         raise SystemExit("mlip-eval: no models given")
     models = find_models(arguments.models)
@@ -179,7 +191,7 @@ def main(argv=None) -> int:
     for set_name, structures in sets.items():
         set_rows = []
         for model, name in zip(models, model_names(models)):
-            calculator = MLIPCalculator(str(model), device=arguments.device, dtype=arguments.dtype)
+            calculator = mlip_calculator(model, arguments)
             evaluation = evaluate(calculator, structures, name, max_atoms_per_batch=arguments.max_atoms_per_batch)
             set_rows.extend({"test_set": set_name, **row} for row in evaluation.rows())
             if evaluation.note:
@@ -249,10 +261,10 @@ def zoo_models(arguments) -> list:
         try:
             if entry[0] == "path":
                 models.append(ZooModel.from_path(entry[1], name=name, device=arguments.device, dtype=arguments.dtype,
-                                                 reference_for=kinds))
+                                                 reference_for=kinds, head=arguments.head))
             else:
                 models.append(ZooModel.from_factory(entry[1], entry[2], name=name, reference_for=kinds))
-        except (ValueError, FileNotFoundError) as error:
+        except (ValueError, FileNotFoundError) as error:  # MLIPInputError (a head) is a ValueError
             raise SystemExit(f"mlip-eval: {error}") from None
     return models
 

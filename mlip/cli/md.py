@@ -52,6 +52,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "--spin", type=int,
         help="spin multiplicity 2S+1 (atoms.info['spin']); overrides the file's value when given (default: the file's, else 1)",
     )
+    parser.add_argument(
+        "--head", help="head of a multi-head model to run (e.g. its level of theory); an unknown name lists the heads",
+    )
     parser.add_argument("--ensemble", choices=["nve", "nvt"], default="nve")
     parser.add_argument("--temperature", type=float, default=300.0, help="initial / thermostat temperature, K")
     parser.add_argument("--timestep", type=float, default=0.5, help="fs")
@@ -94,16 +97,18 @@ def main(argv=None) -> int:
     for key in ("charge", "spin"):  # an explicit option wins over the file
         if getattr(arguments, key) is not None:
             atoms.info[key] = getattr(arguments, key)
-    atoms.calc = MLIPCalculator(
-        arguments.model, device=arguments.device, dtype=arguments.dtype, skin=arguments.skin,
-        compile=arguments.compile,
-        retain_freed_memory=arguments.retain_freed_memory and sys.platform.startswith("linux"),  # glibc only
-    )
-    try:  # a usage error (element, charge, spin), not an instability: say so before the run
+    try:  # a usage error (element, charge, spin, head), not an instability: say so before the run
+        atoms.calc = MLIPCalculator(
+            arguments.model, device=arguments.device, dtype=arguments.dtype, skin=arguments.skin,
+            compile=arguments.compile, head=arguments.head,
+            retain_freed_memory=arguments.retain_freed_memory and sys.platform.startswith("linux"),  # glibc only
+        )
         atoms.calc.check_atoms(atoms)
         atoms.calc.charge_and_spin(atoms)
+        atoms.calc.head_of(atoms)
     except MLIPInputError as error:
         hint = " (or pass --charge / --spin)" if "charge" in str(error) or "spin" in str(error) else ""
+        hint = " (pass --head <name>)" if "head" in str(error) else hint
         raise SystemExit(f"mlip-md: {arguments.structure} (index {arguments.index}): {error}{hint}") from None
     criteria = InstabilityCriteria(
         min_distance=arguments.min_distance,

@@ -71,6 +71,9 @@ class HDF5Dataset(Dataset):
             no check.
         max_neighbours: refuse a structure with more neighbour edges per atom (mean) than this
             (a collapsed cell would exhaust memory); see `mlip.data.graph.neighbour_list`.
+        file_heads: for multi-head training, the head index of each file (aligned with the
+            resolved `paths`): every graph of a file gets it as ``graph.head`` (a (1,) long
+            tensor), and `heads` holds it per structure. None: graphs without a head.
 
     Selections (``subsets``, ``charges``, ``spins``, ``elements``) take one value or a list;
     None keeps everything. An empty list, a subset name, charge or multiplicity that no file
@@ -89,8 +92,12 @@ class HDF5Dataset(Dataset):
         max_atoms: int | None = None,
         min_distance: float | None = DEFAULT_MIN_DISTANCE,
         max_neighbours: float | None = DEFAULT_MAX_NEIGHBOURS,
+        file_heads: Sequence[int] | None = None,
     ) -> None:
         self.paths = resolve_paths(paths)
+        if file_heads is not None and len(file_heads) != len(self.paths):
+            raise ValueError(f"HDF5Dataset: {len(file_heads)} file_heads for {len(self.paths)} files {self.paths}")
+        self.file_heads = None if file_heads is None else np.asarray(file_heads, dtype=np.int64)
         self.cutoff = cutoff
         self.dtype = dtype
         self.min_distance = min_distance
@@ -253,7 +260,7 @@ class HDF5Dataset(Dataset):
         if isinstance(index, torch.Tensor):
             index = index.item()
         file_number, local_index = self._locate(index)
-        return structure_to_graph(
+        graph = structure_to_graph(
             self.readers[file_number].read(local_index),
             cutoff=self.cutoff,
             dtype=self.dtype,
@@ -262,6 +269,9 @@ class HDF5Dataset(Dataset):
             source=str(self.paths[file_number]),
             index=local_index,
         )
+        if self.file_heads is not None:
+            graph.head = torch.tensor([int(self.file_heads[file_number])], dtype=torch.long)
+        return graph
 
     def __iter__(self):
         for index in range(len(self)):
@@ -277,6 +287,14 @@ class HDF5Dataset(Dataset):
     has_stress = _per_structure("has_stress", "(len,) bool: stress label present.")
     has_magmom = _per_structure("has_magmom", "(len,) bool: magnetic moments present.")
     has_partial_charges = _per_structure("has_partial_charges", "(len,) bool: partial charges present.")
+
+    @cached_property
+    def heads(self) -> np.ndarray | None:
+        """(len,) int64 head index of each structure (that of its file; `file_heads`), or None."""
+        if self.file_heads is None:
+            return None
+        file_numbers = np.searchsorted(self._file_starts, self._selection, side="right") - 1
+        return self.file_heads[file_numbers]
 
     @cached_property
     def subset_names(self) -> tuple[str, ...]:

@@ -238,7 +238,9 @@ def build_potential(
     "elements", "atomic_energies", "scale", "shift", "charge_spin_conditioning", "condition_dim",
     "direct_forces", "readout_hidden", "pair_repulsion", ...}. `statistics` (a mapping or an object
     with these attributes) fills what the config leaves out: `elements`, `atomic_energies`, `scale`,
-    `shift`, `avg_num_neighbors`. `atomic_energies` may be ``"average"`` (the default: the
+    `shift`, `avg_num_neighbors`. A multi-head model (`heads`: a list of names) takes the
+    references, scale and shift of each head from ``statistics["heads"][name]`` (the same keys,
+    computed on that head's data; see `_per_head_values`). `atomic_energies` may be ``"average"`` (the default: the
     statistics' least squares), ``"isolated"`` (the statistics' `isolated_atom_energies`; shift 0)
     or a mapping {symbol or Z: eV}; the choice is recorded as `reference_energies`. The backbone's `num_elements`, `cutoff` and `condition_dim` always come
     from the potential; `avg_num_neighbors` from statistics unless the backbone config sets it.
@@ -255,7 +257,10 @@ def build_potential(
             "build_potential: `isolated_atoms` (a file) is read by mlip.train.build.build_model; pass the energies "
             "as statistics['isolated_atom_energies'] instead"
         )
-    config.update(_reference_energies(config, statistics))
+    if config.get("heads"):
+        config.update(_per_head_values(config, statistics))
+    else:
+        config.update(_reference_energies(config, statistics))
     for key in ("elements", "atomic_energies", "scale", "shift"):
         if config.get(key) is None:
             value = _statistic(statistics, key)
@@ -338,6 +343,60 @@ def _reference_energies(config: Mapping[str, Any], statistics) -> dict[str, Any]
         energies = {atomic_number(key, "model.atomic_energies"): float(value) for key, value in choice.items()}
         return {"atomic_energies": energies, "reference_energies": mode or "explicit"}
     return {"atomic_energies": choice, "reference_energies": mode or "explicit"}
+
+
+def _per_head_values(config: Mapping[str, Any], statistics) -> dict[str, Any]:
+    """Reference energies, scale and shift of every head of a multi-head model, each resolved as
+    for a single head (`_reference_energies`) from that head's statistics (``statistics["heads"]
+    [name]``). ``atomic_energies`` may be average / isolated (for every head) or a mapping {head:
+    choice}; ``scale`` and ``shift`` a number (every head) or {head: value}; unset, each head's own.
+    An element that a head's data lacks gets the reference energy 0 eV in that head (nothing to
+    fit it to; `DatasetStatistics.elements_without_energy`)."""
+    heads = list(config["heads"])
+    per_head = _statistic(statistics, "heads") or {}
+    missing = [head for head in heads if head not in per_head]
+    if missing:
+        raise ValueError(f"build_potential: no statistics for head(s) {missing} (statistics['heads'] has {sorted(per_head)})")
+    elements = config.get("elements") or _statistic(statistics, "elements")
+    choice = config.get("atomic_energies")
+    if isinstance(choice, Mapping) and not set(choice) <= set(heads):
+        raise ValueError(
+            f"model.atomic_energies of a multi-head model: a mapping must be {{head: average | isolated | "
+            f"{{symbol or Z: eV}}}} with heads {heads}, got keys {sorted(map(str, choice))}"
+        )
+
+    def of_head(value, head):
+        return value.get(head) if isinstance(value, Mapping) else value
+
+    energies, scales, shifts, modes = {}, {}, {}, set()
+    for head in heads:
+        head_statistics = dict(per_head[head])
+        head_statistics["elements"] = elements
+        if head_statistics.get("atomic_energies") is not None:
+            fitted = {int(z): float(e) for z, e in dict(head_statistics["atomic_energies"]).items()}
+            head_statistics["atomic_energies"] = {int(z): fitted.get(int(z), 0.0) for z in elements}
+        head_config = {"elements": elements, "atomic_energies": of_head(choice, head),
+                       "shift": of_head(config.get("shift"), head),
+                       "reference_energies": config.get("reference_energies")}
+        try:
+            resolved = _reference_energies(head_config, head_statistics)
+        except ValueError as error:
+            raise ValueError(f"head {head!r}: {error}") from error
+        energies[head] = resolved["atomic_energies"]
+        modes.add(resolved["reference_energies"])
+        shift = resolved.get("shift", head_config["shift"])
+        shifts[head] = float(shift if shift is not None else head_statistics.get("shift") or 0.0)
+        scale = of_head(config.get("scale"), head)
+        scales[head] = float(scale if scale is not None else head_statistics.get("scale") or 1.0)
+    return {"atomic_energies": energies, "scale": scales, "shift": shifts, "reference_energies": joint_reference_mode(modes)}
+
+
+def joint_reference_mode(modes) -> str:
+    """The `Potential.reference_energies` of heads whose references are of kinds ``modes``: their
+    kind when they agree; ``explicit`` when they do not (then no head masks the learned energy of
+    a lone atom, which ``isolated`` does)."""
+    modes = set(modes)
+    return modes.pop() if len(modes) == 1 else "explicit"
 
 
 def rebuild(potential: Potential, dtype: torch.dtype | str) -> Potential:

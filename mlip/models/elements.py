@@ -35,9 +35,28 @@ def expanded_elements(known: list[int], wanted: list[int]) -> list[int]:
     return [int(z) for z in known] + new_elements(known, wanted)
 
 
-def transfer_weights(source: Potential, target: Potential) -> list[str]:
+def _readout_name(name: str, heads: list[int | None] | None) -> str:
+    """The source tensor of a target readout tensor: ``readout.heads.<k>.rest`` of a multi-head
+    target comes from ``readout.rest`` (single-head source, heads[k] None) or
+    ``readout.heads.<heads[k]>.rest``; a single-head target's ``readout.rest`` from heads[0]."""
+    if heads is None or not name.startswith("readout."):
+        return name
+    rest = name.removeprefix("readout.")
+    if rest.startswith("heads."):
+        _, index, rest = rest.split(".", 2)
+        origin = heads[int(index)]
+    else:
+        origin = heads[0]
+    return f"readout.{rest}" if origin is None else f"readout.heads.{origin}.{rest}"
+
+
+def transfer_weights(source: Potential, target: Potential, readout_sources: list[int | None] | None = None) -> list[str]:
     """Load ``source``'s weights into ``target`` (see the module docstring); returns the names of
     the tensors that were expanded for new elements.
+
+    ``readout_sources``: for each head of ``target`` (one entry for a single-head target), the
+    head of ``source`` whose readout it starts from (None: ``source`` has a single head). None:
+    the readouts correspond one to one (same heads).
 
     ``target`` must have ``source``'s architecture and ``source.elements`` as the first entries of
     its element list (`expanded_elements`). Raises ValueError otherwise, or for a tensor that
@@ -55,14 +74,16 @@ def transfer_weights(source: Potential, target: Potential) -> list[str]:
             f"{type(source.backbone).__name__}"
         )
     source_state = source.state_dict()
-    state, expanded = {}, []
+    state, expanded, used = {}, [], set(CONFIG_BUFFERS)
     for name, initial in target.state_dict().items():
         if name in CONFIG_BUFFERS:
             state[name] = initial
             continue
-        if name not in source_state:
-            raise ValueError(f"transfer_weights: the pretrained model has no tensor {name}")
-        value = source_state[name].to(initial.dtype)
+        origin = _readout_name(name, readout_sources)
+        if origin not in source_state:
+            raise ValueError(f"transfer_weights: the pretrained model has no tensor {origin}")
+        used.add(origin)
+        value = source_state[origin].to(initial.dtype)
         if value.shape == initial.shape:
             state[name] = value
         elif name.startswith("backbone."):
@@ -75,7 +96,7 @@ def transfer_weights(source: Potential, target: Potential) -> list[str]:
                 f"transfer_weights: tensor {name} is {tuple(value.shape)} in the pretrained model and "
                 f"{tuple(initial.shape)} in the new one; only backbone tensors may depend on the elements"
             )
-    unused = sorted(set(source_state) - set(state))
+    unused = sorted(name for name in set(source_state) - used if not name.startswith("readout.heads."))
     if unused:
         raise ValueError(f"transfer_weights: tensors of the pretrained model with no place in the new one: {unused[:5]}")
     target.load_state_dict(state)

@@ -4,6 +4,7 @@ A backbone maps a neighbour graph to per-atom features; `Potential` turns them i
 (eV), forces (eV/Å) and stress (eV/Å³, ASE sign):
 
     E   = Σ_i [ scale · readout(h_i) + shift + E_ref(Z_i) + E_pair,i ]
+    (multi-head: scale, readout, shift and E_ref are those of the structure's head)
     F_i = -∂E/∂r_i
     σ   = (1/V) ∂E/∂ε     (symmetric strain ε applied to positions and cell, at ε = 0)
 
@@ -33,6 +34,38 @@ PAIR_REPULSIONS: dict[str, type[torch.nn.Module]] = {"zbl": ZBLRepulsion}
 REFERENCE_ENERGIES = ("average", "isolated", "explicit")
 
 
+class UnknownHeadError(ValueError):
+    """A head name (or index) that the model does not have; the message lists the known heads."""
+
+
+def check_head_names(heads: Sequence[str], where: str = "heads") -> list[str]:
+    """Head names as a list: non-empty strings without "/" (they name metrics), unique."""
+    if isinstance(heads, str) or not isinstance(heads, Sequence):
+        raise ValueError(f"{where} must be a list of head names, got {heads!r}")
+    names = list(heads)
+    if not names:
+        raise ValueError(f"{where} is empty; leave it unset (None) for a single-head model")
+    for name in names:
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"{where}: head name {name!r} must be a non-empty string without '/'")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"{where} has duplicates: {duplicates}")
+    return names
+
+
+class PerHeadReadout(torch.nn.Module):
+    """One bias-free readout MLP per head: scalar features (n, F) and each atom's head (n,) -> (n,)."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int], num_heads: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(MLP(in_features, hidden, 1, bias=False) for _ in range(num_heads))
+
+    def forward(self, scalars: torch.Tensor, atom_heads: torch.Tensor) -> torch.Tensor:
+        every_head = torch.cat([readout(scalars) for readout in self.heads], dim=-1)  # (n, H)
+        return every_head.gather(1, atom_heads[:, None]).squeeze(1)  # (n,)
+
+
 class Potential(torch.nn.Module):
     """Energy, forces and stress from any backbone.
 
@@ -53,6 +86,12 @@ class Potential(torch.nn.Module):
         pair_repulsion: None, or the name of a fixed short-range pair prior in
             `PAIR_REPULSIONS` (``"zbl"``: `mlip.nn.zbl.ZBLRepulsion`), whose per-atom energy is
             added to ``node_energy``.
+        heads: None (one head: the default) or the names of several heads (e.g. levels of
+            theory) that share the backbone; each has its own readout MLP, reference energies,
+            scale and shift. `atomic_energies` is then one entry per head (a dict {head: energies}
+            or a list of them in the order of `heads`), `scale` and `shift` a number (the same
+            for every head) or one per head. A batch says each structure's head in `batch.head`
+            (G,) as an index into `heads` (`head_index`).
         reference_energies: what `atomic_energies` are: ``"average"`` (least squares over the
             training data), ``"explicit"`` (given by the user) or ``"isolated"`` (DFT energies of
             isolated atoms). With ``"isolated"`` the shift must be 0 and the learned energy of an
@@ -76,6 +115,7 @@ class Potential(torch.nn.Module):
         max_multiplicity: int = 6,
         pair_repulsion: str | None = None,
         reference_energies: str = "average",
+        heads: Sequence[str] | None = None,
     ):
         super().__init__()
         if pair_repulsion is not None and pair_repulsion not in PAIR_REPULSIONS:
@@ -86,13 +126,17 @@ class Potential(torch.nn.Module):
             raise ValueError(
                 f"Potential: reference_energies={reference_energies!r} is not one of {', '.join(REFERENCE_ENERGIES)}"
             )
-        if reference_energies == "isolated" and float(shift) != 0.0:
+        self.heads = None if heads is None else check_head_names(heads, "Potential: heads")
+        self.elements = [int(z) for z in elements]
+        self._check_elements(self.elements)
+        per_head = self._per_head  # one value per head, or the single value (single-head model)
+        atomic_energies = per_head(atomic_energies, "atomic_energies", self._aligned_energies, mapping_is_per_head=True)
+        scale, shift = per_head(scale, "scale", float), per_head(shift, "shift", float)
+        if reference_energies == "isolated" and any(value != 0.0 for value in self._as_list(shift)):
             raise ValueError(
                 f"Potential: shift must be 0 with isolated-atom reference energies (got {shift}): an isolated atom's "
                 "energy is then exactly its reference"
             )
-        self.elements = [int(z) for z in elements]
-        self._check_elements(self.elements)
         self.cutoff = float(cutoff)
         self.charge_spin_conditioning = bool(charge_spin_conditioning)
         self.condition_dim = int(condition_dim) if charge_spin_conditioning else 0
@@ -101,9 +145,9 @@ class Potential(torch.nn.Module):
         self.config: dict[str, Any] = {
             "backbone": dict(backbone.config),
             "elements": list(self.elements),
-            "atomic_energies": self._aligned_energies(atomic_energies),
-            "scale": float(scale),
-            "shift": float(shift),
+            "atomic_energies": atomic_energies,
+            "scale": scale,
+            "shift": shift,
             "cutoff": self.cutoff,
             "charge_spin_conditioning": self.charge_spin_conditioning,
             "condition_dim": int(condition_dim),
@@ -113,20 +157,26 @@ class Potential(torch.nn.Module):
             "max_multiplicity": int(max_multiplicity),
             "pair_repulsion": pair_repulsion,
             "reference_energies": reference_energies,
+            "heads": None if self.heads is None else list(self.heads),
         }
         self.reference_energies = reference_energies
 
         species_of_z = torch.full((MAX_ATOMIC_NUMBER + 1,), -1, dtype=torch.long)
         species_of_z[torch.tensor(self.elements)] = torch.arange(len(self.elements))
         self.register_buffer("species_of_z", species_of_z)
-        self.register_buffer("atomic_energies", torch.tensor(self.config["atomic_energies"]))
-        self.register_buffer("scale", torch.tensor(float(scale)))
-        self.register_buffer("shift", torch.tensor(float(shift)))
+        # single head: (num_elements,) eV, () eV, () eV/atom; multi-head: (H, num_elements), (H,), (H,)
+        self.register_buffer("atomic_energies", torch.tensor(atomic_energies))
+        self.register_buffer("scale", torch.tensor(scale))
+        self.register_buffer("shift", torch.tensor(shift))
 
         self.conditioning = (
             ChargeSpinEmbedding(self.condition_dim, max_charge, max_multiplicity) if self.charge_spin_conditioning else None
         )
-        self.readout = MLP(backbone.num_scalar_features, readout_hidden, 1, bias=False)
+        self.readout = (
+            MLP(backbone.num_scalar_features, readout_hidden, 1, bias=False)
+            if self.heads is None
+            else PerHeadReadout(backbone.num_scalar_features, readout_hidden, len(self.heads))
+        )
         self.direct_force_head = self._direct_force_head(backbone) if direct_forces else None
         self.pair_repulsion = (
             PAIR_REPULSIONS[pair_repulsion](self.elements, self.cutoff) if pair_repulsion is not None else None
@@ -167,6 +217,66 @@ class Potential(torch.nn.Module):
                 f"Potential: atomic_energies has {len(energies)} values but there are {len(self.elements)} elements"
             )
         return energies
+
+    @staticmethod
+    def _as_list(value) -> list:
+        return value if isinstance(value, list) else [value]
+
+    def _per_head(self, value, name: str, convert, mapping_is_per_head: bool = False):
+        """``value`` converted by ``convert``; for a multi-head model a list with one entry per
+        head, from a dict {head: value}, a list in the order of `heads`, or (not for
+        `atomic_energies`) one value shared by every head."""
+        if self.heads is None:
+            return convert(value)
+        if isinstance(value, Mapping) and (mapping_is_per_head or set(value) <= set(self.heads)):
+            missing = [head for head in self.heads if head not in value]
+            unknown = [head for head in value if head not in self.heads]
+            if missing or unknown:
+                raise ValueError(
+                    f"Potential: {name} must have one entry per head {self.heads}; missing {missing}, unknown {unknown}"
+                )
+            return [convert(value[head]) for head in self.heads]
+        if isinstance(value, Sequence) and not isinstance(value, str) and (
+            mapping_is_per_head or len(value) == len(self.heads)
+        ):
+            if len(value) != len(self.heads):
+                raise ValueError(f"Potential: {name} has {len(value)} entries but there are {len(self.heads)} heads")
+            return [convert(item) for item in value]
+        if mapping_is_per_head:
+            raise ValueError(f"Potential: {name} of a multi-head model must be one entry per head {self.heads}")
+        return [convert(value)] * len(self.heads)
+
+    @property
+    def num_heads(self) -> int:
+        """1 for a single-head model, else ``len(heads)``."""
+        return 1 if self.heads is None else len(self.heads)
+
+    def head_index(self, head: str | int | None) -> int:
+        """The index of head ``head`` (a name, or an index) in `heads`; `UnknownHeadError` (listing
+        the heads) for a name the model does not have. A single-head model takes only None."""
+        if self.heads is None:
+            if head is None:
+                return 0
+            raise UnknownHeadError(f"head {head!r}: this model has a single head (no named heads); leave head unset")
+        if head is None:
+            raise UnknownHeadError(f"this model has several heads; choose one of {', '.join(self.heads)} (head=...)")
+        if isinstance(head, int) and not isinstance(head, bool) and 0 <= head < len(self.heads):
+            return head
+        if isinstance(head, str) and head in self.heads:
+            return self.heads.index(head)
+        raise UnknownHeadError(f"head {head!r} is not one of the model's heads: {', '.join(self.heads)}")
+
+    def head_values(self, head: str | int | None = None) -> dict[str, Any]:
+        """The reference energies {Z: eV}, scale (eV) and shift (eV/atom) of one head."""
+        index = self.head_index(head)
+        energies = self.atomic_energies if self.heads is None else self.atomic_energies[index]
+        scale = self.scale if self.heads is None else self.scale[index]
+        shift = self.shift if self.heads is None else self.shift[index]
+        return {
+            "atomic_energies": dict(zip(self.elements, energies.tolist())),
+            "scale": float(scale),
+            "shift": float(shift),
+        }
 
     @staticmethod
     def _direct_force_head(backbone: Backbone) -> torch.nn.Linear:
@@ -225,12 +335,19 @@ class Potential(torch.nn.Module):
             strain = torch.zeros_like(cell, requires_grad=True) if compute_stress else None  # (G, 3, 3)
             inputs = self._inputs(batch, species, pos, cell, strain, node_batch)
             features = self.backbone(inputs)
-            learned = self.readout(features.scalars).squeeze(-1)  # (n,)
+            atom_heads = self._atom_heads(batch, node_batch, cell.shape[0])  # (n,) or None
+            if atom_heads is None:
+                learned = self.readout(features.scalars).squeeze(-1)  # (n,)
+                scale, shift, references = self.scale, self.shift, self.atomic_energies[species]
+            else:
+                learned = self.readout(features.scalars, atom_heads)  # (n,)
+                scale, shift = self.scale[atom_heads], self.shift[atom_heads]
+                references = self.atomic_energies[atom_heads, species]
             if self.reference_energies == "isolated":  # a lone atom is exactly its reference
                 within = torch.linalg.norm(inputs.edge_vectors.detach(), dim=-1) < self.cutoff  # (E,)
                 has_neighbours = torch.zeros_like(learned, dtype=torch.bool).index_fill(0, inputs.edge_index[1][within], True)
                 learned = torch.where(has_neighbours, learned, torch.zeros_like(learned))
-            node_energy = self.scale * learned + self.shift + self.atomic_energies[species]
+            node_energy = scale * learned + shift + references
             if self.pair_repulsion is not None:  # same (strained) edge vectors: forces/stress by autograd
                 node_energy = node_energy + self.pair_repulsion(species, inputs.edge_index, inputs.edge_vectors)
             energy = node_energy.new_zeros(cell.shape[0]).index_add(0, node_batch, node_energy)
@@ -262,6 +379,26 @@ class Potential(torch.nn.Module):
             cell=cell,
             shifts=shifts,
         )
+
+    def _atom_heads(self, batch, node_batch: torch.Tensor, num_graphs: int) -> torch.Tensor | None:
+        """Each atom's head index (n,) from ``batch.head`` (G,) for a multi-head model; None for a single head."""
+        if self.heads is None:
+            return None
+        head = getattr(batch, "head", None)
+        if head is None:
+            raise UnknownHeadError(
+                f"Potential: this model has heads {', '.join(self.heads)} but the batch has no `head` "
+                "(one index per structure into the heads)"
+            )
+        head = head.reshape(-1).to(device=node_batch.device, dtype=torch.long)
+        if head.shape[0] != num_graphs:
+            raise ValueError(f"Potential: batch.head has {head.shape[0]} entries for {num_graphs} structures")
+        if bool(((head < 0) | (head >= len(self.heads))).any()):
+            raise UnknownHeadError(
+                f"Potential: batch.head {sorted(set(head.tolist()))} outside 0..{len(self.heads) - 1} "
+                f"(heads {', '.join(self.heads)})"
+            )
+        return head[node_batch]
 
     def _node_condition(self, batch, node_batch: torch.Tensor, num_graphs: int) -> torch.Tensor | None:
         if self.conditioning is None:

@@ -12,6 +12,7 @@ Run directory layout::
     <run dir>/config.yaml          the resolved config
     <run dir>/.hydra/              Hydra's own record (config, overrides), when run by the CLI
     <run dir>/statistics.json      statistics of the training split
+    <run dir>/head_statistics.json multi-head runs: the statistics of each head's training data
     <run dir>/checkpoints/last.ckpt    rolling checkpoint (resume from here)
     <run dir>/checkpoints/best.ckpt    best validation checkpoint
     <run dir>/best_model.pt        self-contained export of the best EMA weights (`mlip.load`)
@@ -53,6 +54,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the installed mlip package
 CONFIG_DIR = PACKAGE_DIR / "configs"  # Hydra configs, shipped as package data
 SAMPLE_DATA_DIR = PACKAGE_DIR / "sample_data"  # molecules.h5, crystals.h5, shipped as package data
 BEST_MODEL = "best_model.pt"
+HEAD_STATISTICS = "head_statistics.json"  # multi-head runs: statistics of each head's training data
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -107,7 +109,8 @@ def build_datamodule(config: DictConfig) -> PotentialDataModule:
     they are then references, not training structures)."""
     exclude = config.data.get("exclude_isolated_atoms", "auto")
     if exclude == "auto":
-        exclude = _reference_choice(config) == "isolated"
+        choice = _reference_choice(config)
+        exclude = choice == "isolated" or (isinstance(choice, dict) and "isolated" in choice.values())
     return instantiate(config.data, exclude_isolated_atoms=bool(exclude), _convert_="all")
 
 
@@ -164,7 +167,7 @@ def _reference_choice(config: DictConfig) -> Any:
     return config.model.get("atomic_energies")
 
 
-def build_model(config: DictConfig, statistics: Any, pretrained: Any = None) -> torch.nn.Module:
+def build_model(config: DictConfig, statistics: Any, pretrained: Any = None, head_statistics: Any = None) -> torch.nn.Module:
     """The `Potential` of ``config.model`` with elements/references/scale/shift from ``statistics``.
 
     The model is built in ``config.dtype``. The training config is the user's own: its ``model.backbone._target_`` may import a backbone
@@ -172,6 +175,10 @@ def build_model(config: DictConfig, statistics: Any, pretrained: Any = None) -> 
     ``model.atomic_energies``: ``average`` (default), ``isolated`` (from ``model.isolated_atoms``,
     a file, else from the single-atom structures of the training data) or a mapping
     {symbol or Z: eV}; see docs/models.md.
+
+    Multi-head (``head_statistics``: {head: statistics of its training data}, from ``data.heads``):
+    one head per entry, each with the references, scale and shift of its own data; then
+    ``model.atomic_energies`` may also be {head: choice} and ``model.isolated_atoms`` {head: file}.
 
     With ``config.init_from`` (a model file; ``pretrained``: it already read by
     `mlip.train.finetune.read_pretrained`) the model is the file's, expanded to new elements,
@@ -181,23 +188,49 @@ def build_model(config: DictConfig, statistics: Any, pretrained: Any = None) -> 
 
     model_config = OmegaConf.to_container(config.model, resolve=True)
     values = model_statistics(statistics)
+    if head_statistics:
+        model_config["heads"] = list(head_statistics)
+        values["heads"] = {name: model_statistics(head) for name, head in head_statistics.items()}
     choice, field = _reference_choice(config), "finetune" if config.get("init_from") else "model"
     isolated_atoms = model_config.pop("isolated_atoms", None)
     if isolated_atoms is not None:
-        if choice != "isolated":
+        uses_isolated = choice == "isolated" or (isinstance(choice, dict) and "isolated" in choice.values())
+        if not uses_isolated:
             raise ValueError(
                 f"model.isolated_atoms={isolated_atoms} is only used with {field}.atomic_energies=isolated "
                 f"(got {choice!r})"
             )
-        values["isolated_atom_energies"] = read_isolated_atom_energies(isolated_atoms)
-        values["isolated_atoms_source"] = str(isolated_atoms)
+        if isinstance(isolated_atoms, dict):  # {head: file}
+            if not head_statistics:
+                raise ValueError("model.isolated_atoms: a mapping {head: file} needs data.heads; give one file instead")
+            unknown = sorted(set(isolated_atoms) - set(head_statistics))
+            if unknown:
+                raise ValueError(f"model.isolated_atoms: unknown head(s) {unknown}; heads are {list(head_statistics)}")
+            for name, path in isolated_atoms.items():
+                values["heads"][name]["isolated_atom_energies"] = read_isolated_atom_energies(path)
+                values["heads"][name]["isolated_atoms_source"] = str(path)
+        else:
+            values["isolated_atom_energies"] = read_isolated_atom_energies(isolated_atoms)
+            values["isolated_atoms_source"] = str(isolated_atoms)
+            for head in (values.get("heads") or {}).values():  # one file for every head
+                head["isolated_atom_energies"] = values["isolated_atom_energies"]
+                head["isolated_atoms_source"] = values["isolated_atoms_source"]
     if config.get("init_from"):
         from mlip.train.finetune import build_finetuned_potential, read_pretrained
 
         pretrained = pretrained or read_pretrained(config.init_from)
-        return build_finetuned_potential(pretrained, values, choice, dtype=torch_dtype(config.dtype))
+        return build_finetuned_potential(
+            pretrained, values, choice, dtype=torch_dtype(config.dtype), **_finetune_heads(config)
+        )
     # built in its precision, never built in float32 and cast (see mlip.models.build)
     return build_potential(model_config, values, dtype=torch_dtype(config.dtype), trusted=True)
+
+
+def _finetune_heads(config: DictConfig) -> dict[str, Any]:
+    from mlip.train.finetune import finetune_settings
+
+    settings = finetune_settings(config)
+    return {"pretrained_head": settings["pretrained_head"], "replay_head": settings["replay_head"]}
 
 
 def build_module(config: DictConfig, potential: torch.nn.Module) -> PotentialModule:
@@ -499,7 +532,8 @@ def _train(config: DictConfig, run_dir: str | os.PathLike, extra_callbacks: list
     datamodule = build_datamodule(config)
     check_split_elements(datamodule, known_elements=pretrained.elements if pretrained else ())
     statistics = datamodule.statistics()
-    module = build_module(config, build_model(config, statistics, pretrained))
+    head_statistics = datamodule.head_statistics()  # None for a single head
+    module = build_module(config, build_model(config, statistics, pretrained, head_statistics))
     provenance = None
     if pretrained is not None:
         from mlip.train.finetune import FINETUNE_RECORD, check_same_pretrained, finetune_provenance, finetune_settings
@@ -511,6 +545,8 @@ def _train(config: DictConfig, run_dir: str | os.PathLike, extra_callbacks: list
             check_same_pretrained(run_dir, provenance)
     write_config(run_dir / "config.yaml", config)
     write_json(run_dir / "statistics.json", statistics.to_dict())
+    if head_statistics:
+        write_json(run_dir / HEAD_STATISTICS, {name: head.to_dict() for name, head in head_statistics.items()})
     if provenance is not None:
         write_json(run_dir / FINETUNE_RECORD, provenance)
         rank_zero_info(

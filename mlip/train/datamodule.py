@@ -9,6 +9,13 @@ no random validation (or test) split is drawn from ``paths``. Several test sets 
 one by one (one test dataloader each, in the order given) and reported under their own names
 (`test_names`): ``test/<name>/energy_mae``, ``test/<name>/<subset>/forces_rmse``.
 
+Multi-head training (``heads``): several datasets, each with its own head name (e.g. its level
+of theory), files and sampling weight, in one run. Every structure's graph carries its head
+index (``graph.head``); the split is drawn over all of them; statistics are computed per head
+as well (`head_statistics`); the random test split is one test set per head, reported as
+``test/<head>/...``; with weights the training loader draws structures of head h with
+probability proportional to its weight (with replacement, ``len(train_set)`` draws per epoch).
+
 Loaders are plain ``torch.utils.data.DataLoader`` objects with PyG's ``Collater`` as
 ``collate_fn``: Lightning recognises them and, under DDP, swaps in a ``DistributedSampler`` so
 that every rank draws a disjoint shard of each epoch.
@@ -55,6 +62,11 @@ class PotentialDataModule(pl.LightningDataModule):
         min_distance: refuse structures with atoms closer than this, Å (None or 0: no check);
             see `mlip.data.dataset.HDF5Dataset`.
         max_neighbours: refuse structures with more neighbour edges per atom than this.
+        heads: multi-head training: ``{head name: {"paths": files or globs, "weight": w}}``
+            (``weight`` optional: set for every head or for none; none = every structure drawn
+            equally often). ``paths`` must then be unset (None or empty): it is the heads' files,
+            in the order of the heads. ``val_paths`` and ``test_paths`` cannot be combined with
+            heads (their files would have no head): evaluate other files with ``mlip-eval --head``.
         exclude_isolated_atoms: leave single atoms without neighbours out of the training split
             (their energies are the references of ``model.atomic_energies=isolated``, as MACE does
             with ``config_type=IsolatedAtom``); the statistics still record their energies.
@@ -62,7 +74,7 @@ class PotentialDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        paths: Sequence[str | os.PathLike],
+        paths: Sequence[str | os.PathLike] | None,
         cutoff: float,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
@@ -78,9 +90,16 @@ class PotentialDataModule(pl.LightningDataModule):
         val_paths: Sequence[str | os.PathLike] | str | None = None,
         test_paths: Sequence[str | os.PathLike] | Mapping[str, Any] | str | None = None,
         exclude_isolated_atoms: bool = False,
+        heads: Mapping[str, Mapping[str, Any]] | None = None,
     ):
         super().__init__()
-        self.paths = _resolved(paths, "data.paths")  # fail at configuration time, not when training starts
+        self.heads = _head_sets(heads, paths, val_paths, test_paths)  # {name: {"paths": [...], "weight": w}} or None
+        if self.heads is None:
+            self.paths = _resolved(paths, "data.paths")  # fail at configuration time, not when training starts
+            self.file_heads = None
+        else:
+            self.paths = [path for head in self.heads.values() for path in head["paths"]]
+            self.file_heads = [index for index, head in enumerate(self.heads.values()) for _ in head["paths"]]
         self.val_paths = None if val_paths is None else _resolved(val_paths, "data.val_paths")
         self.test_paths = _test_sets(test_paths)  # {name: [files]} or None
         self.cutoff = float(cutoff)
@@ -101,6 +120,12 @@ class PotentialDataModule(pl.LightningDataModule):
         self.train_set = self.val_set = self.test_set = None
         self.test_sets: dict[str | None, Any] = {}  # name (None: the random test split) -> dataset
         self._statistics = None
+        self._head_statistics = None
+
+    @property
+    def head_names(self) -> list[str] | None:
+        """The heads of a multi-head run, in order (a graph's ``head`` indexes this list); None: one head."""
+        return None if self.heads is None else list(self.heads)
 
     @property
     def test_names(self) -> list[str | None]:
@@ -111,6 +136,12 @@ class PotentialDataModule(pl.LightningDataModule):
         self.setup()
         return list(self.test_sets)
 
+    @property
+    def named_test_sets(self) -> bool:
+        """True when the test sets have names (``test_paths``, or one per head), i.e. the test
+        loaders are a list and metrics are ``test/<name>/...``."""
+        return self.test_paths is not None or self.heads is not None
+
     # ------------------------------------------------------------------ datasets
     def setup(self, stage: str | None = None) -> None:
         """Open the files and draw the split (idempotent: Lightning calls it again on fit)."""
@@ -119,7 +150,7 @@ class PotentialDataModule(pl.LightningDataModule):
         from mlip.data.dataset import SelectionError
 
         try:
-            dataset = self._open(self.paths, subsets=self.subsets)
+            dataset = self._open(self.paths, subsets=self.subsets, file_heads=self.file_heads)
         except SelectionError as error:
             raise SelectionError(f"data.{error.argument}", error.reason) from None
         if len(dataset) == 0:
@@ -130,6 +161,9 @@ class PotentialDataModule(pl.LightningDataModule):
         if self.val_paths is not None:
             val_set = self._open_whole(self.val_paths, "data.val_paths")
         test_sets = {None: test_set} if self.test_paths is None and len(test_set) > 0 else {}
+        if self.heads is not None:  # one test set per head
+            test_sets = {name: test_set.subset(np.flatnonzero(test_set.heads == index))
+                         for index, name in enumerate(self.heads) if (test_set.heads == index).any()}
         for name, files in (self.test_paths or {}).items():
             test_sets[name] = self._open_whole(files, f"data.test_paths[{name}]")
         if len(train_set) == 0 or len(val_set) == 0:
@@ -138,6 +172,12 @@ class PotentialDataModule(pl.LightningDataModule):
                 f"data: split of {len(dataset)} structures with {where} leaves "
                 f"{len(train_set)} training and {len(val_set)} validation structures; both must be > 0"
             )
+        for index, name in enumerate(self.heads or {}):
+            if not (train_set.heads == index).any():
+                raise ValueError(
+                    f"data.heads.{name}: no structure of {self.heads[name]['paths']} is in the training split "
+                    f"(subsets={self.subsets}); every head needs training data"
+                )
         self._statistics_set = train_set  # isolated atoms included: their energies are statistics
         if self.exclude_isolated_atoms:
             train_set, self.isolated_atoms = self._split_off_isolated_atoms(train_set)
@@ -145,7 +185,7 @@ class PotentialDataModule(pl.LightningDataModule):
         self.test_set = test_set if self.test_paths is None else None  # the random test split, as before
         self.dataset = dataset
 
-    def _open(self, paths: list[str], subsets=None):
+    def _open(self, paths: list[str], subsets=None, file_heads=None):
         from mlip.data.dataset import HDF5Dataset
 
         return HDF5Dataset(
@@ -155,6 +195,7 @@ class PotentialDataModule(pl.LightningDataModule):
             subsets=subsets,
             min_distance=self.min_distance,
             max_neighbours=self.max_neighbours,
+            file_heads=file_heads,
         )
 
     def _open_whole(self, paths: list[str], key: str):
@@ -178,6 +219,26 @@ class PotentialDataModule(pl.LightningDataModule):
             )
         return self._statistics
 
+    def head_statistics(self) -> dict[str, Any] | None:
+        """{head: `DatasetStatistics` of that head's training structures} (cached like `statistics`); None: one head."""
+        if self.heads is None:
+            return None
+        if self._head_statistics is None:
+            from mlip.data.statistics import compute_statistics
+
+            self.setup()
+            heads = self._statistics_set.heads
+            self._head_statistics = {
+                name: compute_statistics(
+                    self._statistics_set.subset(np.flatnonzero(heads == index)),
+                    self.cutoff,
+                    cache=self.statistics_cache,
+                    exclude_isolated_atoms=self.exclude_isolated_atoms,
+                )
+                for index, name in enumerate(self.heads)
+            }
+        return self._head_statistics
+
     def _split_off_isolated_atoms(self, dataset):
         """(dataset without its isolated atoms, the isolated atoms) as views; only single-atom
         structures are read to decide."""
@@ -199,11 +260,12 @@ class PotentialDataModule(pl.LightningDataModule):
         return sizes
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
             collate_fn=Collater(dataset),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -211,7 +273,19 @@ class PotentialDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        return self._loader(self.train_set, self.batch_size, shuffle=True, sampler=self._head_sampler())
+
+    def _head_sampler(self):
+        """With head weights: draw structure i of head h with probability ∝ w_h / (structures of h)."""
+        if self.heads is None or all(head["weight"] is None for head in self.heads.values()):
+            return None
+        heads = self.train_set.heads
+        weights = np.array([head["weight"] for head in self.heads.values()], dtype=np.float64)
+        counts = np.bincount(heads, minlength=len(weights)).astype(np.float64)
+        per_structure = weights[heads] / counts[heads]
+        return torch.utils.data.WeightedRandomSampler(
+            torch.as_tensor(per_structure), num_samples=len(self.train_set), replacement=True
+        )
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
@@ -224,7 +298,7 @@ class PotentialDataModule(pl.LightningDataModule):
         if not self.test_sets:
             raise ValueError("data.test_fraction is 0 and data.test_paths is null: there is no test set to evaluate")
         loaders = [self._loader(dataset, self.eval_batch_size, shuffle=False) for dataset in self.test_sets.values()]
-        return loaders if self.test_paths is not None else loaders[0]
+        return loaders if self.named_test_sets else loaders[0]
 
 
 def _resolved(paths, key: str) -> list[str]:
@@ -237,6 +311,48 @@ def _resolved(paths, key: str) -> list[str]:
         return [str(path) for path in resolve_paths([Path(p).expanduser() for p in paths])]
     except (FileNotFoundError, ValueError) as error:
         raise type(error)(f"{key}: {error}") from error
+
+
+def _head_sets(heads, paths, val_paths, test_paths) -> dict[str, dict[str, Any]] | None:
+    """``data.heads`` as ``{name: {"paths": [files], "weight": float | None}}`` (None: one head)."""
+    if heads is None:
+        return None
+    from mlip.models.potential import check_head_names
+
+    if not isinstance(heads, Mapping) or not heads:
+        raise ValueError(f"data.heads must be a mapping {{head name: {{paths: ..., weight: ...}}}}, got {heads!r}")
+    check_head_names(list(heads), "data.heads")
+    if paths:
+        raise ValueError(
+            "data.paths and data.heads are both set: with heads, each head names its own files "
+            "(data.heads.<name>.paths); set data.paths=null"
+        )
+    for key, value in (("val_paths", val_paths), ("test_paths", test_paths)):
+        if value is not None:
+            raise ValueError(
+                f"data.{key} cannot be combined with data.heads (its files would have no head); use the random "
+                "split (val_fraction, test_fraction) and evaluate other files with mlip-eval --head <name>"
+            )
+    sets, seen = {}, {}
+    for name, entry in heads.items():
+        if not isinstance(entry, Mapping) or "paths" not in entry:
+            raise ValueError(f"data.heads.{name} must be a mapping with `paths` (and optionally `weight`), got {entry!r}")
+        unknown = sorted(set(entry) - {"paths", "weight"})
+        if unknown:
+            raise ValueError(f"data.heads.{name}: unknown key(s) {unknown}; a head takes paths and weight")
+        files = _resolved(entry["paths"], f"data.heads.{name}.paths")
+        for file in files:
+            if file in seen:
+                raise ValueError(f"data.heads: {file} is in the files of both {seen[file]!r} and {name!r}")
+            seen[file] = name
+        weight = entry.get("weight")
+        if weight is not None and not (float(weight) > 0):
+            raise ValueError(f"data.heads.{name}.weight must be > 0, got {weight}")
+        sets[str(name)] = {"paths": files, "weight": None if weight is None else float(weight)}
+    weighted = [weight is not None for weight in (entry["weight"] for entry in sets.values())]
+    if any(weighted) and not all(weighted):
+        raise ValueError("data.heads: give a weight to every head or to none (none: every structure drawn equally often)")
+    return sets
 
 
 def _test_sets(test_paths) -> dict[str, list[str]] | None:

@@ -52,7 +52,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 FINETUNE_RECORD = "finetune.json"  # in the run directory: what a fine-tuning run started from
 ATOMIC_ENERGY_CHOICES = ("keep", "average", "isolated")
 #: `Potential.config` keys that are not architecture: set by the fine-tuning run itself.
-NOT_ARCHITECTURE = ("backbone", "elements", "atomic_energies", "scale", "shift", "reference_energies")
+NOT_ARCHITECTURE = ("backbone", "elements", "atomic_energies", "scale", "shift", "reference_energies", "heads")
 #: backbone keywords that `build_potential` fills in from the potential (never from the run config).
 FROM_THE_POTENTIAL = ("num_elements", "cutoff", "condition_dim")
 
@@ -117,15 +117,17 @@ def read_pretrained(path: str | os.PathLike) -> PretrainedModel:
 
 # ----------------------------------------------------------------------------- the finetune section
 def finetune_settings(config: DictConfig) -> dict[str, Any]:
-    """``config.finetune`` as {"atomic_energies": keep | average | isolated | {Z: eV}, "freeze": [patterns]},
-    with the defaults (keep, no freezing) for what it leaves out. ValueError naming the field."""
+    """``config.finetune`` as {"atomic_energies": keep | average | isolated | {Z: eV}, "freeze":
+    [patterns], "pretrained_head": name | None, "replay_head": name | None}, with the defaults
+    (keep, no freezing, no heads named) for what it leaves out. ValueError naming the field."""
     from mlip.models.build import atomic_number
 
     section = config.get("finetune") or {}
     section = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
-    unknown = sorted(set(section) - {"atomic_energies", "freeze"})
+    known = ("atomic_energies", "freeze", "pretrained_head", "replay_head")
+    unknown = sorted(set(section) - set(known))
     if unknown:
-        raise ValueError(f"finetune: unknown key(s) {unknown}; finetune takes atomic_energies and freeze")
+        raise ValueError(f"finetune: unknown key(s) {unknown}; finetune takes {', '.join(known)}")
     choice = section.get("atomic_energies") or "keep"
     if isinstance(choice, Mapping):
         choice = {atomic_number(key, "finetune.atomic_energies"): float(value) for key, value in choice.items()}
@@ -138,7 +140,13 @@ def finetune_settings(config: DictConfig) -> dict[str, Any]:
         freeze = [freeze]
     if not all(isinstance(pattern, str) and pattern for pattern in freeze):
         raise ValueError(f"finetune.freeze must be a list of name patterns (fnmatch), got {freeze!r}")
-    return {"atomic_energies": choice, "freeze": list(freeze)}
+    heads = {}
+    for key in ("pretrained_head", "replay_head"):
+        value = section.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ValueError(f"finetune.{key} must be a head name, got {value!r}")
+        heads[key] = value
+    return {"atomic_energies": choice, "freeze": list(freeze), **heads}
 
 
 # ----------------------------------------------------------------------------- architecture
@@ -287,35 +295,99 @@ def finetune_references(
 
 # ----------------------------------------------------------------------------- the model
 def build_finetuned_potential(
-    pretrained: PretrainedModel, statistics: Mapping[str, Any], choice: str | Mapping[int, float], dtype: torch.dtype
+    pretrained: PretrainedModel,
+    statistics: Mapping[str, Any],
+    choice: str | Mapping[int, float],
+    dtype: torch.dtype,
+    pretrained_head: str | None = None,
+    replay_head: str | None = None,
 ):
     """The model to fine-tune, in ``dtype``: the pretrained architecture and weights, expanded to
     the elements of ``statistics["elements"]`` (the training split's) that it lacks, with the
-    reference energies of `finetune_references` and the pretrained scale and shift."""
-    from mlip.models.build import potential_from_config
+    reference energies of `finetune_references` and the pretrained scale and shift.
+
+    Heads. The *source head* is ``pretrained_head`` (a head of a multi-head file; may be left out
+    when the file has one head). A single-head run takes the source head's readout, scale, shift
+    and references. A multi-head run (``statistics["heads"]``: {head: that head's statistics})
+    builds one head per entry: a head whose name is a head of the file continues that head; every
+    other head starts as a copy of the source head. Continued heads and ``replay_head`` (the head
+    whose data replays the pretraining data) keep their pretrained references (new elements get
+    their head's least-squares value); the others follow ``choice``.
+    """
+    from mlip.models.build import joint_reference_mode, potential_from_config
     from mlip.models.elements import expanded_elements, transfer_weights
 
     source = pretrained.potential(dtype)
+    where = f"init_from: {pretrained.path}"
+    file_heads = list(source.heads or [])
+    if pretrained_head is not None and pretrained_head not in file_heads:
+        raise ValueError(
+            f"finetune.pretrained_head={pretrained_head!r}: {pretrained.path} has "
+            + (f"the heads {', '.join(file_heads)}" if file_heads else "a single head (leave pretrained_head unset)")
+        )
+    if pretrained_head is None and len(file_heads) > 1:
+        raise ValueError(
+            f"{where} has several heads ({', '.join(file_heads)}): name the one to fine-tune from with "
+            "finetune.pretrained_head=<name>"
+        )
+    source_head = pretrained_head if pretrained_head is not None else (file_heads[0] if file_heads else None)
+    run_heads = list(statistics.get("heads") or {}) or None
+    if replay_head is not None and (run_heads is None or replay_head not in run_heads):
+        raise ValueError(
+            f"finetune.replay_head={replay_head!r} must be one of the run's heads (data.heads: {run_heads or 'none'})"
+        )
     elements = expanded_elements(source.elements, statistics.get("elements") or [])
-    references = finetune_references(
-        choice,
-        dict(zip(source.elements, source.atomic_energies.tolist())),  # the file's buffer, as mlip.load gives it
-        source.reference_energies,
-        float(source.shift),
-        elements,
-        statistics,
-    )
+
+    def references_of(origin: str | None, head_statistics: Mapping[str, Any], keep: bool) -> dict[str, Any]:
+        values = source.head_values(origin)
+        if keep:  # the pretrained references; a new element takes its least-squares value of this head's data
+            fitted = {int(z): float(e) for z, e in (head_statistics.get("atomic_energies") or {}).items()}
+            new = {z: fitted.get(z, 0.0) for z in elements if z not in values["atomic_energies"]}
+            head_choice = new or "keep"
+        else:
+            head_choice = choice
+        resolved = finetune_references(
+            head_choice, values["atomic_energies"], source.reference_energies, values["shift"], elements,
+            head_statistics,
+        )
+        return {**resolved, "scale": values["scale"]}
+
     config = copy.deepcopy(source.config)
     config["backbone"]["num_elements"] = len(elements)
-    config.update(
-        elements=elements,
-        atomic_energies=[references["atomic_energies"][z] for z in elements],
-        reference_energies=references["reference_energies"],
-        shift=references["shift"],
-        scale=float(source.scale),
-    )
-    target = potential_from_config(config, dtype=dtype, where=f"init_from: {pretrained.path}: potential_config")
-    transfer_weights(source, target)
+    if run_heads is None:
+        resolved = references_of(source_head, statistics, keep=False)
+        config.update(
+            elements=elements,
+            atomic_energies=[resolved["atomic_energies"][z] for z in elements],
+            reference_energies=resolved["reference_energies"],
+            shift=resolved["shift"],
+            scale=resolved["scale"],
+            heads=None,
+        )
+        readout_sources = [None if source.heads is None else source.head_index(source_head)]
+    else:
+        per_head = {}
+        for head in run_heads:
+            origin = head if head in file_heads else source_head
+            continued = head in file_heads or head == replay_head
+            try:
+                per_head[head] = references_of(origin, statistics["heads"][head], keep=continued)
+            except ValueError as error:
+                raise ValueError(f"head {head!r}: {error}") from error
+        config.update(
+            elements=elements,
+            atomic_energies=[[per_head[head]["atomic_energies"][z] for z in elements] for head in run_heads],
+            reference_energies=joint_reference_mode(per_head[head]["reference_energies"] for head in run_heads),
+            shift=[per_head[head]["shift"] for head in run_heads],
+            scale=[per_head[head]["scale"] for head in run_heads],
+            heads=run_heads,
+        )
+        readout_sources = [
+            None if source.heads is None else source.head_index(head if head in file_heads else source_head)
+            for head in run_heads
+        ]
+    target = potential_from_config(config, dtype=dtype, where=f"{where}: potential_config")
+    transfer_weights(source, target, readout_sources=readout_sources)
     return target
 
 
@@ -340,6 +412,9 @@ def finetune_provenance(pretrained: PretrainedModel, potential, settings: Mappin
         "new_elements": [int(z) for z in potential.elements if int(z) not in pretrained.elements],
         "atomic_energies": _plain_choice(settings["atomic_energies"]),
         "freeze": list(settings["freeze"]),
+        "pretrained_head": settings.get("pretrained_head"),
+        "replay_head": settings.get("replay_head"),
+        "heads": None if getattr(potential, "heads", None) is None else list(potential.heads),
     }
 
 

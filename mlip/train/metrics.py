@@ -19,28 +19,43 @@ ALL_SUBSETS = ""  # key of the totals; structures without a subset label count o
 
 
 class ErrorAccumulator:
-    """Running |error| and error² sums per (subset, quantity), reduced to MAE and RMSE."""
+    """Running |error| and error² sums per (group, quantity), reduced to MAE and RMSE.
 
-    def __init__(self) -> None:
-        # key (subset, quantity) -> tensor [sum |e|, sum e², count] in float64
+    Groups: all structures, each subset label (``<split>/<subset>/...``) and, for a multi-head
+    model (``head_names``), each head (``<split>/heads/<head>/...``, from ``batch.head``).
+    """
+
+    def __init__(self, head_names: list[str] | None = None) -> None:
+        # key (group, quantity) -> tensor [sum |e|, sum e², count] in float64
         self.sums: dict[tuple[str, str], torch.Tensor] = defaultdict(lambda: torch.zeros(3, dtype=torch.float64))
+        self.head_names = list(head_names) if head_names else None
 
     def reset(self) -> None:
         self.sums.clear()
 
-    @torch.no_grad()
-    def update(self, predictions: dict, batch) -> None:
-        """Add one batch. Structures are grouped by ``batch.subset`` (a list of strings)."""
+    def _groups(self, batch) -> tuple[list[str], torch.Tensor]:
+        """(group names, (G, len(names)) bool: which graph belongs to which group)."""
         labels = list(getattr(batch, "subset", None) or [""] * batch.num_graphs)
         names = sorted({label for label in labels if label})
-        code_of = {name: code for code, name in enumerate(names)}
-        graph_codes = torch.tensor([code_of.get(label, -1) for label in labels], dtype=torch.long)  # (G,)
+        member = torch.tensor([[label == name for name in names] for label in labels], dtype=torch.bool)
+        member = member.reshape(batch.num_graphs, len(names))
+        heads = getattr(batch, "head", None)
+        if self.head_names is not None and heads is not None:
+            heads = heads.reshape(-1).cpu()
+            names = names + [f"heads/{name}" for name in self.head_names]
+            member = torch.cat([member, heads[:, None] == torch.arange(len(self.head_names))[None]], dim=1)
+        return names, member
+
+    @torch.no_grad()
+    def update(self, predictions: dict, batch) -> None:
+        """Add one batch. Structures are grouped by ``batch.subset`` (a list of strings) and ``batch.head``."""
+        names, member = self._groups(batch)
         for quantity, (prediction, target) in labelled_pairs(_detached(predictions), batch).items():
             errors = (prediction - target).double().reshape(-1).cpu()
-            entry_codes = graph_codes[_owning_graphs(quantity, batch, batch.batch).cpu()]  # (len(errors),)
+            entry_member = member[_owning_graphs(quantity, batch, batch.batch).cpu()]  # (len(errors), groups)
             self._add(ALL_SUBSETS, quantity, errors)
-            for code, name in enumerate(names):
-                self._add(name, quantity, errors[entry_codes == code])
+            for column, name in enumerate(names):
+                self._add(name, quantity, errors[entry_member[:, column]])
 
     def _add(self, subset: str, quantity: str, errors: torch.Tensor) -> None:
         self.sums[(subset, quantity)] += torch.stack(

@@ -125,7 +125,8 @@ class PotentialModule(pl.LightningModule):
             else None
         )
         self.rotation_gradient_penalty = float(rotation_gradient_penalty or 0.0)
-        self.accumulators = {split: ErrorAccumulator() for split in ("train", "val", "test")}
+        self.head_names = getattr(potential, "heads", None)  # multi-head: metrics per head as well
+        self.accumulators = {split: ErrorAccumulator(self.head_names) for split in ("train", "val", "test")}
         self.nonfinite = nonfinite
         self.check_weights_every_n_steps = int(check_weights_every_n_steps)
         self.skipped_batches = 0  # batches skipped for a non-finite loss or gradient (nonfinite="skip")
@@ -283,7 +284,7 @@ class PotentialModule(pl.LightningModule):
         predictions = self.predict_batch(self.evaluation_model(), batch, training=False)
         loss, _ = self.loss_fn(predictions, batch)
         if not self._nonfinite_loss(split, loss, predictions, batch, batch_idx):
-            self.accumulators.setdefault(split, ErrorAccumulator()).update(predictions, batch)
+            self.accumulators.setdefault(split, ErrorAccumulator(self.head_names)).update(predictions, batch)
             self.log(f"{split}/loss", loss.detach(), on_epoch=True, batch_size=batch.num_graphs, sync_dist=True,
                      add_dataloader_idx=False)  # a named test set carries its name in ``split``
         if self._is_last_batch(split, batch_idx, dataloader_idx):
@@ -320,7 +321,7 @@ class PotentialModule(pl.LightningModule):
         return batch_idx == total - 1
 
     def _log_epoch_metrics(self, split: str) -> None:
-        accumulator = self.accumulators.setdefault(split, ErrorAccumulator())
+        accumulator = self.accumulators.setdefault(split, ErrorAccumulator(self.head_names))
         metrics = accumulator.compute(split)  # already summed over DDP ranks; labels absent: no metric
         accumulator.reset()
         for name, value in metrics.items():

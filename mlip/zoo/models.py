@@ -72,11 +72,12 @@ class ZooModel:
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, name: str | None = None, device: str = "cpu", dtype: str = "float64",
-                  reference_for: tuple[str, ...] = ()) -> ZooModel:
-        """An exported mlip model file; the potential is loaded once, each calculator gets its own copy."""
+                  reference_for: tuple[str, ...] = (), head: str | None = None) -> ZooModel:
+        """An exported mlip model file; the potential is loaded once, each calculator gets its own copy.
+        ``head``: the head a multi-head model is evaluated with (ignored by a single-head model)."""
         import torch
 
-        from mlip.calculator import MLIPCalculator, load_potential, model_elements
+        from mlip.calculator import MLIPCalculator, head_for, load_potential, model_elements
 
         path = Path(path)
         if not path.is_file():
@@ -86,9 +87,10 @@ class ZooModel:
         except Exception as error:  # a broken or foreign file: say which
             raise ValueError(f"mlip.zoo: cannot load model file {path}: {error}") from error
         potential.statistics = statistics  # MLIPCalculator reads it from the module (a model trained on ions wants a charge)
+        head = head_for(potential, head, where=f"mlip.zoo: {path}")
 
         def make_calculator():
-            return MLIPCalculator(potential, device=device, dtype=dtype)
+            return MLIPCalculator(potential, device=device, dtype=dtype, head=head)
 
         return cls(
             name=name or path.stem, make_calculator=make_calculator, elements=frozenset(model_elements(potential)),
