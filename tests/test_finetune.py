@@ -136,6 +136,14 @@ def test_reference_choices():
     assert partial["atomic_energies"] == {H: -1.0, C: -1029.5, O: -2041.3}
     with pytest.raises(ValueError, match=r"isolated.*Li \(Z=3\)"):
         finetune_references("isolated", known, "average", 0.0, elements, {"isolated_atom_energies": {H: 1, C: 1, O: 1}})
+    # isolated: a pretrained element the new data lacks (O here) keeps its reference, with a warning;
+    # one the data has still needs an isolated-atom energy
+    with pytest.warns(UserWarning, match=r"no isolated-atom energy for O \(Z=8\), which the training data does not"):
+        kept = finetune_references("isolated", known, "average", 0.0, [H, C, O],
+                                   {"elements": [H, C], "isolated_atom_energies": {H: -13.5, C: -1028.0}})
+    assert kept["atomic_energies"] == {H: -13.5, C: -1028.0, O: -2041.3} and kept["shift"] == 0.0
+    with pytest.raises(ValueError, match=r"isolated.*C \(Z=6\)"):
+        finetune_references("isolated", known, "average", 0.0, [H, C, O], {"elements": [H, C], "isolated_atom_energies": {H: 1}})
     with pytest.raises(ValueError, match=r"new element\(s\) Li"):
         finetune_references({H: -13.0}, known, "average", 0.0, elements, STATISTICS)
     with pytest.raises(ValueError, match=r"N \(Z=7\) is neither in the pretrained model nor"):

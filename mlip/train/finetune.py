@@ -267,6 +267,15 @@ def finetune_references(
         return {"atomic_energies": energies, "reference_energies": "average", "shift": float(pretrained_shift)}
     if choice == "isolated":
         isolated = {int(z): float(e) for z, e in (statistics.get("isolated_atom_energies") or {}).items()}
+        in_data = {int(z) for z in statistics.get("elements") or elements}
+        absent = [z for z in elements if z not in isolated and z not in in_data and z in pretrained_energies]
+        if absent:  # pretrained elements the new data lacks: nothing to refer them to, keep the file's values
+            rank_zero_warn(
+                f"{where}=isolated: no isolated-atom energy for {', '.join(map(_element, absent))}, which the training "
+                "data does not contain; they keep the pretrained reference energies (predictions for them mix two "
+                "levels of theory)"
+            )
+            isolated.update({z: pretrained_energies[z] for z in absent})
         missing = [z for z in elements if z not in isolated]
         if missing:
             source = statistics.get("isolated_atoms_source") or "the training data (single-atom structures)"
