@@ -54,3 +54,38 @@ def test_ddp_two_cpu_processes_see_disjoint_data(tmp_path):
     assert results["global_step"] == EPOCHS * math.ceil(n_train / 2 / BATCH_SIZE)
     assert "test/forces_mae" in results["test"]
     assert (run_dir / "best_model.pt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_ddp_multi_head_run_with_head_weights(tmp_path):
+    """Two gloo processes, two weighted heads: Lightning shards the weighted sampler, every rank
+    draws its half of the epoch, and the per-head test sets and the two-head export come out."""
+    clusters, crystals = write_emt_data(tmp_path / "data", n_clusters=10, n_crystals=10)
+    run_dir = tmp_path / "runs" / "ddp_heads"
+    probe_dir = tmp_path / "seen"
+    probe_dir.mkdir()
+    overrides = tiny_overrides(
+        [clusters, crystals],
+        run_dir,
+        **{
+            "data.paths": "null",
+            "data.heads": f"{{clusters:{{paths:[{clusters}],weight:3.0}},crystals:{{paths:[{crystals}],weight:1.0}}}}",
+            "trainer": "ddp_cpu",
+            "trainer.max_epochs": 1,
+            "data.batch_size": BATCH_SIZE,
+            "data.test_fraction": 0.1,
+            "callbacks": f"[{{_target_:train_helpers.RecordStructureIds,directory:'{probe_dir}'}}]",
+        },
+    )
+    command = [sys.executable, "-m", "mlip.cli.train", *overrides]
+    finished = subprocess.run(command, cwd=REPO_ROOT, env=subprocess_environment(),
+                              capture_output=True, text=True, timeout=180, check=False)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    n_train = 20 - 2 * round(0.1 * 20)
+    for rank in (0, 1):
+        assert len((probe_dir / f"rank{rank}.txt").read_text().splitlines()) == n_train // 2
+    results = json.loads((run_dir / "results.json").read_text())
+    tested = {key.split("/")[1] for key in results["test"]}  # one test set per head that has test structures
+    assert tested and tested <= {"clusters", "crystals"} and all(f"test/{head}/forces_mae" in results["test"] for head in tested)
+    import mlip
+
+    assert mlip.load(run_dir / "best_model.pt").heads == ["clusters", "crystals"]

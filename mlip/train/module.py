@@ -164,8 +164,11 @@ class PotentialModule(pl.LightningModule):
         symmetry_weight = terms.pop("equivariance_weight", None)  # the warmed-up weight, not a loss term
         if symmetry_weight is not None:
             self.log("train/equivariance_weight", symmetry_weight, on_step=True, on_epoch=False, batch_size=batch_size)
+        # A term exists only for batches with that label (no stress term without a crystal), so under DDP
+        # one rank may never log train/stress_loss in an epoch that the other does: a synced metric would
+        # then wait forever for the other rank. The terms are per-rank diagnostics; train/loss is synced.
         for name, term in terms.items():
-            self.log(f"train/{name}_loss", term, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
+            self.log(f"train/{name}_loss", term, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=False)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=batch_size)
         return loss
 
