@@ -258,8 +258,8 @@ def mlip_curve(run_dir: Path, budget_seconds: float) -> list[dict]:
     with open(run_dir / "logs" / "metrics.csv", newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("val/forces_mae")]
     if rows and all(row.get("time/fit_seconds") for row in rows):
-        return [{"seconds": float(row["time/fit_seconds"]), "forces_mae": float(row["val/forces_mae"]), "set": "val"}
-                for row in rows]
+        return [{"seconds": float(row["time/fit_seconds"]), "steps": int(row["step"]) + 1,
+                 "forces_mae": float(row["val/forces_mae"]), "set": "val"} for row in rows]
     epochs = [int(row["epoch"]) + 1 for row in rows]
     return [{"seconds": budget_seconds * epoch / max(epochs), "forces_mae": float(row["val/forces_mae"]),
              "set": "val, time ∝ epoch"} for epoch, row in zip(epochs, rows)]
@@ -299,7 +299,8 @@ def mace_torch_result(run_dir: Path, command: list[str]) -> dict:
     n_atoms = int(atoms_per_structure[0])
     every = float(command[command.index("--curve-every") + 1]) if "--curve-every" in command else 0.0
     curve = [  # wall seconds of training (evaluation excluded); older outputs: when the point was due
-        {"seconds": point.get("wall_seconds", every * (k + 1)), "forces_mae": point["force_mae_mev_per_A"], "set": "test"}
+        {"seconds": point.get("wall_seconds", every * (k + 1)), "steps": point.get("steps"),
+         "forces_mae": point["force_mae_mev_per_A"], "set": "test"}
         for k, point in enumerate(raw.get("curve", []))
     ]
     return {
@@ -443,6 +444,32 @@ def plot_learning_curves(results: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def plot_step_curves(results: list[dict], path: Path) -> None:
+    """Force MAE against optimiser steps (runs whose curve records steps): learning per step,
+    apart from the speed of a step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for result in results:
+        curve = [point for point in result.get("curve") or [] if point.get("steps")]
+        if result["n_train"] != 1000 or not curve:
+            continue
+        axis.plot([p["steps"] for p in curve], [p["forces_mae"] for p in curve], alpha=0.8,
+                  label=f"{label(result)}, {result['minutes']:g} min ({curve[0]['set']})")
+    axis.set_xlabel("optimiser steps (batches of 5)")
+    axis.set_ylabel("force MAE (meV/Å)")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.legend(fontsize=6)
+    axis.set_title("ethanol PBE: force MAE against optimiser steps", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def plot_dimers(results: list[dict], path: Path) -> None:
     import ase.io
     import matplotlib
@@ -539,6 +566,7 @@ def report(args) -> None:
     if args.figures:
         args.figures.mkdir(parents=True, exist_ok=True)
         plot_learning_curves(results, args.figures / "learning_curves.png")
+        plot_step_curves(results, args.figures / "step_curves.png")
         plot_dimers(results, args.figures / "dimers.png")
         plot_h_removal(results, args.figures / "h_removal.png")
         plot_data_curve(results, args.figures / "data_curve.png")

@@ -253,3 +253,52 @@ def test_datamodule_takes_one_subset_as_a_string_and_refuses_an_empty_list(shard
         PotentialDataModule([shards], cutoff=3.0, subsets=[])
     with pytest.raises(ValueError, match=r"data.subsets: unknown subset 'neutrl'"):
         PotentialDataModule([shards], cutoff=3.0, subsets=["neutrl"]).setup()
+
+
+def graph_tensors(graph) -> dict:
+    return {key: value for key, value in graph.to_dict().items() if torch.is_tensor(value)}
+
+
+def test_cached_graphs_equal_fresh_ones_are_built_once_and_shared_by_views(shards, monkeypatch):
+    fresh = HDF5Dataset(shards, cutoff=3.0, dtype=torch.float64)
+    cached = HDF5Dataset(shards, cutoff=3.0, dtype=torch.float64, cache_graphs=True)
+    assert cached.caches_graphs and not fresh.caches_graphs
+    for index in range(len(cached)):
+        expected, got = graph_tensors(fresh[index]), graph_tensors(cached[index])
+        assert expected.keys() == got.keys()
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, equal_nan=True)
+    # every later access is served from memory: the file is not read again, also through a split view
+    import mlip.data.dataset as dataset_module
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a cached graph was rebuilt")
+
+    monkeypatch.setattr(dataset_module, "structure_to_graph", no_reading)
+    split = cached.split(0.25, seed=3)
+    graphs = [split.train[i] for i in range(len(split.train))] + [split.val[i] for i in range(len(split.val))]
+    assert sorted(graph.structure_id for graph in graphs) == sorted(ids(cached))
+    assert cached[-1] is cached[len(cached) - 1]
+    with pytest.raises(IndexError, match="out of range"):
+        cached[len(cached)]
+    # a batch is a copy: training on it cannot change the cached graph
+    batch = next(iter(DataLoader(split.train, batch_size=1)))
+    batch.pos.add_(1.0)
+    np.testing.assert_allclose(split.train[0].pos.numpy(), split.train.get_structure(0).positions)
+
+
+def test_datamodule_caches_graphs_of_small_sets_only_with_auto(shards, monkeypatch):
+    import mlip.train.datamodule as datamodule_module
+    from mlip.train.datamodule import PotentialDataModule
+
+    def train_set(**kwargs):
+        datamodule = PotentialDataModule([shards], cutoff=3.0, val_fraction=0.25, statistics_cache=False, **kwargs)
+        datamodule.setup()
+        return datamodule.train_set
+
+    assert train_set().caches_graphs  # auto, 12 small structures
+    assert not train_set(cache_graphs=False).caches_graphs
+    monkeypatch.setattr(datamodule_module, "CACHE_GRAPHS_MAX_ATOMS", 10)
+    assert not train_set().caches_graphs and train_set(cache_graphs=True).caches_graphs
+    with pytest.raises(ValueError, match="data.cache_graphs: expected true, false or auto"):
+        PotentialDataModule([shards], cutoff=3.0, cache_graphs="yes")

@@ -225,3 +225,33 @@ def test_spline_radial_variant_is_smooth_at_the_cutoff_and_differentiable():
     removed[0] = removed[0] / removed[0].norm() * (CUTOFF + 1.0)
     assert abs((energy(far) - energy(removed)).item()) < 1e-12
     assert abs((energy(near) - energy(far)).item()) < 1e-6
+
+
+@pytest.mark.parametrize("radial", ["bessel_mlp", "spline"])
+def test_scalar_last_layer_is_invariant_smaller_and_keeps_the_earlier_vectors(radial):
+    """MACE's last layer computes only the scalars that are read out: fewer weights, the same
+    symmetry, and the vector features (direct-force head) from the layer before."""
+    full = tiny_backbone(radial=radial, num_layers=3)
+    torch.manual_seed(0)
+    lean = tiny_backbone(radial=radial, num_layers=3, scalar_last_layer=True)
+    assert sum(p.numel() for p in lean.parameters()) < sum(p.numel() for p in full.parameters())
+    assert [str(layer.linear_out.irreps_out) for layer in lean.layers] == ["8x0e+8x1o", "8x0e+8x1o", "8x0e"]
+    inputs = random_inputs()
+    features = lean(inputs)
+    assert features.scalars.shape == (6, 3 * 8) and lean.num_vector_features == 8
+    # the vectors are the second layer's: the same as a two-layer backbone with these weights
+    two_layers = tiny_backbone(radial=radial, num_layers=2)
+    two_layers.load_state_dict({k: v for k, v in lean.state_dict().items() if not k.startswith("layers.2.")})
+    torch.testing.assert_close(features.vectors, two_layers(inputs).vectors)
+    for rotation in (o3.rand_matrix(), -o3.rand_matrix()):
+        moved = lean(with_vectors(inputs, inputs.edge_vectors @ rotation.T))
+        torch.testing.assert_close(moved.scalars, features.scalars, atol=1e-10, rtol=0)
+        torch.testing.assert_close(moved.vectors, features.vectors @ rotation.T, atol=1e-10, rtol=0)
+    assert float(features.scalars[:, 16:].detach().abs().max()) > 1e-6  # the last layer's scalars are not dead
+    single = tiny_backbone(num_layers=1, scalar_last_layer=True)
+    assert single.num_vector_features == 0 and single(inputs).vectors is None
+    config = {key: value for key, value in lean.config.items() if key != "_target_"}
+    assert config["scalar_last_layer"] is True
+    rebuilt = MACEBackbone(**config)
+    rebuilt.load_state_dict(lean.state_dict())
+    torch.testing.assert_close(rebuilt(inputs).scalars, features.scalars)

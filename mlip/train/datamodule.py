@@ -37,6 +37,10 @@ from torch_geometric.loader.dataloader import Collater
 from mlip.constants import torch_dtype
 from mlip.data.graph import DEFAULT_MAX_NEIGHBOURS, DEFAULT_MIN_DISTANCE
 
+# data.cache_graphs=auto keeps a set's graphs in memory up to this many atoms (a few hundred MB
+# for molecules; dense crystals with many neighbours per atom take more per atom)
+CACHE_GRAPHS_MAX_ATOMS = 500_000
+
 class PotentialDataModule(pl.LightningDataModule):
     """Datasets and loaders for training a potential.
 
@@ -70,6 +74,10 @@ class PotentialDataModule(pl.LightningDataModule):
         exclude_isolated_atoms: leave single atoms without neighbours out of the training split
             (their energies are the references of ``model.atomic_energies=isolated``, as MACE does
             with ``config_type=IsolatedAtom``); the statistics still record their energies.
+        cache_graphs: keep the graphs in memory after their first epoch (no file read and no
+            neighbour search later; `mlip.data.dataset.HDF5Dataset`): ``True``, ``False``, or
+            ``"auto"`` (the default), which caches each opened set (the training files, the
+            validation files, each test set) of at most `CACHE_GRAPHS_MAX_ATOMS` atoms.
     """
 
     def __init__(
@@ -91,6 +99,7 @@ class PotentialDataModule(pl.LightningDataModule):
         test_paths: Sequence[str | os.PathLike] | Mapping[str, Any] | str | None = None,
         exclude_isolated_atoms: bool = False,
         heads: Mapping[str, Mapping[str, Any]] | None = None,
+        cache_graphs: bool | str = "auto",
     ):
         super().__init__()
         self.heads = _head_sets(heads, paths, val_paths, test_paths)  # {name: {"paths": [...], "weight": w}} or None
@@ -115,6 +124,9 @@ class PotentialDataModule(pl.LightningDataModule):
         self.dtype = torch_dtype(dtype)
         self.statistics_cache = statistics_cache
         self.exclude_isolated_atoms = bool(exclude_isolated_atoms)
+        if cache_graphs not in (True, False, "auto"):
+            raise ValueError(f"data.cache_graphs: expected true, false or auto, got {cache_graphs!r}")
+        self.cache_graphs = cache_graphs
         self.isolated_atoms = None  # the single atoms left out of the training split (a dataset view)
         self.dataset = None
         self.train_set = self.val_set = self.test_set = None
@@ -188,15 +200,24 @@ class PotentialDataModule(pl.LightningDataModule):
     def _open(self, paths: list[str], subsets=None, file_heads=None):
         from mlip.data.dataset import HDF5Dataset
 
-        return HDF5Dataset(
-            paths,
-            cutoff=self.cutoff,
-            dtype=self.dtype,
-            subsets=subsets,
-            min_distance=self.min_distance,
-            max_neighbours=self.max_neighbours,
-            file_heads=file_heads,
-        )
+        def open_files(cache_graphs: bool):
+            return HDF5Dataset(
+                paths,
+                cutoff=self.cutoff,
+                dtype=self.dtype,
+                subsets=subsets,
+                min_distance=self.min_distance,
+                max_neighbours=self.max_neighbours,
+                file_heads=file_heads,
+                cache_graphs=cache_graphs,
+            )
+
+        if self.cache_graphs != "auto":
+            return open_files(bool(self.cache_graphs))
+        dataset = open_files(False)
+        if int(dataset.n_atoms.sum()) <= CACHE_GRAPHS_MAX_ATOMS:  # metadata only: nothing is read
+            dataset = open_files(True)
+        return dataset
 
     def _open_whole(self, paths: list[str], key: str):
         """All structures of ``paths`` (a validation or test set of its own); empty is an error."""

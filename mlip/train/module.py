@@ -133,6 +133,7 @@ class PotentialModule(pl.LightningModule):
         self._skip_step = False  # the current training batch's loss was not finite: skip its optimiser step
         self._total_steps_cache = None  # the run's optimiser steps (warmup_fraction of the symmetry loss)
         self._current_batch = None  # (batch_idx, batch) of the training step, for the gradient check's message
+        self._epoch_sums: dict[str, tuple] = {}  # {term: (sum of value x structures, structures)} this epoch
 
     # ----------------------------------------------------------------------------- prediction
     def evaluation_model(self) -> torch.nn.Module:
@@ -158,19 +159,51 @@ class PotentialModule(pl.LightningModule):
         if self._is_last_batch("train", batch_idx):
             self._log_epoch_metrics("train")
         if self._skip_step:  # a loss with zero gradients keeps DDP's backward in step; the step itself is skipped
+            if self._is_last_batch("train", batch_idx):
+                self._log_epoch_means()
             return sum((parameter * 0.0).sum() for parameter in self.trainable_parameters())
         batch_size = batch.num_graphs
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
         symmetry_weight = terms.pop("equivariance_weight", None)  # the warmed-up weight, not a loss term
-        if symmetry_weight is not None:
-            self.log("train/equivariance_weight", symmetry_weight, on_step=True, on_epoch=False, batch_size=batch_size)
-        # A term exists only for batches with that label (no stress term without a crystal), so under DDP
-        # one rank may never log train/stress_loss in an epoch that the other does: a synced metric would
-        # then wait forever for the other rank. The terms are per-rank diagnostics; train/loss is synced.
-        for name, term in terms.items():
-            self.log(f"train/{name}_loss", term, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=False)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=batch_size)
+        self._add_to_epoch_means({"loss": loss.detach(), **{f"{name}_loss": term for name, term in terms.items()}},
+                                 batch_size)
+        # Lightning writes step metrics every `log_every_n_steps` only, and each `self.log` costs
+        # about a millisecond: log step values on those steps, and epoch means once per epoch.
+        if self._logs_this_step():
+            self.log("train/loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
+            if symmetry_weight is not None:
+                self.log("train/equivariance_weight", symmetry_weight, on_step=True, on_epoch=False, batch_size=batch_size)
+            self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=batch_size)
+        if self._is_last_batch("train", batch_idx):
+            self._log_epoch_means()
         return loss
+
+    def _logs_this_step(self) -> bool:
+        """Whether Lightning writes step metrics after this training step (every
+        ``trainer.log_every_n_steps``); a step metric logged on other steps is dropped."""
+        trainer = self.trainer
+        connector = getattr(trainer, "_logger_connector", None)
+        return connector is None or bool(connector.should_update_logs) or bool(trainer.fast_dev_run)
+
+    def _add_to_epoch_means(self, values: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Accumulate this batch's loss terms (weighted by its structures) for the epoch means."""
+        for name, value in values.items():
+            total, count = self._epoch_sums.get(name, (0.0, 0))
+            self._epoch_sums[name] = (total + value.detach() * batch_size, count + batch_size)
+
+    def _log_epoch_means(self) -> None:
+        """``train/loss_epoch`` (mean over DDP ranks) and ``train/<term>_loss`` (this rank's).
+
+        A term exists only for batches with that label (no stress term without a crystal), so
+        under DDP one rank may never have a term in an epoch that the other has: a synced metric
+        would then wait forever for the other rank. The terms are per-rank diagnostics.
+        """
+        for name, (total, count) in self._epoch_sums.items():
+            mean = total / count
+            if name == "loss":
+                self.log("train/loss_epoch", mean, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
+            else:
+                self.log(f"train/{name}", mean, on_step=False, on_epoch=True, batch_size=1, sync_dist=False)
+        self._epoch_sums = {}
 
     def training_loss(self, batch):
         """(batch as trained on, predictions, loss, detached terms) of one training step.
@@ -334,6 +367,7 @@ class PotentialModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.accumulators["train"].reset()
+        self._epoch_sums = {}
 
     def on_validation_epoch_start(self) -> None:
         self.accumulators["val"].reset()

@@ -37,7 +37,7 @@ ints, loadable with ``weights_only=True``), and the stage is monotone: a run res
 switch is in stage two whatever the new ``max_steps``/``max_epochs`` make of ``start``. The
 learning rate and schedule state come back with the optimiser and scheduler state; the loss
 weights are re-applied from the config. ``train/stage`` and ``train/loss_weight_<name>`` are
-logged every step.
+logged at every logging step (``trainer.log_every_n_steps``).
 """
 
 from __future__ import annotations
@@ -203,6 +203,8 @@ class StageTwo(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self.stage == 1 and self._due(trainer):
             self._switch(trainer, pl_module)
+        if not pl_module._logs_this_step():  # a step metric logged between logging steps is dropped
+            return
         weights = pl_module.loss_fn.weights
         pl_module.log("train/stage", float(self.stage), on_step=True, on_epoch=False, batch_size=1)
         for field in dataclasses.fields(weights):
