@@ -251,7 +251,7 @@ def test_finetuning_run_freezes_records_provenance_and_resumes(emt_files, copper
     run_dir = tmp_path / "runs" / "finetuned"
     source = read_export(copper_model)["state_dict"]
     recorder = InitialWeights()
-    with pytest.warns(UserWarning, match=r"architecture comes from .*copper\.pt; .*replaced by the file's: model.cutoff: 5.0 -> 4.0"):
+    with pytest.warns(UserWarning, match=r"architecture comes from .*copper\.pt; .*replaced by the file's: .*model.cutoff: 5.0 -> 4.0"):
         results = train(compose_config(finetune_overrides(emt_files, run_dir, copper_model)), run_dir,
                         extra_callbacks=[recorder])
     written = (run_dir / "config.yaml").read_text()
