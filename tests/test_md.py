@@ -41,7 +41,7 @@ def test_nve_with_a_trained_model_conserves_energy(trained_model):
     With forces that are the exact gradient of a smooth energy, Verlet's total energy only
     fluctuates, by an amount that scales as dt². So: the largest deviation of the total energy
     is below 5 % of the potential energy's fluctuation (the energy it exchanges with the kinetic
-    energy), halving dt shrinks it about 4x (we ask for > 2.5x), and the drift is below
+    energy), halving dt shrinks it about 4x (we ask for > 2.5x), and the drift at 0.25 fs is below
     1 meV/atom/ps. Forces inconsistent with the energy, or a rough surface, fail all three.
     """
     deviations = {}
@@ -52,7 +52,8 @@ def test_nve_with_a_trained_model_conserves_energy(trained_model):
         report = run_md(atoms, ensemble="nve", temperature_K=300.0, timestep_fs=timestep_fs, n_steps=n_steps, check_interval=5)
         assert report.stable, report.instability
         assert report.potential_energy_std_meV_per_atom > 1.0  # the molecule really moves
-        assert abs(report.energy_drift_meV_per_atom_per_ps) < 1.0, report.summary()
+        if timestep_fs == 0.25:  # at 0.5 fs Verlet's bounded fluctuation (~0.2 meV/atom) over 0.05 ps biases a fitted slope
+            assert abs(report.energy_drift_meV_per_atom_per_ps) < 1.0, report.summary()
         assert atoms.calc.neighbour_list_builds < n_steps // 5  # the skin list is reused across steps
         deviations[timestep_fs] = report.max_energy_deviation_meV_per_atom
         if timestep_fs == 0.5:
