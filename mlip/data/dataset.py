@@ -277,6 +277,11 @@ class HDF5Dataset(Dataset):
             return graph
         return self._build_graph(index)
 
+    def cache_graphs(self) -> None:
+        """Keep graphs in memory from now on (as ``cache_graphs=True``); call before making views."""
+        if self._graph_cache is None:
+            self._graph_cache = {}
+
     @property
     def caches_graphs(self) -> bool:
         """Whether built graphs are kept in memory (``cache_graphs``)."""

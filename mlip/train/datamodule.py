@@ -212,11 +212,9 @@ class PotentialDataModule(pl.LightningDataModule):
                 cache_graphs=cache_graphs,
             )
 
-        if self.cache_graphs != "auto":
-            return open_files(bool(self.cache_graphs))
-        dataset = open_files(False)
-        if int(dataset.n_atoms.sum()) <= CACHE_GRAPHS_MAX_ATOMS:  # metadata only: nothing is read
-            dataset = open_files(True)
+        dataset = open_files(self.cache_graphs is True)
+        if self.cache_graphs == "auto" and int(dataset.n_atoms.sum()) <= CACHE_GRAPHS_MAX_ATOMS:  # metadata only
+            dataset.cache_graphs()
         return dataset
 
     def _open_whole(self, paths: list[str], key: str):
