@@ -414,11 +414,35 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_learning_curves(results: list[dict], path: Path) -> None:
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def finish_plot(figure, axis, path: Path, xlabel: str, ylabel: str, log_x: bool = False, log_y: bool = False,
+                dpi: int = 110) -> None:
+    """Label, log-scale and legend one axis; write the figure to `path` and close it."""
+    import matplotlib.pyplot as plt
+
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    if log_x:
+        axis.set_xscale("log")
+    if log_y:
+        axis.set_yscale("log")
+    axis.legend(fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+
+
+def plot_learning_curves(results: list[dict], path: Path) -> None:
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(6, 4))
     for result in [r for r in results if r["n_train"] == 1000]:
@@ -434,23 +458,14 @@ def plot_learning_curves(results: list[dict], path: Path) -> None:
         axis.scatter([end], [result["forces_mae_meV_per_A"]], marker="o", s=25, zorder=3, color=color,
                      label=None if curve else f"{name} (test_MD at the end)")
     axis.axhline(4.2, color="grey", linestyle=":", label="target 4.2 meV/Å")
-    axis.set_xlabel("wall time (min, 1 CPU thread)")
-    axis.set_ylabel("force MAE (meV/Å)")
-    axis.set_yscale("log")
-    axis.legend(fontsize=6)
     axis.set_title("ethanol PBE: force MAE against wall time (dots: test_MD at the end)", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    finish_plot(figure, axis, path, "wall time (min, 1 CPU thread)", "force MAE (meV/Å)", log_y=True)
 
 
 def plot_step_curves(results: list[dict], path: Path) -> None:
     """Force MAE against optimiser steps (runs whose curve records steps): learning per step,
     apart from the speed of a step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(6, 4))
     for result in results:
@@ -459,23 +474,14 @@ def plot_step_curves(results: list[dict], path: Path) -> None:
             continue
         axis.plot([p["steps"] for p in curve], [p["forces_mae"] for p in curve], alpha=0.8,
                   label=f"{label(result)}, {result['minutes']:g} min ({curve[0]['set']})")
-    axis.set_xlabel("optimiser steps (batches of 5)")
-    axis.set_ylabel("force MAE (meV/Å)")
-    axis.set_xscale("log")
-    axis.set_yscale("log")
-    axis.legend(fontsize=6)
     axis.set_title("ethanol PBE: force MAE against optimiser steps", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    finish_plot(figure, axis, path, "optimiser steps (batches of 5)", "force MAE (meV/Å)", log_x=True, log_y=True)
 
 
 def plot_dimers(results: list[dict], path: Path) -> None:
     import ase.io
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     frames = ase.io.read(DATA / TEST_SETS["dimers"], ":")
     pairs = [atoms.info["config_type"] for atoms in frames]
@@ -504,10 +510,8 @@ def plot_dimers(results: list[dict], path: Path) -> None:
 
 def plot_h_removal(results: list[dict], path: Path) -> None:
     import ase.io
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     frames = ase.io.read(DATA / TEST_SETS["h_removal"], ":")
     distances = np.array([atoms.info["OH_dist"] for atoms in frames])
@@ -520,20 +524,12 @@ def plot_h_removal(results: list[dict], path: Path) -> None:
             continue
         predicted = np.asarray(result["predictions"]["h_removal"])[order]
         axis.plot(distances[order], predicted - reference.min(), label=f"{label(result)}, {result['minutes']:g} min")
-    axis.set_xlabel("O–H distance (Å)")
-    axis.set_ylabel("E − min E(DFT) (eV)")
-    axis.legend(fontsize=6)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    finish_plot(figure, axis, path, "O–H distance (Å)", "E − min E(DFT) (eV)")
 
 
 def plot_data_curve(results: list[dict], path: Path) -> None:
     """Test force MAE against the number of training configurations, one line per model and budget."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     lines: dict[str, list[tuple[int, float]]] = {}
     for result in results:
@@ -548,14 +544,7 @@ def plot_data_curve(results: list[dict], path: Path) -> None:
         points.sort()
         axis.plot([n for n, _ in points], [f for _, f in points], "o-", label=name)
     axis.plot([50, 1000], [32.6, 2.1], "k:", marker="x", label="MACE, published (GPU)")
-    axis.set_xscale("log")
-    axis.set_yscale("log")
-    axis.set_xlabel("training configurations")
-    axis.set_ylabel("test_MD force MAE (meV/Å)")
-    axis.legend(fontsize=6)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    finish_plot(figure, axis, path, "training configurations", "test_MD force MAE (meV/Å)", log_x=True, log_y=True)
 
 
 def report(args) -> None:
