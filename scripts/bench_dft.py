@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlip.files import atomic_path
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "benchmarks" / "ethanol_pbe"
 TEST_SETS = {  # name in mlip's metrics -> file in DATA
@@ -77,9 +79,8 @@ def write_reference_keys(frames, path: Path) -> None:
         copy.info["REF_energy"] = float(atoms.get_potential_energy())
         copy.arrays["REF_forces"] = np.asarray(atoms.get_forces())
         copies.append(copy)
-    temporary = path.with_suffix(".tmp.xyz")
-    ase.io.write(temporary, copies, format="extxyz")
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:  # a temporary of its own: two runs may prepare at once
+        ase.io.write(temporary, copies, format="extxyz")
 
 
 def prepare(out: Path, n_train: int | None) -> Path:
@@ -92,9 +93,8 @@ def prepare(out: Path, n_train: int | None) -> Path:
     train_xyz = data / f"train{suffix}.xyz"
     if not train_xyz.exists():
         frames = training_subset(n_train)
-        temporary = train_xyz.with_suffix(".tmp.xyz")
-        ase.io.write(temporary, frames, format="extxyz")
-        os.replace(temporary, train_xyz)
+        with atomic_path(train_xyz) as temporary:
+            ase.io.write(temporary, frames, format="extxyz")
         write_reference_keys(frames, data / f"train{suffix}_ref.xyz")
     jobs = [(train_xyz, data / f"train{suffix}.h5")]
     jobs += [(DATA / name, data / f"{Path(name).stem}.h5") for name in TEST_SETS.values()]
@@ -203,9 +203,8 @@ def mlip_commit() -> str:
 
 
 def write_json(value, path: Path) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(value, indent=1))
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(value, indent=1))
 
 
 # ----------------------------------------------------------------------------------- results

@@ -41,6 +41,8 @@ spread.
     python scripts/bench_transip.py --out /tmp/transip_fair --jobs 2            # the full test (hours)
     python scripts/bench_transip.py --out /tmp/transip_smoke --smoke            # end to end in ~1-2 min
     python scripts/bench_transip.py --out /tmp/transip_fair --report-only       # table from finished cells
+    python scripts/bench_transip.py --out /tmp/transip_report --report-only \
+        --results docs/benchmarks/transip_fair/cells --figures docs/figures/transip    # from the shipped cells
 """
 
 from __future__ import annotations
@@ -95,6 +97,9 @@ def parse_args(argv=None):
     parser.add_argument("--smoke", action="store_true",
                         help="tiny end-to-end check: 6 steps, 40 structures, one seed, one weight, few variants")
     parser.add_argument("--report-only", action="store_true", help="only write the report from the finished cells")
+    parser.add_argument("--results", default=None,
+                        help="also read finished cell JSONs from this folder (e.g. docs/benchmarks/transip_fair/cells)")
+    parser.add_argument("--figures", default=None, help="folder for the NERO plots (default: --out)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one cell (its JSON key)
     args = parser.parse_args(argv)
     if args.smoke:
@@ -476,13 +481,20 @@ def main(argv=None):
         start = time.perf_counter()
         run_cells(args, out, keys)
         print(f"cells finished in {time.perf_counter() - start:.0f} s", flush=True)
-    results = [json.loads(path.read_text()) for path in sorted((out / "cells").glob("*.json"))]
-    results = [r for r in results if r["cell"] in set(keys)]
+    results = {}  # cell -> metrics; a cell under --out replaces the same cell of --results
+    for folder in ([Path(args.results)] if args.results else []) + [out / "cells"]:
+        for path in sorted(folder.glob("*.json")):
+            result = json.loads(path.read_text())
+            results[result["cell"]] = result
+    results = [results[key] for key in keys if key in results]
     if not results:
-        raise SystemExit("no finished cells")
-    plot_nero(results, out)
+        raise SystemExit(f"no finished cells under {out / 'cells'}" + (f" or in {args.results}" if args.results else ""))
+    figures = Path(args.figures) if args.figures else out
+    figures.mkdir(parents=True, exist_ok=True)
+    plot_nero(results, figures)
     text = report(results, args)
     print(text)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(text + "\n")
 
 
