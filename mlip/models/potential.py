@@ -54,12 +54,33 @@ def check_head_names(heads: Sequence[str], where: str = "heads") -> list[str]:
     return names
 
 
-class PerHeadReadout(torch.nn.Module):
-    """One bias-free readout MLP per head: scalar features (n, F) and each atom's head (n,) -> (n,)."""
+class LinearPlusMLPReadout(torch.nn.Module):
+    """Per-atom energy (n, 1) from scalar features (n, F): bias-free MLP(h) + w·h.
 
-    def __init__(self, in_features: int, hidden: Sequence[int], num_heads: int):
+    The linear term gives every feature (e.g. the first layer's, close to two-body) a direct,
+    well-conditioned path to the energy, as MACE's linear readouts of its earlier layers do.
+    Bias-free, so zero features still give exactly zero energy."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int]):
         super().__init__()
-        self.heads = torch.nn.ModuleList(MLP(in_features, hidden, 1, bias=False) for _ in range(num_heads))
+        self.mlp = MLP(in_features, hidden, 1, bias=False)
+        self.linear = torch.nn.Linear(in_features, 1, bias=False)
+
+    def forward(self, scalars: torch.Tensor) -> torch.Tensor:
+        return self.mlp(scalars) + self.linear(scalars)
+
+
+def energy_readout(in_features: int, hidden: Sequence[int], linear: bool) -> torch.nn.Module:
+    """The readout of one head: the bias-free MLP, or with `linear` `LinearPlusMLPReadout`."""
+    return LinearPlusMLPReadout(in_features, hidden) if linear else MLP(in_features, hidden, 1, bias=False)
+
+
+class PerHeadReadout(torch.nn.Module):
+    """One bias-free readout per head (`energy_readout`): scalar features (n, F) and each atom's head (n,) -> (n,)."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int], num_heads: int, linear: bool = False):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(energy_readout(in_features, hidden, linear) for _ in range(num_heads))
 
     def forward(self, scalars: torch.Tensor, atom_heads: torch.Tensor) -> torch.Tensor:
         every_head = torch.cat([readout(scalars) for readout in self.heads], dim=-1)  # (n, H)
@@ -82,6 +103,8 @@ class Potential(torch.nn.Module):
         condition_dim: width of that embedding.
         direct_forces: also predict forces directly from features (`direct_forces` output).
         readout_hidden: hidden widths of the bias-free energy readout MLP.
+        readout_linear: add a bias-free linear term of the scalar features to the readout MLP
+            (`LinearPlusMLPReadout`; per head for a multi-head model).
         max_charge, max_multiplicity: ranges of the learned charge/spin embedding tables.
         pair_repulsion: None, or the name of a fixed short-range pair prior in
             `PAIR_REPULSIONS` (``"zbl"``: `mlip.nn.zbl.ZBLRepulsion`), whose per-atom energy is
@@ -116,6 +139,7 @@ class Potential(torch.nn.Module):
         pair_repulsion: str | None = None,
         reference_energies: str = "average",
         heads: Sequence[str] | None = None,
+        readout_linear: bool = False,
     ):
         super().__init__()
         if pair_repulsion is not None and pair_repulsion not in PAIR_REPULSIONS:
@@ -153,6 +177,7 @@ class Potential(torch.nn.Module):
             "condition_dim": int(condition_dim),
             "direct_forces": bool(direct_forces),
             "readout_hidden": [int(width) for width in readout_hidden],
+            "readout_linear": bool(readout_linear),
             "max_charge": int(max_charge),
             "max_multiplicity": int(max_multiplicity),
             "pair_repulsion": pair_repulsion,
@@ -173,9 +198,9 @@ class Potential(torch.nn.Module):
             ChargeSpinEmbedding(self.condition_dim, max_charge, max_multiplicity) if self.charge_spin_conditioning else None
         )
         self.readout = (
-            MLP(backbone.num_scalar_features, readout_hidden, 1, bias=False)
+            energy_readout(backbone.num_scalar_features, readout_hidden, readout_linear)
             if self.heads is None
-            else PerHeadReadout(backbone.num_scalar_features, readout_hidden, len(self.heads))
+            else PerHeadReadout(backbone.num_scalar_features, readout_hidden, len(self.heads), readout_linear)
         )
         self.direct_force_head = self._direct_force_head(backbone) if direct_forces else None
         self.pair_repulsion = (
