@@ -426,8 +426,6 @@ def pyplot():
 def finish_plot(figure, axis, path: Path, xlabel: str, ylabel: str, log_x: bool = False, log_y: bool = False,
                 dpi: int = 110) -> None:
     """Label, log-scale and legend one axis; write the figure to `path` and close it."""
-    import matplotlib.pyplot as plt
-
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     if log_x:
@@ -437,7 +435,7 @@ def finish_plot(figure, axis, path: Path, xlabel: str, ylabel: str, log_x: bool 
     axis.legend(fontsize=6)
     figure.tight_layout()
     figure.savefig(path, dpi=dpi)
-    plt.close(figure)
+    pyplot().close(figure)
 
 
 def plot_learning_curves(results: list[dict], path: Path) -> None:

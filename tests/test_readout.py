@@ -18,10 +18,7 @@ from mlip.models.potential import LinearPlusMLPReadout
 def test_linear_readout_keeps_the_physics_contract(backbone):
     potential = testing.small_potential(backbone, torch.float64, readout_linear=True)
     assert isinstance(potential.readout, LinearPlusMLPReadout)
-    tolerances = testing.backbone_tolerances(backbone, torch.float64)
-    for name in ("rotation", "reflection", "permutation", "forces_match_finite_differences",
-                 "stress_matches_finite_differences", "cutoff_smoothness", "isolated_atoms"):
-        testing.run_check(name, potential, tolerances)
+    testing.check_contract(potential, testing.backbone_tolerances(backbone, torch.float64))
 
 
 def test_the_linear_term_is_part_of_the_energy_and_saved(tmp_path):
