@@ -151,6 +151,32 @@ def test_ema_tracks_weights_with_warmup():
     assert int(ema.state_dict()["num_updates"]) == 21
 
 
+def test_ema_fused_update_follows_every_weight_and_buffer_but_not_frozen_ones():
+    """The fused (foreach) update must equal the per-tensor formula on every trainable tensor,
+    copy every buffer and leave frozen parameters at their averaged value."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    model[2].bias.requires_grad_(False)  # frozen, as with finetune.freeze
+    ema = ExponentialMovingAverage(model, decay=0.9)
+    before = {name: tensor.clone() for name, tensor in ema.averaged.state_dict().items()}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter))
+        model[1].running_mean.add_(1.0)
+    decay = ema.current_decay()
+    ema.update(model)
+    current = model.state_dict()
+    for name, averaged in ema.averaged.state_dict().items():
+        if name == "2.bias":
+            expected = before[name]
+        elif name.startswith("1.running") or name.endswith("num_batches_tracked"):
+            expected = current[name]
+        else:
+            expected = decay * before[name] + (1.0 - decay) * current[name]
+        assert torch.allclose(averaged, expected), name
+    with pytest.raises(ValueError, match="buffers"):
+        ema.update(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)))
+
+
 def test_atomic_save_keeps_previous_file_when_writing_fails(tmp_path):
     path = tmp_path / "last.ckpt"
     atomic_torch_save({"step": 1}, path)

@@ -132,6 +132,7 @@ class PotentialModule(pl.LightningModule):
         self.skipped_batches = 0  # batches skipped for a non-finite loss or gradient (nonfinite="skip")
         self._skip_step = False  # the current training batch's loss was not finite: skip its optimiser step
         self._total_steps_cache = None  # the run's optimiser steps (warmup_fraction of the symmetry loss)
+        self._named_parameters_cache = None  # (name, parameter) pairs, walked once per fit (gradient check)
         self._current_batch = None  # (batch_idx, batch) of the training step, for the gradient check's message
         self._epoch_sums: dict[str, tuple] = {}  # {term: (sum of value x structures, structures)} this epoch
 
@@ -248,7 +249,9 @@ class PotentialModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         """Gradients (already summed over DDP ranks, so every rank decides alike) must be finite."""
         if not self._skip_step:
-            named = [(name, parameter.grad) for name, parameter in self.named_parameters() if parameter.grad is not None]
+            if self._named_parameters_cache is None:
+                self._named_parameters_cache = list(self.named_parameters())
+            named = [(name, parameter.grad) for name, parameter in self._named_parameters_cache if parameter.grad is not None]
             bad = nonfinite_tensors(named)
             if bad:
                 self._nonfinite_found(
@@ -388,6 +391,7 @@ class PotentialModule(pl.LightningModule):
 
     def configure_optimizers(self):
         """The optimiser and schedule of the training config, by ``_target_`` (`mlip.train.schedules`)."""
+        self._named_parameters_cache = None  # the parameters are fixed from here on
         optimizer = build_optimizer(self.optimizer_config, self.trainable_parameters())
         scheduler = build_scheduler(self.scheduler_config, optimizer, total_steps=self.trainer.estimated_stepping_batches)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
