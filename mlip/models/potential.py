@@ -25,7 +25,7 @@ from mlip.constants import MAX_ATOMIC_NUMBER
 from mlip.geometry import edge_vectors
 from mlip.models.backbones.base import Backbone, BackboneInputs
 from mlip.models.conditioning import ChargeSpinEmbedding
-from mlip.nn.mlp import MLP
+from mlip.nn.mlp import MLP, linear_layer
 from mlip.nn.zbl import ZBLRepulsion
 
 #: Pair-repulsion priors by config name (`Potential(pair_repulsion=...)`): never an import path.
@@ -61,26 +61,30 @@ class LinearPlusMLPReadout(torch.nn.Module):
     well-conditioned path to the energy, as MACE's linear readouts of its earlier layers do.
     Bias-free, so zero features still give exactly zero energy."""
 
-    def __init__(self, in_features: int, hidden: Sequence[int]):
+    def __init__(self, in_features: int, hidden: Sequence[int], normalized: bool = False):
         super().__init__()
-        self.mlp = MLP(in_features, hidden, 1, bias=False)
-        self.linear = torch.nn.Linear(in_features, 1, bias=False)
+        self.mlp = MLP(in_features, hidden, 1, bias=False, normalized=normalized)
+        self.linear = linear_layer(in_features, 1, bias=False, normalized=normalized)
 
     def forward(self, scalars: torch.Tensor) -> torch.Tensor:
         return self.mlp(scalars) + self.linear(scalars)
 
 
-def energy_readout(in_features: int, hidden: Sequence[int], linear: bool) -> torch.nn.Module:
-    """The readout of one head: the bias-free MLP, or with `linear` `LinearPlusMLPReadout`."""
-    return LinearPlusMLPReadout(in_features, hidden) if linear else MLP(in_features, hidden, 1, bias=False)
+def energy_readout(in_features: int, hidden: Sequence[int], linear: bool, normalized: bool = False) -> torch.nn.Module:
+    """The readout of one head: the bias-free MLP, or with `linear` `LinearPlusMLPReadout`;
+    `normalized`: e3nn's parameterisation of its layers (mlip.nn.mlp)."""
+    if linear:
+        return LinearPlusMLPReadout(in_features, hidden, normalized)
+    return MLP(in_features, hidden, 1, bias=False, normalized=normalized)
 
 
 class PerHeadReadout(torch.nn.Module):
     """One bias-free readout per head (`energy_readout`): scalar features (n, F) and each atom's head (n,) -> (n,)."""
 
-    def __init__(self, in_features: int, hidden: Sequence[int], num_heads: int, linear: bool = False):
+    def __init__(self, in_features: int, hidden: Sequence[int], num_heads: int, linear: bool = False,
+                 normalized: bool = False):
         super().__init__()
-        self.heads = torch.nn.ModuleList(energy_readout(in_features, hidden, linear) for _ in range(num_heads))
+        self.heads = torch.nn.ModuleList(energy_readout(in_features, hidden, linear, normalized) for _ in range(num_heads))
 
     def forward(self, scalars: torch.Tensor, atom_heads: torch.Tensor) -> torch.Tensor:
         every_head = torch.cat([readout(scalars) for readout in self.heads], dim=-1)  # (n, H)
@@ -103,6 +107,8 @@ class Potential(torch.nn.Module):
         condition_dim: width of that embedding.
         direct_forces: also predict forces directly from features (`direct_forces` output).
         readout_hidden: hidden widths of the bias-free energy readout MLP.
+        readout_normalized: the readout's layers in e3nn's parameterisation (N(0, 1) weights
+            divided by sqrt(fan-in), unit-second-moment activation; `mlip.nn.mlp`), as MACE's readouts.
         readout_linear: add a bias-free linear term of the scalar features to the readout MLP
             (`LinearPlusMLPReadout`; per head for a multi-head model).
         max_charge, max_multiplicity: ranges of the learned charge/spin embedding tables.
@@ -140,6 +146,7 @@ class Potential(torch.nn.Module):
         reference_energies: str = "average",
         heads: Sequence[str] | None = None,
         readout_linear: bool = False,
+        readout_normalized: bool = False,
     ):
         super().__init__()
         if pair_repulsion is not None and pair_repulsion not in PAIR_REPULSIONS:
@@ -178,6 +185,7 @@ class Potential(torch.nn.Module):
             "direct_forces": bool(direct_forces),
             "readout_hidden": [int(width) for width in readout_hidden],
             "readout_linear": bool(readout_linear),
+            "readout_normalized": bool(readout_normalized),
             "max_charge": int(max_charge),
             "max_multiplicity": int(max_multiplicity),
             "pair_repulsion": pair_repulsion,
@@ -198,9 +206,11 @@ class Potential(torch.nn.Module):
             ChargeSpinEmbedding(self.condition_dim, max_charge, max_multiplicity) if self.charge_spin_conditioning else None
         )
         self.readout = (
-            energy_readout(backbone.num_scalar_features, readout_hidden, readout_linear)
+            energy_readout(backbone.num_scalar_features, readout_hidden, readout_linear, readout_normalized)
             if self.heads is None
-            else PerHeadReadout(backbone.num_scalar_features, readout_hidden, len(self.heads), readout_linear)
+            else PerHeadReadout(
+                backbone.num_scalar_features, readout_hidden, len(self.heads), readout_linear, readout_normalized
+            )
         )
         self.direct_force_head = self._direct_force_head(backbone) if direct_forces else None
         self.pair_repulsion = (

@@ -166,6 +166,7 @@ class MACEInteraction(torch.nn.Module):
         avg_num_neighbors: float,
         residual: bool,
         radial_spline: SplineRadial | None = None,
+        normalized_radial_mlp: bool = False,
     ):
         super().__init__()
         num_channels = hidden_irreps[0].mul
@@ -180,7 +181,9 @@ class MACEInteraction(torch.nn.Module):
         )
         # radial functions -> tensor-product weights: a radial MLP of the Bessel basis, or splines
         if radial_spline is None:
-            self.radial_mlp = MLP(num_radial_basis, radial_mlp, self.edge_tensor_product.weight_numel, bias=False)
+            self.radial_mlp = MLP(
+                num_radial_basis, radial_mlp, self.edge_tensor_product.weight_numel, bias=False, normalized=normalized_radial_mlp
+            )
         else:
             self.radial_spline = radial_spline
             if radial_spline.num_outputs != self.edge_tensor_product.weight_numel:
@@ -250,6 +253,8 @@ class MACEBackbone(Backbone):
         num_radial_basis: Bessel functions.
         radial_polynomial_p: order of the polynomial cutoff envelope.
         radial_mlp: hidden widths of the MLP mapping radial basis -> tensor-product weights.
+        normalized_radial_mlp: that MLP in e3nn's parameterisation (N(0, 1) weights divided by
+            sqrt(fan-in), unit-second-moment SiLU; `mlip.nn.mlp`), as MACE's radial MLP.
         radial: "bessel_mlp" (MACE's Bessel basis × polynomial envelope -> radial MLP) or
             "spline" (one learnable cubic B-spline per tensor-product weight, Facet's radial
             functions from mlip.nn.spline; `num_radial_basis`, `radial_polynomial_p` and
@@ -276,6 +281,7 @@ class MACEBackbone(Backbone):
         radial: str = "bessel_mlp",
         num_spline_knots: int = 16,
         scalar_last_layer: bool = False,
+        normalized_radial_mlp: bool = False,
     ):
         super().__init__()
         hidden = o3.Irreps(hidden_irreps) if hidden_irreps else channelwise_irreps(num_channels, lmax)
@@ -315,6 +321,7 @@ class MACEBackbone(Backbone):
                 avg_num_neighbors=avg_num_neighbors,
                 residual=index > 0,
                 radial_spline=self._tensor_product_splines(index, hidden, edge_irreps, cutoff, num_spline_knots),
+                normalized_radial_mlp=normalized_radial_mlp,
             )
             for index in range(num_layers)
         )
