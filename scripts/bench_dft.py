@@ -21,7 +21,8 @@ that backbone, isolated-atom reference energies, the ZBL prior unless ``--no-zbl
 80 % of the time budget; TransIP with random rotations of the training structures) and ``mace-torch`` (scripts/mace_torch_baseline.py in its own venv, the
 same loss weights, batch size and learning rate, the same model size as mlip's MACE-like: 32
 channels, L=1, correlation 3, 2 layers). ``--n-train 50|250`` trains on a random subset of
-``train.xyz`` (seed 0) for the data learning curve. Run two at a time at most on 2 cores.
+``train.xyz`` (seed 0) for the data learning curve; ``--seed N`` sets either program's training seed
+(initial weights, batch order) to repeat a comparison. Run two at a time at most on 2 cores.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def prepare(out: Path, n_train: int | None) -> Path:
 
 
 # ----------------------------------------------------------------------------------- run
-def run_tag(model: str, minutes: float, n_train: int | None, zbl: bool, variant: str | None = None) -> str:
+def run_tag(model: str, minutes: float, n_train: int | None, zbl: bool, variant: str | None = None, seed: int = 0) -> str:
     tag = f"{model}_{minutes:g}min"
     if n_train is not None:
         tag += f"_n{n_train}"
@@ -115,10 +116,13 @@ def run_tag(model: str, minutes: float, n_train: int | None, zbl: bool, variant:
         tag += "_nozbl"
     if variant:
         tag += f"_{variant}"
+    if seed:
+        tag += f"_seed{seed}"
     return tag
 
 
-def mlip_command(backbone: str, data: Path, run_root: Path, tag: str, minutes: float, n_train, zbl: bool, extra) -> list[str]:
+def mlip_command(backbone: str, data: Path, run_root: Path, tag: str, minutes: float, n_train, zbl: bool, extra,
+                 seed: int = 0) -> list[str]:
     suffix = "" if n_train is None else f"_{n_train}"
     tests = ",".join(f"{name}:{data / (Path(file).stem + '.h5')}" for name, file in TEST_SETS.items())
     hours, rest = divmod(round(minutes * 60), 3600)
@@ -131,13 +135,14 @@ def mlip_command(backbone: str, data: Path, run_root: Path, tag: str, minutes: f
         f"model.pair_repulsion={'zbl' if zbl else 'null'}",
         "trainer.max_epochs=100000", f"trainer.max_time={budget}",
         "stage_two.start=null", "++stage_two.start_time=0.8",  # stage two from 80 % of the time budget
+        f"seed={seed}",  # initial weights and batch order (the validation split has its own data.split_seed)
     ]
     if backbone == "transip":  # its best symmetry treatment on the sample data (docs/transip.md)
         command.append("symmetry.rotation_augmentation=true")
     return command + list(extra)
 
 
-def mace_torch_command(python: str, data: Path, run_dir: Path, minutes: float, n_train) -> list[str]:
+def mace_torch_command(python: str, data: Path, run_dir: Path, minutes: float, n_train, seed: int = 0) -> list[str]:
     suffix = "" if n_train is None else f"_{n_train}"
     command = [
         python, str(REPO / "scripts" / "mace_torch_baseline.py"),
@@ -145,6 +150,7 @@ def mace_torch_command(python: str, data: Path, run_dir: Path, minutes: float, n
         "--seconds", str(minutes * 60), "--threads", "1", "--batch-size", "5", "--lr", "0.01",
         "--energy-weight", "1", "--forces-weight", "1000", "--stress-weight", "0", "--warmup-steps", "0",
         "--curve-every", str(max(60.0, minutes * 60 / 12)), "--out", str(run_dir / "mace_torch.json"),
+        "--seed", str(seed),
     ]
     for name in EXTRAPOLATION:
         command += ["--predict", f"{name}={DATA / TEST_SETS[name]}"]
@@ -155,7 +161,7 @@ def run(args) -> None:
     data = prepare(args.out, args.n_train)
     if args.override and not args.variant:
         raise SystemExit("overrides change the recipe: name the run with --variant NAME (e.g. --variant float32)")
-    tag = run_tag(args.model, args.minutes, args.n_train, not args.no_zbl, args.variant)
+    tag = run_tag(args.model, args.minutes, args.n_train, not args.no_zbl, args.variant, args.seed)
     run_root = args.out / "runs"
     run_dir = run_root / tag
     if (run_dir / "result.json").exists():
@@ -166,7 +172,7 @@ def run(args) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if args.model in MLIP_BACKBONES:
         command = mlip_command(MLIP_BACKBONES[args.model], data, run_root, tag, args.minutes, args.n_train,
-                               not args.no_zbl, args.override)
+                               not args.no_zbl, args.override, args.seed)
         if not (run_dir / "results.json").exists():  # a killed run resumes from its last.ckpt
             subprocess.run(command, check=True, env=env)
         result = mlip_result(run_dir, args.minutes * 60)
@@ -178,13 +184,14 @@ def run(args) -> None:
     elif args.model == "mace-torch":
         if not args.mace_python:
             raise SystemExit("--mace-python: the python of a venv with mace-torch (see scripts/mace_torch_baseline.py)")
-        command = mace_torch_command(args.mace_python, data, run_dir, args.minutes, args.n_train)
+        command = mace_torch_command(args.mace_python, data, run_dir, args.minutes, args.n_train, args.seed)
         if not (run_dir / "mace_torch.json").exists():  # no resume: a killed run starts again
             subprocess.run(command, check=True, env=env)
         result = mace_torch_result(run_dir, command)
     else:
         raise SystemExit(f"unknown model {args.model!r}; choose from {sorted(MLIP_BACKBONES) + ['mace-torch']}")
     result.update(code=code, model=args.model, minutes=args.minutes, n_train=args.n_train or 1000, variant=args.variant,
+                  seed=args.seed,
                   zbl=(not args.no_zbl) if args.model.startswith("mlip") else False, command=command)
     write_json(result, run_dir / "result.json")
     print(json.dumps({key: value for key, value in result.items() if key not in ("predictions", "curve")}, indent=1))
@@ -344,7 +351,7 @@ def repulsive_pairs(predictions: dict[str, list[float]]) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------- report
 def result_tag(result: dict) -> str:
     return run_tag(result["model"], result["minutes"], None if result["n_train"] == 1000 else result["n_train"],
-                   bool(result.get("zbl")), result.get("variant"))
+                   bool(result.get("zbl")), result.get("variant"), result.get("seed", 0))
 
 
 def portable(value, out: Path):
@@ -383,6 +390,8 @@ def label(result: dict) -> str:
         text += " (no ZBL)"
     if result.get("variant"):
         text += f" [{result['variant']}]"
+    if result.get("seed"):
+        text += f" seed {result['seed']}"
     return text
 
 
@@ -572,6 +581,8 @@ def main(argv=None) -> int:
             sub.add_argument("--minutes", type=float, required=True, help="wall-time training budget")
             sub.add_argument("--no-zbl", action="store_true", help="mlip without the ZBL pair prior")
             sub.add_argument("--mace-python", default=None, help="python of the mace-torch venv")
+            sub.add_argument("--seed", type=int, default=0,
+                             help="training seed of either program: initial weights and batch order (default 0)")
             sub.add_argument("--variant", default=None,
                              help="name of a recipe variant made by the overrides (added to the run's tag and label)")
             sub.add_argument("override", nargs="*", help="extra mlip-train overrides (key=value)")
