@@ -3,26 +3,13 @@ report's keys carry every setting that changes a result (variant, seed), checked
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "bench_dft.py"
+from script_modules import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """scripts/bench_dft.py as a module (scripts/ is not a package)."""
-    name = "bench_dft"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script("bench_dft")
 
 
 def test_tags_name_every_setting_that_changes_a_result(bench):

@@ -3,30 +3,19 @@ test): what its verdict rests on, checked without training a model."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mlip.data.dataset import HDF5Dataset
-
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "bench_transip.py"
+from script_modules import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """scripts/bench_transip.py as a module (scripts/ is not a package)."""
-    name = "bench_transip"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    """scripts/bench_transip.py as a module."""
+    return load_script("bench_transip")
 
 
 @pytest.fixture(scope="module")

@@ -8,32 +8,24 @@ stress convention.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mlip.data.reader import StructureReader
+from script_modules import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 MOLECULES = REPO / "mlip" / "sample_data" / "molecules.h5"
 CRYSTALS = REPO / "mlip" / "sample_data" / "crystals.h5"
-SCRIPT = REPO / "scripts" / "make_sample_data.py"
 MAX_FILE_BYTES = 5 * 1024 * 1024
 
 
-def load_script():
-    """scripts/make_sample_data.py as a module (scripts/ is not a package); loaded once."""
+def make_sample_data():
+    """scripts/make_sample_data.py as a module (needs tblite)."""
     pytest.importorskip("tblite")
-    name = "make_sample_data"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while it executes
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_script("make_sample_data")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +110,7 @@ def test_crystals_have_cells_and_varied_stress(crystals):
 
 
 def test_shipped_molecule_labels_are_reproduced_by_gfn2_xtb(molecules):
-    script = load_script()
+    script = make_sample_data()
     radical_anion = first(molecules, lambda m: m.charge == -1 and m.spin == 2)
     for structure in (radical_anion, first(molecules, lambda m: m.subset == "cation")):
         labels = script.single_point(
@@ -130,7 +122,7 @@ def test_shipped_molecule_labels_are_reproduced_by_gfn2_xtb(molecules):
 
 
 def test_shipped_crystal_labels_are_reproduced_by_gfn1_xtb(crystals):
-    script = load_script()
+    script = make_sample_data()
     structure = first(crystals, lambda c: c.subset == "NaCl" and not c.id.endswith("/0"))
     labels = script.single_point(structure.to_atoms(), "GFN1-xTB")
     assert labels["energy"] == pytest.approx(structure.energy, abs=1e-5)
@@ -140,7 +132,7 @@ def test_shipped_crystal_labels_are_reproduced_by_gfn1_xtb(crystals):
 
 def test_shipped_stress_is_volume_normalised_strain_derivative(crystals):
     """σ_xy = (1/V) dE/dε_xy (ASE sign) by a central difference on a sheared, rattled cell."""
-    script = load_script()
+    script = make_sample_data()
     structure = first(crystals, lambda c: c.subset == "Si" and not c.id.endswith("/0"))
     atoms = structure.to_atoms()
     step = 1e-4
@@ -159,7 +151,7 @@ def test_shipped_stress_is_volume_normalised_strain_derivative(crystals):
 
 
 def test_quick_run_writes_readable_files(tmp_path):
-    script = load_script()
+    script = make_sample_data()
     # the stress finite-difference check is tested on shipped data above; skipped here for speed
     script.main(["--quick", "--skip-stress-check", "--out-dir", str(tmp_path), "--seed", "3"])
     molecules = StructureReader(tmp_path / "molecules.h5")
@@ -171,7 +163,7 @@ def test_quick_run_writes_readable_files(tmp_path):
 
 
 def test_generation_is_deterministic_given_the_seed():
-    script = load_script()
+    script = make_sample_data()
     species = [spec for spec in script.molecule_specs() if spec.name in {"CH3", "OH-"}]
 
     def generate(seed):
