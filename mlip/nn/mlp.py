@@ -111,4 +111,3 @@ class MLP(torch.nn.Sequential):
         super().__init__(*layers)
         self.in_features = widths[0]
         self.out_features = widths[-1]
-        self.normalized = bool(normalized)
