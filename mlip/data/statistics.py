@@ -48,7 +48,7 @@ __all__ = ["STATISTICS_VERSION", "DatasetStatistics", "compute_statistics", "is_
 logger = logging.getLogger(__name__)
 
 #: Bump when the definition of any statistic changes: old cache files are then ignored.
-STATISTICS_VERSION = 2  # 2: isolated_atom_energies, exclude_isolated_atoms
+STATISTICS_VERSION = 3  # 2: isolated_atom_energies, exclude_isolated_atoms; 3: shortest_distances
 #: Ridge added to the diagonal of AᵀA, relative to its mean diagonal entry.
 RIDGE_FRACTION = 1e-10
 _N_ATOMIC_NUMBERS = MAX_ATOMIC_NUMBER + 1  # 0..118
@@ -86,6 +86,8 @@ class DatasetStatistics:
     isolated_atom_energies: dict[int, float] = field(default_factory=dict)
     n_isolated_atoms: int = 0
     exclude_isolated_atoms: bool = False
+    #: shortest distance (Å) of each element pair within the cutoff, keyed "Z_a-Z_b" with Z_a <= Z_b
+    shortest_distances: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (integer keys become strings)."""
@@ -196,6 +198,7 @@ class StatisticsAccumulator:
         self.n_structures = 0
         self.n_atoms = 0
         self.n_edges = 0
+        self.shortest = np.full(_N_ATOMIC_NUMBERS * _N_ATOMIC_NUMBERS, np.inf)  # Å, by pair code Z_a · 119 + Z_b
         self.atoms_per_element = np.zeros(_N_ATOMIC_NUMBERS, dtype=np.int64)
         self.atoms_per_element_with_energy = np.zeros(_N_ATOMIC_NUMBERS, dtype=np.int64)
         self.n_with_energy = 0
@@ -224,7 +227,7 @@ class StatisticsAccumulator:
         counts = np.bincount(structure.numbers, minlength=_N_ATOMIC_NUMBERS)
         if counts.shape[0] > _N_ATOMIC_NUMBERS:
             raise ValueError(f"structure {structure.id!r}: atomic number above {MAX_ATOMIC_NUMBER}")
-        edge_index, _ = neighbour_list(
+        edge_index, shifts = neighbour_list(
             structure.positions, structure.cell, structure.pbc, self.cutoff
         )
         if is_isolated_atom(structure, self.cutoff, edge_index):
@@ -239,6 +242,7 @@ class StatisticsAccumulator:
         self.charge_counts[structure.charge] += 1
         self.spin_counts[structure.spin] += 1
         self.n_edges += edge_index.shape[1]
+        self._add_shortest_distances(structure, edge_index, shifts)
 
         if structure.forces is not None:
             self.n_with_forces += 1
@@ -253,6 +257,19 @@ class StatisticsAccumulator:
             self._pending_energies.append(structure.energy)
             if len(self._pending_energies) >= _CHUNK_STRUCTURES:
                 self._fold_energies()
+
+    def _add_shortest_distances(self, structure: Structure, edge_index: np.ndarray, shifts: np.ndarray) -> None:
+        """Fold the structure's pair distances into the shortest distance of each element pair."""
+        if edge_index.shape[1] == 0:
+            return
+        sender, receiver = edge_index
+        vectors = structure.positions[sender] - structure.positions[receiver]  # (E, 3) Å
+        if structure.cell is not None and shifts.any():
+            vectors = vectors + shifts @ np.asarray(structure.cell, dtype=np.float64)
+        distances = np.linalg.norm(vectors, axis=1)
+        z_sender, z_receiver = structure.numbers[sender], structure.numbers[receiver]
+        codes = np.minimum(z_sender, z_receiver) * _N_ATOMIC_NUMBERS + np.maximum(z_sender, z_receiver)
+        np.minimum.at(self.shortest, codes, distances)
 
     def _fold_energies(self) -> None:
         """Add the pending energy-labelled structures to the energy sums (vectorised)."""
@@ -310,6 +327,10 @@ class StatisticsAccumulator:
             isolated_atom_energies=dict(sorted(self.isolated_atom_energies.items())),
             n_isolated_atoms=self.n_isolated_atoms,
             exclude_isolated_atoms=self.exclude_isolated_atoms,
+            shortest_distances={
+                f"{code // _N_ATOMIC_NUMBERS}-{code % _N_ATOMIC_NUMBERS}": float(self.shortest[code])
+                for code in np.flatnonzero(np.isfinite(self.shortest))
+            },
         )
 
     def _reference_energies(self, fitted: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import math
 import numbers
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
     "BACKBONES",
     "UnregisteredBackboneError",
     "atomic_number",
+    "automatic_inner_cutoffs",
     "backbone_class",
     "build_backbone",
     "build_potential",
@@ -261,6 +263,8 @@ def build_potential(
         config.update(_per_head_values(config, statistics))
     else:
         config.update(_reference_energies(config, statistics))
+    if config.get("inner_cutoff") == "auto":
+        config["inner_cutoff"] = automatic_inner_cutoffs(config.get("elements") or _statistic(statistics, "elements"), statistics)
     for key in ("elements", "atomic_energies", "scale", "shift"):
         if config.get(key) is None:
             value = _statistic(statistics, key)
@@ -287,6 +291,34 @@ def build_potential(
         potential = Potential(backbone=built, **config)
     _check_built_in(potential, dtype, "build_potential")
     return potential
+
+
+#: ``inner_cutoff=auto`` for an element pair absent from the training data: this fraction of the
+#: sum of the two covalent radii (ASE's), Å.
+UNSEEN_PAIR_INNER_CUTOFF = 0.75
+
+
+def automatic_inner_cutoffs(elements, statistics) -> dict[str, float]:
+    """``model.inner_cutoff=auto``: {"H-C": Å, ...} for every pair of ``elements``, the shortest
+    distance of that pair in the training data (the statistics' `shortest_distances`), so no
+    training structure is switched; a pair the data never has within the cutoff gets
+    `UNSEEN_PAIR_INNER_CUTOFF` × the sum of its covalent radii."""
+    from ase.data import chemical_symbols, covalent_radii
+
+    if not elements:
+        raise ValueError("model.inner_cutoff=auto needs the model's elements (from the config or the statistics)")
+    shortest = _statistic(statistics, "shortest_distances")
+    if shortest is None:
+        raise ValueError("model.inner_cutoff=auto needs dataset statistics with shortest_distances (statistics of the training data)")
+    shortest = {tuple(sorted(int(z) for z in key.split("-"))): float(value) for key, value in dict(shortest).items()}
+    elements = sorted(int(z) for z in elements)
+    cutoffs = {}
+    for index, a in enumerate(elements):
+        for b in elements[index:]:
+            unseen = UNSEEN_PAIR_INNER_CUTOFF * (covalent_radii[a] + covalent_radii[b])
+            value = shortest.get((a, b), unseen)
+            cutoffs[f"{chemical_symbols[a]}-{chemical_symbols[b]}"] = math.floor(value * 1e4) / 1e4  # never above the data
+    return cutoffs
 
 
 def atomic_number(key: Any, where: str) -> int:

@@ -26,6 +26,7 @@ from mlip.geometry import edge_vectors
 from mlip.models.backbones.base import Backbone, BackboneInputs
 from mlip.models.conditioning import ChargeSpinEmbedding
 from mlip.nn.mlp import MLP, linear_layer
+from mlip.nn.radial import inner_switch
 from mlip.nn.zbl import ZBLRepulsion
 
 #: Pair-repulsion priors by config name (`Potential(pair_repulsion=...)`): never an import path.
@@ -126,6 +127,17 @@ class Potential(torch.nn.Module):
             isolated atoms). With ``"isolated"`` the shift must be 0 and the learned energy of an
             atom without neighbours (no edge within the cutoff) is set to zero, so a lone atom's energy is
             exactly E_ref(Z).
+        inner_cutoff: None (the default), a distance in Å for every element pair, or a mapping
+            {"C-H": Å, ...} (symbols or atomic numbers, either order; unlisted pairs: none). Below
+            a pair's inner cutoff r_in the learned model sees the pair less and less (each edge's
+            messages are scaled by `mlip.nn.radial.inner_switch`) and not at all below
+            r_in - `inner_cutoff_width`; there only the pair repulsion acts. r_in is meant to be the
+            shortest distance of that pair in the training data (``model.inner_cutoff=auto``), so
+            training structures are untouched and the model does not extrapolate its learned
+            energy to distances it never saw. With a pair repulsion, each pair's repulsion reaches
+            at least out to its r_in, so no pair is left with neither. Needs a backbone with
+            `supports_edge_weights`.
+        inner_cutoff_width: Å, width of that switch.
     """
 
     def __init__(
@@ -147,6 +159,8 @@ class Potential(torch.nn.Module):
         heads: Sequence[str] | None = None,
         readout_linear: bool = False,
         readout_normalized: bool = False,
+        inner_cutoff: Mapping[str, float] | float | None = None,
+        inner_cutoff_width: float = 0.25,
     ):
         super().__init__()
         if pair_repulsion is not None and pair_repulsion not in PAIR_REPULSIONS:
@@ -173,6 +187,8 @@ class Potential(torch.nn.Module):
         self.condition_dim = int(condition_dim) if charge_spin_conditioning else 0
         self._check_backbone(backbone)
         self.backbone = backbone
+        inner_table, inner_cutoff = self._inner_cutoff_table(inner_cutoff, inner_cutoff_width, backbone)
+        self.inner_cutoff_width = float(inner_cutoff_width)
         self.config: dict[str, Any] = {
             "backbone": dict(backbone.config),
             "elements": list(self.elements),
@@ -191,6 +207,8 @@ class Potential(torch.nn.Module):
             "pair_repulsion": pair_repulsion,
             "reference_energies": reference_energies,
             "heads": None if self.heads is None else list(self.heads),
+            "inner_cutoff": inner_cutoff,
+            "inner_cutoff_width": self.inner_cutoff_width,
         }
         self.reference_energies = reference_energies
 
@@ -201,6 +219,8 @@ class Potential(torch.nn.Module):
         self.register_buffer("atomic_energies", torch.tensor(atomic_energies))
         self.register_buffer("scale", torch.tensor(scale))
         self.register_buffer("shift", torch.tensor(shift))
+        # (S, S) Å, r_in of each species pair; derived from the config, so not in the state dict
+        self.register_buffer("inner_cutoffs", inner_table, persistent=False)
 
         self.conditioning = (
             ChargeSpinEmbedding(self.condition_dim, max_charge, max_multiplicity) if self.charge_spin_conditioning else None
@@ -213,8 +233,9 @@ class Potential(torch.nn.Module):
             )
         )
         self.direct_force_head = self._direct_force_head(backbone) if direct_forces else None
+        reach = {} if inner_table is None else {"minimum_pair_cutoffs": inner_table}
         self.pair_repulsion = (
-            PAIR_REPULSIONS[pair_repulsion](self.elements, self.cutoff) if pair_repulsion is not None else None
+            PAIR_REPULSIONS[pair_repulsion](self.elements, self.cutoff, **reach) if pair_repulsion is not None else None
         )
 
     # ----------------------------------------------------------------------------------- setup
@@ -238,6 +259,56 @@ class Potential(torch.nn.Module):
             if actual != value:
                 hint = " (0 when charge_spin_conditioning is off)" if name == "condition_dim" else ""
                 raise ValueError(f"Potential: backbone has {name}={actual} but the potential needs {name}={value}{hint}")
+
+    def _inner_cutoff_table(
+        self, inner_cutoff, width, backbone: Backbone
+    ) -> tuple[torch.Tensor | None, dict[str, float] | None]:
+        """The (S, S) table of inner cutoffs (Å) and its canonical config {"H-C": Å, ...} (pairs in
+        the order of atomic number; every pair of the model's elements), or (None, None)."""
+        if inner_cutoff is None:
+            return None, None
+        if not (isinstance(width, (int, float)) and not isinstance(width, bool) and 0 < width < self.cutoff):
+            raise ValueError(f"Potential: inner_cutoff_width must be a positive distance below the cutoff (Å), got {width!r}")
+        if not getattr(backbone, "supports_edge_weights", False):
+            raise ValueError(
+                f"Potential: inner_cutoff needs a backbone that supports edge weights; {type(backbone).__name__} does "
+                "not declare supports_edge_weights"
+            )
+        pairs = [(a, b) for a in sorted(self.elements) for b in sorted(self.elements) if a <= b]
+        if isinstance(inner_cutoff, Mapping):
+            values = {pair: 0.0 for pair in pairs}
+            for key, value in inner_cutoff.items():
+                values[self._element_pair(key)] = value
+        elif isinstance(inner_cutoff, (int, float)) and not isinstance(inner_cutoff, bool):
+            values = {pair: inner_cutoff for pair in pairs}
+        else:
+            raise ValueError(
+                f"Potential: inner_cutoff must be None, a distance (Å) or a mapping {{'C-H': Å, ...}}, got {inner_cutoff!r}"
+            )
+        table = torch.zeros(len(self.elements), len(self.elements))
+        canonical = {}
+        for (a, b), value in sorted(values.items()):
+            name = f"{chemical_symbols[a]}-{chemical_symbols[b]}"
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < self.cutoff:
+                raise ValueError(f"Potential: inner_cutoff of {name} must be a distance in [0, cutoff={self.cutoff}) Å, got {value!r}")
+            i, j = self.elements.index(a), self.elements.index(b)
+            table[i, j] = table[j, i] = float(value)
+            canonical[name] = float(value)
+        return table, canonical
+
+    def _element_pair(self, key) -> tuple[int, int]:
+        """An inner-cutoff key "C-H" / "6-1" (symbols or atomic numbers) -> (Z_a, Z_b), Z_a <= Z_b, both model elements."""
+        from mlip.models.build import atomic_number
+
+        parts = key.split("-") if isinstance(key, str) else []
+        if len(parts) != 2:
+            raise ValueError(f"Potential: inner_cutoff key {key!r} is not an element pair such as 'C-H'")
+        pair = sorted(atomic_number(part, f"Potential: inner_cutoff key {key!r}") for part in parts)
+        unknown = [chemical_symbols[z] for z in pair if z not in self.elements]
+        if unknown:
+            known = ", ".join(chemical_symbols[z] for z in self.elements)
+            raise ValueError(f"Potential: inner_cutoff key {key!r} names {', '.join(unknown)}, not among the model's elements [{known}]")
+        return pair[0], pair[1]
 
     def _aligned_energies(self, atomic_energies: Mapping[int, float] | Sequence[float]) -> list[float]:
         if isinstance(atomic_energies, Mapping):
@@ -369,6 +440,8 @@ class Potential(torch.nn.Module):
                 pos = pos.detach().requires_grad_(True)
             strain = torch.zeros_like(cell, requires_grad=True) if compute_stress else None  # (G, 3, 3)
             inputs = self._inputs(batch, species, pos, cell, strain, node_batch)
+            if self.inner_cutoffs is not None:
+                inputs.edge_weights = self._inner_edge_weights(species, inputs)
             features = self.backbone(inputs)
             atom_heads = self._atom_heads(batch, node_batch, cell.shape[0])  # (n,) or None
             if atom_heads is None:
@@ -395,6 +468,17 @@ class Potential(torch.nn.Module):
         if not training:  # inference: free the autograd graph
             outputs = {key: value.detach() for key, value in outputs.items()}
         return outputs
+
+    def _inner_edge_weights(self, species: torch.Tensor, inputs: BackboneInputs) -> torch.Tensor | None:
+        """(E,) in [0, 1]: how much each edge counts for the learned model (1 at and above its inner
+        cutoff); None when every edge is at or above it (the usual training batch), which is the same
+        (weight 1 and zero slope) without the work."""
+        sender, receiver = inputs.edge_index
+        inner = self.inner_cutoffs.to(inputs.edge_vectors.dtype)[species[receiver], species[sender]]  # (E,) Å
+        if not bool((torch.linalg.norm(inputs.edge_vectors.detach(), dim=-1) < inner).any()):
+            return None
+        distances = torch.linalg.norm(inputs.edge_vectors, dim=-1)  # (E,) Å
+        return inner_switch(distances, inner, self.inner_cutoff_width)
 
     def _inputs(self, batch, species, pos, cell, strain, node_batch) -> BackboneInputs:
         """The backbone's inputs for the (optionally strained) geometry."""

@@ -82,3 +82,17 @@ class RadialEmbedding(torch.nn.Module):
 
     def forward(self, distances: torch.Tensor) -> torch.Tensor:
         return self.bessel(distances) * self.envelope(distances).unsqueeze(-1)
+
+
+def inner_switch(distances: torch.Tensor, inner_cutoffs: torch.Tensor, width: float) -> torch.Tensor:
+    """Weight s(r) in [0, 1] of each pair for the learned model below its inner cutoff.
+
+    s = 1 at and above the inner cutoff r_in (Å), s = 0 at and below r_in - width, and in between
+    the quintic smoothstep s = t³ (6t² - 15t + 10), t = (r - r_in + width) / width, whose first and
+    second derivatives vanish at both ends (energies, forces and their derivatives stay
+    continuous). ``distances`` and ``inner_cutoffs`` (E,) Å; a pair with r_in = 0 is never switched.
+    """
+    if not width > 0:
+        raise ValueError(f"inner_switch: width must be positive, got {width} Å")
+    t = ((distances - inner_cutoffs + width) / width).clamp(0.0, 1.0)
+    return t * t * t * (t * (6.0 * t - 15.0) + 10.0)

@@ -12,7 +12,9 @@ E_ZBL is still several eV, which the learned part would have to cancel; so the t
 switched off smoothly at a pair cutoff r_c = radius_scale · (R_cov,i + R_cov,j) (ASE's covalent
 radii, never beyond the model cutoff) by the polynomial envelope of `mlip.nn.radial`, which
 vanishes at r_c with its first and second derivatives. Below ~0.5 Å the term dominates, so the
-energy rises steeply however the learned part extrapolates.
+energy rises steeply however the learned part extrapolates. With `Potential`'s inner cutoff, a
+pair's r_c is at least its inner cutoff r_in, so the repulsion still acts where the learned
+model no longer sees the pair.
 """
 
 from __future__ import annotations
@@ -46,9 +48,12 @@ class ZBLRepulsion(torch.nn.Module):
         cutoff: the model's cutoff, Å; no pair cutoff exceeds it.
         radius_scale: pair cutoff = radius_scale × sum of covalent radii.
         envelope_p: order of the polynomial envelope.
+        minimum_pair_cutoffs: optional (S, S) Å, a lower bound of each species pair's cutoff
+            (`Potential`'s inner cutoffs).
     """
 
-    def __init__(self, elements: Sequence[int], cutoff: float, radius_scale: float = 1.0, envelope_p: int = 6):
+    def __init__(self, elements: Sequence[int], cutoff: float, radius_scale: float = 1.0, envelope_p: int = 6,
+                 minimum_pair_cutoffs: torch.Tensor | None = None):
         super().__init__()
         if radius_scale <= 0:
             raise ValueError(f"ZBLRepulsion: radius_scale must be positive, got {radius_scale}")
@@ -59,11 +64,15 @@ class ZBLRepulsion(torch.nn.Module):
         self.register_buffer("atomic_numbers", torch.tensor(elements, dtype=torch.get_default_dtype()), persistent=False)
         radii = torch.tensor([covalent_radii[z] for z in elements], dtype=torch.get_default_dtype())
         self.register_buffer("covalent_radii", radii, persistent=False)  # (S,) Å
+        if minimum_pair_cutoffs is None:
+            minimum_pair_cutoffs = torch.zeros(len(elements), len(elements))
+        self.register_buffer("minimum_pair_cutoffs", minimum_pair_cutoffs.clone(), persistent=False)  # (S, S) Å
 
     def pair_cutoffs(self, species_i: torch.Tensor, species_j: torch.Tensor) -> torch.Tensor:
         """(E,) Å: where the repulsion of each pair has vanished."""
         summed = self.covalent_radii[species_i] + self.covalent_radii[species_j]
-        return (self.radius_scale * summed).clamp(max=self.cutoff)
+        reach = torch.maximum(self.radius_scale * summed, self.minimum_pair_cutoffs[species_i, species_j])
+        return reach.clamp(max=self.cutoff)
 
     def forward(self, species: torch.Tensor, edge_index: torch.Tensor, edge_vectors: torch.Tensor) -> torch.Tensor:
         """species (n,), edge_index (2, E) [sender j, receiver i], edge_vectors (E, 3) Å -> (n,) eV.

@@ -120,7 +120,8 @@ def model_statistics(statistics: Any) -> dict[str, Any]:
     scale = force RMS (eV/Å; falls back to the per-atom energy residual std, then 1 eV),
     shift = mean per-atom energy residual after the reference energies (eV/atom, else 0),
     isolated_atom_energies = energies of the single-atom structures (eV by Z; for
-    ``model.atomic_energies=isolated``).
+    ``model.atomic_energies=isolated``), shortest_distances = the shortest distance of each
+    element pair (Å; for ``model.inner_cutoff=auto``).
     """
     scale = statistics.force_rms or statistics.energy_residual_per_atom_std or 1.0
     return {
@@ -130,6 +131,7 @@ def model_statistics(statistics: Any) -> dict[str, Any]:
         "avg_num_neighbors": statistics.avg_num_neighbors,
         "scale": float(scale),
         "shift": float(statistics.energy_residual_per_atom_mean or 0.0),
+        "shortest_distances": dict(getattr(statistics, "shortest_distances", None) or {}),
     }
 
 

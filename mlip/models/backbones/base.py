@@ -13,6 +13,9 @@ The contract (docs/models.md, "Adding a backbone"):
 * Initial node features come from `NodeEmbedding` (species embedding plus a bias-free linear
   map of the charge/spin condition), the one conditioning rule for every backbone.
 * A backbone owns the radial basis it shares between layers (layers get the evaluated basis).
+* ``supports_edge_weights = True`` declares that the backbone scales each edge's contribution
+  by ``BackboneInputs.edge_weights`` (an edge of weight 0 contributes as if it were absent);
+  `Potential`'s inner cutoff needs it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ class BackboneInputs:
     pos: torch.Tensor | None = None  # (n_atoms, 3) Å (strained when stress is computed)
     cell: torch.Tensor | None = None  # (n_graphs, 3, 3) Å (strained when stress is computed)
     shifts: torch.Tensor | None = None  # (n_edges, 3) integer cell-image multiples
+    # (n_edges,) in [0, 1], or None (every edge counts fully): how much each edge counts for the
+    # learned model (`Potential`'s inner cutoff). A backbone that declares `supports_edge_weights`
+    # multiplies everything an edge contributes by it, so an edge of weight 0 acts as if absent.
+    edge_weights: torch.Tensor | None = None
 
 
 @dataclass
@@ -134,6 +141,7 @@ class Backbone(torch.nn.Module):
 
     num_scalar_features: int
     num_vector_features: int = 0
+    supports_edge_weights: bool = False  # see BackboneInputs.edge_weights
     num_elements: int
     cutoff: float
     condition_dim: int

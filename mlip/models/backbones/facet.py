@@ -253,6 +253,8 @@ class FacetBackbone(Backbone):
         avg_num_neighbors: normalisation of the neighbour sum (dataset statistic).
     """
 
+    supports_edge_weights = True  # BackboneInputs.edge_weights scale each edge's messages
+
     def __init__(
         self,
         num_elements: int,
@@ -318,6 +320,8 @@ class FacetBackbone(Backbone):
         # geometry terms shared by all layers
         edge_lengths = inputs.edge_vectors.norm(dim=-1)  # (E,) Å
         harmonics = self.edge_harmonics(inputs.edge_vectors)  # (E, K)
+        if inputs.edge_weights is not None:  # messages are linear in Y: an edge of weight 0 sends nothing
+            harmonics = harmonics * inputs.edge_weights[:, None]
         geometry = EdgeGeometry(
             harmonics=harmonics,
             matrix=self.edge_matrix(harmonics) if len(self.layers) > 1 else None,

@@ -264,6 +264,8 @@ class MACEBackbone(Backbone):
         hidden_irreps: e.g. "32x0e+32x1o"; one multiplicity, natural parity, contains 0e, l <= lmax.
     """
 
+    supports_edge_weights = True  # BackboneInputs.edge_weights scale each edge's messages
+
     def __init__(
         self,
         num_elements: int,
@@ -393,7 +395,9 @@ class MACEBackbone(Backbone):
             edge_radial = self.radial_embedding(distances)  # (E, num_radial_basis)
         else:  # all layers' splines share the backbone's knots: one basis matrix (E, M + 3)
             edge_radial = self.spline_basis(distances)
-        edge_harmonics = self.spherical_harmonics(inputs.edge_vectors)
+        edge_harmonics = self.spherical_harmonics(inputs.edge_vectors)  # (E, edge_irreps.dim)
+        if inputs.edge_weights is not None:  # messages are linear in Y: an edge of weight 0 sends nothing
+            edge_harmonics = edge_harmonics * inputs.edge_weights[:, None]
 
         layer_scalars = []
         with_vectors = None  # the output of the last layer that has the hidden irreps' vectors

@@ -139,6 +139,8 @@ class TransIPBackbone(Backbone):
         position_length: Å, length scale of those position features.
     """
 
+    supports_edge_weights = True  # BackboneInputs.edge_weights scale each edge's messages
+
     def __init__(
         self,
         num_elements: int,
@@ -179,8 +181,12 @@ class TransIPBackbone(Backbone):
         """Per-atom embeddings (n, dim): what the energy readout and the equivariance loss see."""
         distances = inputs.edge_vectors.norm(dim=-1)  # (E,) Å
         envelope = self.envelope(distances)  # (E,)
+        radial = self.radial(distances)  # (E, num_fourier), zero at the cutoff
+        if inputs.edge_weights is not None:  # every edge term carries the envelope: weight 0 = no edge
+            envelope = envelope * inputs.edge_weights
+            radial = radial * inputs.edge_weights[:, None]
         directional = envelope[:, None] * self.edge_fourier(inputs.edge_vectors)  # (E, 2 · num_fourier)
-        edge_features = torch.cat([self.radial(distances), directional], dim=-1)  # (E, 3 · num_fourier)
+        edge_features = torch.cat([radial, directional], dim=-1)  # (E, 3 · num_fourier)
         environment = scatter_sum(directional, inputs.edge_index[1], inputs.species.shape[0])
         tokens = self.initial_tokens(inputs) + self.environment_projection(environment)
         for block in self.blocks:
