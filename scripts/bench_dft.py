@@ -17,7 +17,8 @@ the repository)::
         --results docs/benchmarks/ethanol_pbe
 
 Models: ``mlip-mace``, ``mlip-facet``, ``mlip-transip`` (``mlip-train experiment=ethanol_pbe`` with
-that backbone, isolated-atom reference energies, the ZBL prior unless ``--no-zbl``, stage two from
+that backbone, isolated-atom reference energies, the ZBL prior with the inner cutoff (``model.inner_cutoff=auto``)
+unless ``--no-zbl``, stage two from
 80 % of the time budget; TransIP with random rotations of the training structures) and ``mace-torch`` (scripts/mace_torch_baseline.py in its own venv, the
 same loss weights, batch size and learning rate, the same model size as mlip's MACE-like: 32
 channels, L=1, correlation 3, 2 layers). ``--n-train 50|250`` trains on a random subset of
@@ -133,6 +134,8 @@ def mlip_command(backbone: str, data: Path, run_root: Path, tag: str, minutes: f
         f"data.paths=[{data / f'train{suffix}.h5'}]", f"data.test_paths={{{tests}}}",
         "model.atomic_energies=isolated", f"model.isolated_atoms={DATA / 'isolated_atoms.xyz'}",
         f"model.pair_repulsion={'zbl' if zbl else 'null'}",
+        # with ZBL, the learned model stops seeing a pair below its shortest training distance
+        f"model.inner_cutoff={'auto' if zbl else 'null'}",
         "trainer.max_epochs=100000", f"trainer.max_time={budget}",
         "stage_two.start=null", "++stage_two.start_time=0.8",  # stage two from 80 % of the time budget
         f"seed={seed}",  # initial weights and batch order (the validation split has its own data.split_seed)
