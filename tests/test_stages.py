@@ -118,6 +118,19 @@ def test_resumed_in_stage_two_it_stays_in_stage_two_with_its_weights_and_lr(emt_
     assert read_export(run_dir / "best_model.pt")["training"]["stage"] == 2
 
 
+def test_lr_factor_scales_the_learning_rate_the_schedule_reached(emt_files, tmp_path):
+    run_dir = tmp_path / "runs" / "factor"
+    stage_two = "{start:0.5,loss_weights:{energy:1000.0},lr_factor:0.25}"
+    steps = run(stage_config(emt_files, run_dir, stage_two=stage_two), run_dir).steps
+    total = 3 * STEPS_PER_EPOCH
+    start = total // 2
+    schedule = WarmupCosine(warmup_steps=5, total_steps=total, min_factor=0.01)
+    for step, stage, weights, lr in steps:
+        factor = 1.0 if step < start else 0.25  # a quarter of the cosine schedule from the switch on
+        assert stage == (1 if step < start else 2)
+        assert lr == pytest.approx(factor * 0.005 * schedule(step))
+
+
 def test_stage_two_by_epoch(emt_files, tmp_path):
     run_dir = tmp_path / "runs" / "by_epoch"
     stage_two = "{start_epoch:2,loss_weights:{stress:1.0}}"  # lr: null keeps the schedule
@@ -179,6 +192,9 @@ def test_off_by_default_changes_nothing(emt_files, tmp_path):
         ({"start": 0.5, "lr": 1e-3, "swa": True}, "unknown keys"),
         ({"start_time": 1.0, "lr": 1e-3}, "fraction of trainer.max_time"),
         ({"start_time": 0.5, "start": 0.5, "lr": 1e-3}, "exactly one of"),
+        ({"start": 0.5, "lr": 1e-3, "lr_factor": 0.5}, "not both"),
+        ({"start": 0.5, "lr_factor": 0.0}, "lr_factor must be a positive"),
+        ({"start": 0.5, "lr_factor": True}, "lr_factor must be a positive"),
     ],
 )
 def test_malformed_stage_two_configs_are_refused(section, message):

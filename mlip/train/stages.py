@@ -11,6 +11,7 @@ The training config's ``stage_two`` section (null: off, the default)::
       # or start_time: 0.8       # fraction of trainer.max_time (wall clock of fitting, over resumes)
       loss_weights: {energy: 1000.0, forces: 100.0}   # replaces these weights; the others keep stage one's
       lr: 1.0e-3                 # learning rate from the switch on (null: keep the current one)
+      # or lr_factor: 0.4        # the learning rate at the switch times this factor
 
 `StageTwo` is the Lightning callback that does the switch (`mlip.train.build.build_callbacks`
 adds it). Optimiser step ``k`` (0-based, the global step before it) trains in stage two when
@@ -22,7 +23,8 @@ to every rank, so all switch at the same step). At the switch, before that step'
 
 * the loss weights of ``loss_weights`` replace those of stage one (validation, ``val/loss`` and
   testing use them from then on too);
-* every parameter group's learning rate is set to ``lr``. A ``ReduceLROnPlateau`` continues from
+* every parameter group's learning rate is set to ``lr`` (or multiplied by ``lr_factor``, which
+  scales with wherever a schedule has brought it by then, e.g. for runs of different lengths). A ``ReduceLROnPlateau`` continues from
   it with its patience and best value reset (the loss it follows changed scale); a schedule with
   base learning rates (LambdaLR: ``scheduler=cosine``/``constant``, StepLR, ...) has them
   rescaled by ``lr / current lr``, so it keeps its shape from ``lr`` on (cosine: the decay continues,
@@ -56,7 +58,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from mlip.train.losses import LossWeights
 
 START_KEYS = ("start", "start_epoch", "start_step", "start_time")
-STAGE_TWO_KEYS = (*START_KEYS, "loss_weights", "lr")
+STAGE_TWO_KEYS = (*START_KEYS, "loss_weights", "lr", "lr_factor")
 STAGE_ONE_EXPORT_SUFFIX = "_stage1"  # best_model.pt -> best_model_stage1.pt at the switch
 
 
@@ -70,6 +72,7 @@ class StageTwoConfig:
     start_time: float | None = None
     loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     lr: float | None = None
+    lr_factor: float | None = None
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None) -> StageTwoConfig | None:
@@ -112,8 +115,15 @@ class StageTwoConfig:
         lr = section.get("lr")
         if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0 or not math.isfinite(lr)):
             raise ValueError(f"stage_two.lr must be a positive number or null, got {lr!r}")
-        if not weights and lr is None:
-            raise ValueError("stage_two: neither loss_weights nor lr is set, so stage two would change nothing")
+        factor = section.get("lr_factor")
+        if factor is not None and (
+            not isinstance(factor, (int, float)) or isinstance(factor, bool) or not factor > 0 or not math.isfinite(factor)
+        ):
+            raise ValueError(f"stage_two.lr_factor must be a positive number or null, got {factor!r}")
+        if lr is not None and factor is not None:
+            raise ValueError(f"stage_two: set lr ({lr}) or lr_factor ({factor}), not both")
+        if not weights and lr is None and factor is None:
+            raise ValueError("stage_two: neither loss_weights nor lr/lr_factor is set, so stage two would change nothing")
         return cls(
             start=None if start is None else float(start),
             start_epoch=section.get("start_epoch"),
@@ -121,6 +131,7 @@ class StageTwoConfig:
             start_time=None if start_time is None else float(start_time),
             loss_weights={name: float(value) for name, value in weights.items()},
             lr=None if lr is None else float(lr),
+            lr_factor=None if factor is None else float(factor),
         )
 
     def start_step_of(self, total_steps: float | None) -> int | None:
@@ -233,6 +244,8 @@ class StageTwo(pl.Callback):
         self._apply_weights(pl_module)
         if self.config.lr is not None:
             set_learning_rate(trainer, self.config.lr)
+        elif self.config.lr_factor is not None:
+            set_learning_rate(trainer, self.config.lr_factor * trainer.optimizers[0].param_groups[0]["lr"])
         self._restart_best(trainer)
         rank_zero_info(
             f"mlip-train: training stage two from global step {self.started_at_step} (epoch {trainer.current_epoch}): "
