@@ -188,6 +188,9 @@ def run(args) -> None:
         if not args.mace_python:
             raise SystemExit("--mace-python: the python of a venv with mace-torch (see scripts/mace_torch_baseline.py)")
         command = mace_torch_command(args.mace_python, data, run_dir, args.minutes, args.n_train, args.seed)
+        for override in args.override:  # key=value -> --key value of mace_torch_baseline.py (e.g. stage_two_start=0.8)
+            key, _, value = override.partition("=")
+            command += [f"--{key.replace('_', '-')}", value]
         if not (run_dir / "mace_torch.json").exists():  # no resume: a killed run starts again
             subprocess.run(command, check=True, env=env)
         result = mace_torch_result(run_dir, command)
@@ -588,7 +591,7 @@ def main(argv=None) -> int:
                              help="training seed of either program: initial weights and batch order (default 0)")
             sub.add_argument("--variant", default=None,
                              help="name of a recipe variant made by the overrides (added to the run's tag and label)")
-            sub.add_argument("override", nargs="*", help="extra mlip-train overrides (key=value)")
+            sub.add_argument("override", nargs="*", help="extra overrides (key=value): mlip-train overrides, or for mace-torch options of scripts/mace_torch_baseline.py (stage_two_start=0.8 -> --stage-two-start 0.8)")
         if name == "report":
             sub.add_argument("--figures", type=Path, default=None, help="folder for the PNG plots")
             sub.add_argument("--results", type=Path, default=None,

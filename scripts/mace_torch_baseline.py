@@ -54,6 +54,11 @@ def parse_args(argv=None):
     parser.add_argument("--stress-weight", type=float, default=100.0)
     parser.add_argument("--ema-decay", type=float, default=0.99, help="EMA of the weights, used for evaluation (0: off)")
     parser.add_argument("--warmup-steps", type=int, default=100, help="linear learning-rate warm-up")
+    parser.add_argument("--stage-two-start", type=float, default=0.0,
+                        help="MACE's stage two (swa) from this fraction of the time budget (0: off)")
+    parser.add_argument("--stage-two-energy-weight", type=float, default=1000.0, help="MACE's swa_energy_weight")
+    parser.add_argument("--stage-two-forces-weight", type=float, default=100.0, help="MACE's swa_forces_weight")
+    parser.add_argument("--stage-two-lr", type=float, default=1e-3, help="MACE's swa_lr")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--md-steps", type=int, default=200)
@@ -243,9 +248,18 @@ def main(argv=None):
     training_seconds = 0.0
     paused_seconds = 0.0
     next_curve_point = args.curve_every
+    stage_two_step = None
     while time.perf_counter() - start - paused_seconds < args.seconds:
         for batch in train_loader:
             step_start = time.perf_counter()
+            if stage_two_step is None and 0 < args.stage_two_start <= (step_start - start - paused_seconds) / args.seconds:
+                # MACE's stage two: other loss weights and a fixed learning rate from here on
+                stage_two_step = steps
+                args.energy_weight, args.forces_weight = args.stage_two_energy_weight, args.stage_two_forces_weight
+                warmup.base_lrs = [args.stage_two_lr for _ in warmup.base_lrs]
+                for group in optimizer.param_groups:
+                    group["lr"] = args.stage_two_lr
+                print(json.dumps({"stage_two_from_step": steps}), flush=True)
             optimizer.zero_grad()
             output = model(batch.to_dict(), training=True, compute_force=True, compute_stress=args.stress_weight > 0)
             loss = loss_fn(batch, output, args)
@@ -273,6 +287,7 @@ def main(argv=None):
         "parameters": n_parameters,
         "train_seconds": time.perf_counter() - start - paused_seconds,
         "steps": steps,
+        "stage_two_from_step": stage_two_step,
         "train_structures_per_s": structures_seen / training_seconds,
         **evaluate(model, test_loader, test_atoms),
         "md_atom_steps_per_s": md_atom_steps_per_second(model, z_table, args.cutoff, args.md_steps),
