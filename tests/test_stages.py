@@ -218,6 +218,8 @@ def test_the_ethanol_experiment_composes():
     assert config.loss.weights.energy == 1.0 and config.loss.weights.forces == 1000.0
     stage_two = StageTwoConfig.from_config(dict(config.stage_two))
     assert stage_two.start == 0.8 and stage_two.loss_weights["energy"] > config.loss.weights.energy
+    # the force weight is kept (MACE lowers it to 100; measured worse for forces) and the lr scaled by 0.4
+    assert stage_two.loss_weights["forces"] == config.loss.weights.forces and stage_two.lr_factor == 0.4
     assert all(str(path).endswith(".h5") for path in config.data.paths)
     shown = subprocess.run(
         [sys.executable, "-m", "mlip.cli.train", "experiment=ethanol_pbe", "--cfg", "job"],
