@@ -4,7 +4,7 @@ What it promises (docs/models.md, "Inner cutoff"): the switch is smooth (C2) and
 ends; an edge switched off acts as if it were absent, for every backbone; structures whose pairs
 are all at or above their inner cutoffs are untouched; forces and stress stay exact derivatives;
 with ZBL a dimer's energy rises monotonically below the switch; ``auto`` takes each pair's shortest
-distance in the training data, and a model file keeps the resolved values.
+distance in the training data (times ``inner_cutoff_fraction``), and a model file keeps the resolved values.
 """
 
 from __future__ import annotations
@@ -166,15 +166,20 @@ def test_statistics_record_the_shortest_distance_of_each_pair():
     assert set(shortest) == {"1-1", "1-6", "1-8", "6-6"}  # no pair of the two structures together
 
 
-def test_auto_takes_the_data_and_a_covalent_fraction_for_unseen_pairs():
+def test_auto_takes_a_fraction_of_the_data_and_of_the_covalent_sum_for_unseen_pairs():
     statistics = {"shortest_distances": {"1-6": 0.96789, "1-1": 1.476}}
-    cutoffs = automatic_inner_cutoffs([6, 1, 8], statistics)
+    cutoffs = automatic_inner_cutoffs([6, 1, 8], statistics, fraction=1.0)
     assert cutoffs["H-C"] == 0.9678  # rounded down: never above a training distance
     assert cutoffs["H-H"] == 1.476
-    assert cutoffs["O-O"] == pytest.approx(0.75 * 2 * covalent_radii[8], abs=1e-4)
+    assert cutoffs["O-O"] == pytest.approx(2 * covalent_radii[8], abs=1e-4)  # unseen: the covalent sum
     assert set(cutoffs) == {"H-H", "H-C", "H-O", "C-C", "C-O", "O-O"}
+    default = automatic_inner_cutoffs([6, 1, 8], statistics)  # 0.75 of each
+    assert default["H-H"] == pytest.approx(0.75 * 1.476, abs=1e-4) and default["H-H"] <= 0.75 * 1.476
+    assert default["O-O"] == pytest.approx(0.75 * 2 * covalent_radii[8], abs=1e-4)
     with pytest.raises(ValueError, match="shortest_distances"):
         automatic_inner_cutoffs([1], {})
+    with pytest.raises(ValueError, match="inner_cutoff_fraction"):
+        automatic_inner_cutoffs([1], statistics, fraction=1.5)
 
 
 def test_auto_in_build_potential_and_the_model_file_keep_the_values(float64_default, tmp_path):
@@ -182,11 +187,13 @@ def test_auto_in_build_potential_and_the_model_file_keep_the_values(float64_defa
     from mlip.export import export_model
 
     model = {"backbone": {"name": "mace", **testing.SMALL_BACKBONES["mace"]}, "cutoff": testing.CUTOFF,
-             "charge_spin_conditioning": False, "readout_hidden": [8], "inner_cutoff": "auto", "pair_repulsion": "zbl"}
+             "charge_spin_conditioning": False, "readout_hidden": [8], "inner_cutoff": "auto", "pair_repulsion": "zbl",
+             "inner_cutoff_fraction": 0.5}
     statistics = {"elements": [1, 8], "atomic_energies": {1: -0.5, 8: -2.0}, "avg_num_neighbors": 2.0,
                   "shortest_distances": {"1-8": 0.9, "1-1": 1.5, "8-8": 2.4}}
     potential = build_potential(model, statistics, dtype=torch.float64)
-    assert potential.config["inner_cutoff"] == {"H-H": 1.5, "H-O": 0.9, "O-O": 2.4}
+    assert potential.config["inner_cutoff"] == {"H-H": 0.75, "H-O": 0.45, "O-O": 1.2}  # half the shortest distances
+    assert "inner_cutoff_fraction" not in potential.config  # only how auto was resolved
     path = tmp_path / "model.pt"
     export_model(potential, path)
     loaded = mlip.load(path)
