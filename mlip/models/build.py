@@ -301,7 +301,7 @@ def build_potential(
 #: training data (``model.inner_cutoff_fraction``). At 1.0 the switch already acts on bonds a
 #: little shorter than any training bond, where the learned model still extrapolates well: on the
 #: ethanol normal-mode scans, whose C-C and C-O bonds are 0.11-0.16 Å shorter than any in
-#: train.xyz, three trained models' errors grew 5-9x; at 0.75 they are unchanged, and every H-H
+#: train.xyz, three trained models' errors grew 5-12x; at 0.75 they are unchanged, and every H-H
 #: dimer is still repulsive (docs/training.md, seventh session).
 DEFAULT_INNER_CUTOFF_FRACTION = 0.75
 
