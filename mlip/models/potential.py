@@ -131,10 +131,10 @@ class Potential(torch.nn.Module):
             {"C-H": Å, ...} (symbols or atomic numbers, either order; unlisted pairs: none). Below
             a pair's inner cutoff r_in the learned model sees the pair less and less (each edge's
             messages are scaled by `mlip.nn.radial.inner_switch`) and not at all below
-            r_in - `inner_cutoff_width`; there only the pair repulsion acts. r_in is meant to be the
-            shortest distance of that pair in the training data (``model.inner_cutoff=auto``), so
-            training structures are untouched and the model does not extrapolate its learned
-            energy to distances it never saw. With a pair repulsion, each pair's repulsion reaches
+            r_in - `inner_cutoff_width`; there only the pair repulsion acts. ``model.inner_cutoff=auto``
+            sets r_in to a fraction (0.75) of that pair's shortest distance in the training data, so
+            the learned energy is not extrapolated far below the distances it was fitted on, while
+            training structures and mildly compressed bonds are untouched. With a pair repulsion, each pair's repulsion reaches
             at least out to its r_in, so no pair is left with neither. Needs a backbone with
             `supports_edge_weights`.
         inner_cutoff_width: Å, width of that switch.
