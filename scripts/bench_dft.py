@@ -154,6 +154,7 @@ def mace_torch_command(python: str, data: Path, run_dir: Path, minutes: float, n
         "--energy-weight", "1", "--forces-weight", "1000", "--stress-weight", "0", "--warmup-steps", "0",
         "--curve-every", str(max(60.0, minutes * 60 / 12)), "--out", str(run_dir / "mace_torch.json"),
         "--seed", str(seed),
+        "--checkpoint", str(run_dir / "mace_torch_checkpoint.pt"),  # a killed run resumes with its clock
     ]
     for name in EXTRAPOLATION:
         command += ["--predict", f"{name}={DATA / TEST_SETS[name]}"]
@@ -191,7 +192,7 @@ def run(args) -> None:
         for override in args.override:  # key=value -> --key value of mace_torch_baseline.py (e.g. stage_two_start=0.8)
             key, _, value = override.partition("=")
             command += [f"--{key.replace('_', '-')}", value]
-        if not (run_dir / "mace_torch.json").exists():  # no resume: a killed run starts again
+        if not (run_dir / "mace_torch.json").exists():  # a killed run resumes from its checkpoint
             subprocess.run(command, check=True, env=env)
         result = mace_torch_result(run_dir, command)
     else:

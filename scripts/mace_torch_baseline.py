@@ -63,6 +63,10 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--md-steps", type=int, default=200)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--checkpoint", default=None,
+                        help="resumable state (weights, optimiser, EMA, clock, curve), written every --checkpoint-every "
+                             "training seconds; an existing one is resumed, so a budget can span several sessions")
+    parser.add_argument("--checkpoint-every", type=float, default=300.0)
     parser.add_argument("--curve-every", type=float, default=0.0,
                         help="evaluate on --test every this many training seconds (clock paused): a learning curve")
     parser.add_argument("--predict", action="append", default=[], metavar="NAME=FILE",
@@ -249,6 +253,32 @@ def main(argv=None):
     paused_seconds = 0.0
     next_curve_point = args.curve_every
     stage_two_step = None
+    if args.checkpoint and os.path.exists(args.checkpoint):  # resume: the clock continues from the saved time
+        state = torch.load(args.checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        warmup.load_state_dict(state["warmup"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        torch.set_rng_state(state["rng"])
+        structures_seen, steps, training_seconds = state["structures_seen"], state["steps"], state["training_seconds"]
+        next_curve_point, stage_two_step, curve[:] = state["next_curve_point"], state["stage_two_step"], state["curve"]
+        args.energy_weight, args.forces_weight = state["energy_weight"], state["forces_weight"]
+        paused_seconds = -state["elapsed"]  # elapsed = now - start - paused starts at the saved value
+        print(json.dumps({"resumed_from_step": steps, "elapsed": state["elapsed"]}), flush=True)
+    next_checkpoint = (time.perf_counter() - start - paused_seconds) + args.checkpoint_every
+
+    def save_checkpoint():
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "warmup": warmup.state_dict(),
+                 "ema": ema.state_dict() if ema is not None else None, "rng": torch.get_rng_state(),
+                 "structures_seen": structures_seen, "steps": steps, "training_seconds": training_seconds,
+                 "next_curve_point": next_curve_point, "stage_two_step": stage_two_step, "curve": curve,
+                 "energy_weight": args.energy_weight, "forces_weight": args.forces_weight,
+                 "elapsed": time.perf_counter() - start - paused_seconds}
+        temporary = f"{args.checkpoint}.tmp"
+        torch.save(state, temporary)
+        os.replace(temporary, args.checkpoint)  # never half a checkpoint
+
     while time.perf_counter() - start - paused_seconds < args.seconds:
         for batch in train_loader:
             step_start = time.perf_counter()
@@ -277,6 +307,11 @@ def main(argv=None):
                 record_curve_point()
                 paused_seconds += time.perf_counter() - pause_start
                 next_curve_point += args.curve_every
+            if args.checkpoint and time.perf_counter() - start - paused_seconds >= next_checkpoint:
+                pause_start = time.perf_counter()
+                save_checkpoint()
+                paused_seconds += time.perf_counter() - pause_start
+                next_checkpoint += args.checkpoint_every
             if time.perf_counter() - start - paused_seconds >= args.seconds:
                 break
 
