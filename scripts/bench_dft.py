@@ -134,7 +134,7 @@ def mlip_command(backbone: str, data: Path, run_root: Path, tag: str, minutes: f
         f"data.paths=[{data / f'train{suffix}.h5'}]", f"data.test_paths={{{tests}}}",
         "model.atomic_energies=isolated", f"model.isolated_atoms={DATA / 'isolated_atoms.xyz'}",
         f"model.pair_repulsion={'zbl' if zbl else 'null'}",
-        # with ZBL, the learned model stops seeing a pair below its shortest training distance
+        # with ZBL, the learned model stops seeing a pair below 0.75 x its shortest training distance
         f"model.inner_cutoff={'auto' if zbl else 'null'}",
         "trainer.max_epochs=100000", f"trainer.max_time={budget}",
         "stage_two.start=null", "++stage_two.start_time=0.8",  # stage two from 80 % of the time budget

@@ -237,13 +237,18 @@ def main(argv=None):
 
     curve = []
 
+    def elapsed() -> float:
+        """Seconds of the training budget used so far: wall time without the paused evaluations and
+        checkpoints, over resumes."""
+        return time.perf_counter() - start - paused_seconds
+
     def record_curve_point():
         if ema is not None:
             with ema.average_parameters():
                 metrics = evaluate(model, test_loader, test_atoms)
         else:
             metrics = evaluate(model, test_loader, test_atoms)
-        curve.append({"wall_seconds": time.perf_counter() - start - paused_seconds, "train_seconds": training_seconds,
+        curve.append({"wall_seconds": elapsed(), "train_seconds": training_seconds,
                       "steps": steps, **metrics})
         print(json.dumps({"curve": curve[-1]}), flush=True)
 
@@ -266,7 +271,7 @@ def main(argv=None):
         args.energy_weight, args.forces_weight = state["energy_weight"], state["forces_weight"]
         paused_seconds = -state["elapsed"]  # elapsed = now - start - paused starts at the saved value
         print(json.dumps({"resumed_from_step": steps, "elapsed": state["elapsed"]}), flush=True)
-    next_checkpoint = (time.perf_counter() - start - paused_seconds) + args.checkpoint_every
+    next_checkpoint = elapsed() + args.checkpoint_every
 
     def save_checkpoint():
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "warmup": warmup.state_dict(),
@@ -274,15 +279,15 @@ def main(argv=None):
                  "structures_seen": structures_seen, "steps": steps, "training_seconds": training_seconds,
                  "next_curve_point": next_curve_point, "stage_two_step": stage_two_step, "curve": curve,
                  "energy_weight": args.energy_weight, "forces_weight": args.forces_weight,
-                 "elapsed": time.perf_counter() - start - paused_seconds}
+                 "elapsed": elapsed()}
         temporary = f"{args.checkpoint}.tmp"
         torch.save(state, temporary)
         os.replace(temporary, args.checkpoint)  # never half a checkpoint
 
-    while time.perf_counter() - start - paused_seconds < args.seconds:
+    while elapsed() < args.seconds:
         for batch in train_loader:
             step_start = time.perf_counter()
-            if stage_two_step is None and 0 < args.stage_two_start <= (step_start - start - paused_seconds) / args.seconds:
+            if stage_two_step is None and 0 < args.stage_two_start <= elapsed() / args.seconds:
                 # MACE's stage two: other loss weights and a fixed learning rate from here on
                 stage_two_step = steps
                 args.energy_weight, args.forces_weight = args.stage_two_energy_weight, args.stage_two_forces_weight
@@ -302,17 +307,17 @@ def main(argv=None):
             training_seconds += time.perf_counter() - step_start
             structures_seen += batch.num_graphs
             steps += 1
-            if args.curve_every > 0 and time.perf_counter() - start - paused_seconds >= next_curve_point:
+            if args.curve_every > 0 and elapsed() >= next_curve_point:
                 pause_start = time.perf_counter()
                 record_curve_point()
                 paused_seconds += time.perf_counter() - pause_start
                 next_curve_point += args.curve_every
-            if args.checkpoint and time.perf_counter() - start - paused_seconds >= next_checkpoint:
+            if args.checkpoint and elapsed() >= next_checkpoint:
                 pause_start = time.perf_counter()
                 save_checkpoint()
                 paused_seconds += time.perf_counter() - pause_start
                 next_checkpoint += args.checkpoint_every
-            if time.perf_counter() - start - paused_seconds >= args.seconds:
+            if elapsed() >= args.seconds:
                 break
 
     if ema is not None:
@@ -320,7 +325,7 @@ def main(argv=None):
     result = {
         "model": "mace-torch",
         "parameters": n_parameters,
-        "train_seconds": time.perf_counter() - start - paused_seconds,
+        "train_seconds": elapsed(),
         "steps": steps,
         "stage_two_from_step": stage_two_step,
         "train_structures_per_s": structures_seen / training_seconds,

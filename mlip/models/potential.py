@@ -475,9 +475,9 @@ class Potential(torch.nn.Module):
         (weight 1 and zero slope) without the work."""
         sender, receiver = inputs.edge_index
         inner = self.inner_cutoffs.to(inputs.edge_vectors.dtype)[species[receiver], species[sender]]  # (E,) Å
-        if not bool((torch.linalg.norm(inputs.edge_vectors.detach(), dim=-1) < inner).any()):
-            return None
         distances = torch.linalg.norm(inputs.edge_vectors, dim=-1)  # (E,) Å
+        if not bool((distances.detach() < inner).any()):
+            return None
         return inner_switch(distances, inner, self.inner_cutoff_width)
 
     def _inputs(self, batch, species, pos, cell, strain, node_batch) -> BackboneInputs:
