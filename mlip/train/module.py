@@ -27,7 +27,14 @@ import torch
 from mlip.train.ema import ExponentialMovingAverage
 from mlip.train.losses import PotentialLoss, nonfinite_structures
 from mlip.train.metrics import ErrorAccumulator
-from mlip.train.schedules import LinearWarmup, WarmupCosine, build_optimizer, build_scheduler  # noqa: F401 (re-exported)
+from mlip.train.schedules import (  # noqa: F401 (LinearWarmup, WarmupCosine re-exported)
+    BudgetCosine,
+    LinearWarmup,
+    WarmupCosine,
+    build_optimizer,
+    build_scheduler,
+    run_progress,
+)
 from mlip.train.symmetry import LearnedEquivarianceLoss, capture_embeddings, energy_gradient_rotation_penalty, rotation_augmentation
 
 
@@ -395,6 +402,12 @@ class PotentialModule(pl.LightningModule):
         optimizer = build_optimizer(self.optimizer_config, self.trainable_parameters())
         scheduler = build_scheduler(self.scheduler_config, optimizer, total_steps=self.trainer.estimated_stepping_batches)
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        """Steps ``scheduler``; a `BudgetCosine` first learns how much of the run's budget is spent."""
+        if isinstance(scheduler, BudgetCosine):
+            scheduler.progress = run_progress(self.trainer)
+        super().lr_scheduler_step(scheduler, metric)
 
     # ----------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

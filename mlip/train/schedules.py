@@ -59,6 +59,69 @@ class LinearWarmup:
         return (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
 
 
+def cosine_factor(progress: float, min_factor: float) -> float:
+    """Cosine from 1 at ``progress`` 0 to ``min_factor`` at ``progress`` 1 (clamped to [0, 1])."""
+    progress = min(1.0, max(0.0, float(progress)))
+    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class BudgetCosine(torch.optim.lr_scheduler.LRScheduler):
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_factor · lr`` at the end of the run's budget.
+
+    The decay follows ``progress`` (0 at the start, 1 when the budget is spent), which the
+    training module sets before every step from the trainer (`run_progress`): the larger of the
+    fraction of optimiser steps done and the fraction of ``trainer.max_time`` used, so a run with
+    a wall-time budget decays over its time and a run with a step budget over its steps. The
+    progress is part of the scheduler state, so a resumed run continues the curve where it was.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int = 0, min_factor: float = 0.01):
+        if not 0.0 <= min_factor <= 1.0:
+            raise ValueError(f"scheduler.min_factor must be in [0, 1], got {min_factor!r}")
+        self.warmup_steps = max(0, int(warmup_steps))
+        self.min_factor = float(min_factor)
+        self.progress = 0.0
+        super().__init__(optimizer)
+
+    def factor(self) -> float:
+        """The learning rate over the base rate for the next step."""
+        step = self.last_epoch  # the number of steps taken (LRScheduler counts calls of step())
+        warmup = (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
+        return min(1.0, warmup) * cosine_factor(self.progress, self.min_factor)
+
+    def get_lr(self) -> list[float]:
+        factor = self.factor()
+        return [base * factor for base in self.base_lrs]
+
+
+def budget_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int = 0, min_factor: float = 0.01
+) -> BudgetCosine:
+    """Cosine decay to ``min_factor · lr`` over the run's steps or wall time, whichever ends first (`BudgetCosine`)."""
+    return BudgetCosine(optimizer, warmup_steps=warmup_steps, min_factor=min_factor)
+
+
+def run_progress(trainer: Any) -> float:
+    """The fraction (0 to 1) of ``trainer``'s budget spent: the larger of its optimiser steps done
+    out of ``estimated_stepping_batches`` and its fit time out of ``max_time`` (Lightning's
+    `Timer`, which counts over a resume). Under DDP rank 0's clock decides (broadcast), so that
+    every rank uses the same learning rate.
+    """
+    from mlip.train.stages import fit_timer
+
+    fractions = [0.0]
+    total_steps = float(trainer.estimated_stepping_batches)
+    if math.isfinite(total_steps) and total_steps > 0:
+        fractions.append(trainer.global_step / total_steps)
+    timer = fit_timer(trainer)
+    if timer is not None:
+        elapsed, remaining = timer.time_elapsed("train"), timer.time_remaining("train")
+        budget = elapsed + remaining
+        time_fraction = elapsed / budget if budget > 0 else 1.0
+        fractions.append(float(trainer.strategy.broadcast(time_fraction, src=0)))
+    return min(1.0, max(fractions))
+
+
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_factor: float = 0.01
 ) -> torch.optim.lr_scheduler.LambdaLR:
