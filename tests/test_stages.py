@@ -213,13 +213,15 @@ def test_a_fraction_needs_a_run_of_finite_length():
 def test_the_ethanol_experiment_composes():
     config = compose_config(["experiment=ethanol_pbe"])
     assert config.dtype == "float64" and config.data.batch_size == 5
-    assert config.scheduler._target_ == "mlip.train.schedules.reduce_on_plateau" and config.scheduler.factor == 0.8
+    # a cosine from lr 0.01 to 0.001 over the run's budget (epochs or trainer.max_time)
+    assert config.scheduler._target_ == "mlip.train.schedules.budget_cosine" and config.scheduler.min_factor == 0.1
     assert config.optimizer.lr == 0.01 and config.optimizer.amsgrad and config.ema_decay == 0.99
     assert config.loss.weights.energy == 1.0 and config.loss.weights.forces == 1000.0
     stage_two = StageTwoConfig.from_config(dict(config.stage_two))
     assert stage_two.start == 0.8 and stage_two.loss_weights["energy"] > config.loss.weights.energy
-    # the force weight is kept (MACE lowers it to 100; measured worse for forces) and the lr scaled by 0.4
-    assert stage_two.loss_weights["forces"] == config.loss.weights.forces and stage_two.lr_factor == 0.4
+    # the force weight is kept (MACE lowers it to 100; measured worse for forces); the lr follows the cosine
+    assert stage_two.loss_weights["forces"] == config.loss.weights.forces
+    assert stage_two.lr is None and stage_two.lr_factor is None
     assert all(str(path).endswith(".h5") for path in config.data.paths)
     shown = subprocess.run(
         [sys.executable, "-m", "mlip.cli.train", "experiment=ethanol_pbe", "--cfg", "job"],
