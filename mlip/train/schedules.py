@@ -34,6 +34,12 @@ LIGHTNING_KEYS = ("interval", "frequency", "monitor")  # keys of Lightning's lr_
 DEFAULT_MONITOR = "val/loss"
 
 
+def cosine_factor(progress: float, min_factor: float) -> float:
+    """Cosine from 1 at ``progress`` 0 to ``min_factor`` at ``progress`` 1 (clamped to [0, 1])."""
+    progress = min(1.0, max(0.0, float(progress)))
+    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class WarmupCosine:
     """LR factor: linear warm-up over ``warmup_steps``, then cosine decay to ``min_factor`` at ``total_steps``."""
 
@@ -45,8 +51,7 @@ class WarmupCosine:
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
-        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return cosine_factor((step - self.warmup_steps) / (self.total_steps - self.warmup_steps), self.min_factor)
 
 
 class LinearWarmup:
@@ -57,12 +62,6 @@ class LinearWarmup:
 
     def __call__(self, step: int) -> float:
         return (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
-
-
-def cosine_factor(progress: float, min_factor: float) -> float:
-    """Cosine from 1 at ``progress`` 0 to ``min_factor`` at ``progress`` 1 (clamped to [0, 1])."""
-    progress = min(1.0, max(0.0, float(progress)))
-    return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class BudgetCosine(torch.optim.lr_scheduler.LRScheduler):
