@@ -151,6 +151,28 @@ def test_ema_tracks_weights_with_warmup():
     assert int(ema.state_dict()["num_updates"]) == 21
 
 
+def test_ema_copy_of_an_lmax_3_model_has_exactly_its_tensors_and_exports():
+    """A MACE-like model with lmax 3 and 16 channels: e3nn's compiled tensor products, deep-copied,
+    grow `_tensor_constant` buffers; the EMA's copy must not, so that it updates and its weights
+    (what best_model.pt holds) load strictly into a freshly built model."""
+    from mlip.models.build import build_potential, potential_from_config
+
+    config = {"backbone": {"name": "mace", "num_channels": 16, "lmax": 3, "correlation": 1, "num_layers": 2},
+              "cutoff": 4.0, "elements": [1, 8], "atomic_energies": {1: 0.0, 8: 0.0}, "scale": 1.0, "shift": 0.0}
+    model = build_potential(config, statistics={"avg_num_neighbors": 4.0}, dtype=torch.float32)
+    ema = ExponentialMovingAverage(model, decay=0.9)
+    assert [name for name, _ in ema.averaged.named_buffers()] == [name for name, _ in model.named_buffers()]
+    assert ema.averaged.state_dict().keys() == model.state_dict().keys()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1)
+    ema.update(model)
+    fresh = potential_from_config(ema.averaged.config, dtype=torch.float32)
+    fresh.load_state_dict(ema.averaged.state_dict())  # strict
+    changed = next(name for name, _ in model.named_parameters())
+    assert not torch.equal(dict(fresh.named_parameters())[changed], dict(model.named_parameters())[changed])
+
+
 def test_ema_fused_update_follows_every_weight_and_buffer_but_not_frozen_ones():
     """The fused (foreach) update must equal the per-tensor formula on every trainable tensor,
     copy every buffer and leave frozen parameters at their averaged value."""
@@ -241,6 +263,11 @@ def test_optimizer_and_schedule_come_from_the_config_by_target():
     assert build_scheduler(None, sgd) is None
     with pytest.raises(ValueError, match="replaced by `_target_`"):
         build_scheduler({"name": "cosine", "warmup_steps": 2}, sgd)
+    # a key of another schedule (e.g. an experiment's, after scheduler=constant) is named, with its removal
+    with pytest.raises(ValueError, match=r"linear_warmup takes no \['min_factor'\].*'~scheduler.min_factor'"):
+        build_scheduler({"_target_": "mlip.train.schedules.linear_warmup", "warmup_steps": 2, "min_factor": 0.1}, sgd)
+    with pytest.raises(ValueError, match=r"optimizer: torch.optim.Adam takes no \['patience'\]"):
+        build_optimizer({"_target_": "torch.optim.Adam", "lr": 0.01, "patience": 5}, parameters)
 
 
 def test_loss_weights_have_one_default():

@@ -20,6 +20,7 @@ from mlip.models.build import (
     check_keywords,
     default_dtype,
     potential_from_config,
+    independent_copy,
     rebuild,
 )
 from mlip.models.conditioning import ChargeSpinEmbedding
@@ -43,6 +44,7 @@ __all__ = [
     "check_keywords",
     "default_dtype",
     "potential_from_config",
+    "independent_copy",
     "rebuild",
     "register_backbone",
 ]

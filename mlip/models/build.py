@@ -20,6 +20,7 @@ non-persistent buffers (e.g. the MACE-like ``basis_*``) would keep their float32
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import inspect
 import math
@@ -438,6 +439,20 @@ def joint_reference_mode(modes) -> str:
     a lone atom, which ``isolated`` does)."""
     modes = set(modes)
     return modes.pop() if len(modes) == 1 else "explicit"
+
+
+def independent_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` that shares nothing with it and has exactly its parameters and buffers.
+
+    A `Potential` is rebuilt from its config in its own dtype (`rebuild`): ``copy.deepcopy``
+    goes through pickling, and e3nn's compiled tensor products come back from it with their
+    larger constants as extra ``_tensor_constant`` buffers (e.g. a MACE-like model with ``lmax: 3``
+    and 16 or more channels), so the copy's ``state_dict`` would not load into a fresh model.
+    Any other module is deep-copied."""
+    if isinstance(model, Potential) and getattr(model, "config", None) is not None:
+        parameter = next(model.parameters(), None)
+        return rebuild(model, parameter.dtype if parameter is not None else torch.get_default_dtype())
+    return copy.deepcopy(model)
 
 
 def rebuild(potential: Potential, dtype: torch.dtype | str) -> Potential:

@@ -6,8 +6,6 @@ smoother than the raw weights and usually a few per cent more accurate.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 
@@ -20,6 +18,8 @@ class ExponentialMovingAverage(torch.nn.Module):
     Frozen parameters (``requires_grad=False`` in the model, e.g. ``finetune.freeze``) are left as
     they are.
     Being an ``nn.Module``, its state (weights and update count) is part of ``state_dict``.
+    The copy is `mlip.models.independent_copy`'s: a `Potential` rebuilt from its config, so that
+    it has exactly the model's parameters and buffers (and its export loads into a fresh model).
     """
 
     def __init__(self, model: torch.nn.Module, decay: float = 0.99):
@@ -27,7 +27,9 @@ class ExponentialMovingAverage(torch.nn.Module):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
-        self.averaged = copy.deepcopy(model).requires_grad_(False).eval()
+        from mlip.models.build import independent_copy
+
+        self.averaged = independent_copy(model).requires_grad_(False).eval()
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
     def current_decay(self) -> float:
@@ -42,10 +44,16 @@ class ExponentialMovingAverage(torch.nn.Module):
             if current.requires_grad:
                 averaged_weights.append(averaged)
                 current_weights.append(current.detach())
-        averaged_buffers = list(self.averaged.buffers())
-        current_buffers = list(model.buffers())
-        if len(averaged_buffers) != len(current_buffers):
-            raise ValueError(f"EMA: the model has {len(current_buffers)} buffers, its averaged copy {len(averaged_buffers)}")
+        averaged_named, current_named = list(self.averaged.named_buffers()), list(model.named_buffers())
+        averaged_names, current_names = [name for name, _ in averaged_named], [name for name, _ in current_named]
+        averaged_buffers, current_buffers = [buffer for _, buffer in averaged_named], [buffer for _, buffer in current_named]
+        if averaged_names != current_names:
+            only_model = sorted(set(current_names) - set(averaged_names))
+            only_copy = sorted(set(averaged_names) - set(current_names))
+            raise ValueError(
+                f"EMA: the model's buffers differ from its averaged copy's (only in the model: {only_model[:5]}, "
+                f"only in the copy: {only_copy[:5]})"
+            )
         # one fused kernel per list instead of one per tensor (the step's overhead on small models)
         if averaged_weights:
             torch._foreach_lerp_(averaged_weights, current_weights, weight_of_new)

@@ -168,7 +168,26 @@ def _partial(config: dict[str, Any], section: str, default_target: str | None = 
     config.setdefault("_target_", default_target)
     if not config["_target_"]:
         raise ValueError(f"{section}: no `_target_` (the class or function to build)")
-    return instantiate(config, _partial_=True, _convert_="all")
+    factory = instantiate(config, _partial_=True, _convert_="all")
+    unknown = _unknown_keywords(factory.func, factory.keywords)
+    if unknown:
+        removals = " ".join(f"'~{section}.{key}'" for key in unknown)
+        raise ValueError(
+            f"{section}: {config['_target_']} takes no {unknown} (settings of another {section}, e.g. from an "
+            f"experiment, after {section}=... chose this one?); remove them with {removals}"
+        )
+    return factory
+
+
+def _unknown_keywords(function, keywords: dict[str, Any]) -> list[str]:
+    """The keys of ``keywords`` that ``function`` does not accept (none if it takes ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return []
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return []
+    return sorted(key for key in keywords if key not in parameters)
 
 
 def build_optimizer(config: dict[str, Any] | None, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
