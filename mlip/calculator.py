@@ -27,7 +27,6 @@ forces); asking for stress of a non-periodic structure raises `PropertyNotImplem
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 from collections.abc import Sequence
@@ -82,7 +81,9 @@ def load_potential(model_or_path, dtype: torch.dtype) -> tuple[torch.nn.Module, 
             from mlip.models import rebuild
 
             return rebuild(model_or_path, dtype), statistics
-        return copy.deepcopy(model_or_path), statistics
+        from mlip.models import independent_copy
+
+        return independent_copy(model_or_path), statistics
     if isinstance(model_or_path, (str, os.PathLike)):
         from mlip.export import load, read_export
 

@@ -259,7 +259,7 @@ def main(argv=None):
     next_curve_point = args.curve_every
     stage_two_step = None
     if args.checkpoint and os.path.exists(args.checkpoint):  # resume: the clock continues from the saved time
-        state = torch.load(args.checkpoint, weights_only=False)
+        state = torch.load(args.checkpoint, weights_only=True)  # tensors and plain containers only
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         warmup.load_state_dict(state["warmup"])

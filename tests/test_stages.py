@@ -214,7 +214,7 @@ def test_the_ethanol_experiment_composes():
     config = compose_config(["experiment=ethanol_pbe"])
     assert config.dtype == "float64" and config.data.batch_size == 5
     # a cosine from lr 0.01 to 0.001 over the run's budget (epochs or trainer.max_time)
-    assert config.scheduler._target_ == "mlip.train.schedules.budget_cosine" and config.scheduler.min_factor == 0.1
+    assert config.scheduler._target_ == "mlip.train.schedules.BudgetCosine" and config.scheduler.min_factor == 0.1
     assert config.optimizer.lr == 0.01 and config.optimizer.amsgrad and config.ema_decay == 0.99
     assert config.loss.weights.energy == 1.0 and config.loss.weights.forces == 1000.0
     stage_two = StageTwoConfig.from_config(dict(config.stage_two))

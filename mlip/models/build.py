@@ -449,7 +449,7 @@ def independent_copy(model: torch.nn.Module) -> torch.nn.Module:
     larger constants as extra ``_tensor_constant`` buffers (e.g. a MACE-like model with ``lmax: 3``
     and 16 or more channels), so the copy's ``state_dict`` would not load into a fresh model.
     Any other module is deep-copied."""
-    if isinstance(model, Potential) and getattr(model, "config", None) is not None:
+    if isinstance(model, Potential):
         parameter = next(model.parameters(), None)
         return rebuild(model, parameter.dtype if parameter is not None else torch.get_default_dtype())
     return copy.deepcopy(model)

@@ -86,18 +86,11 @@ class BudgetCosine(torch.optim.lr_scheduler.LRScheduler):
         """The learning rate over the base rate for the next step."""
         step = self.last_epoch  # the number of steps taken (LRScheduler counts calls of step())
         warmup = (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
-        return min(1.0, warmup) * cosine_factor(self.progress, self.min_factor)
+        return warmup * cosine_factor(self.progress, self.min_factor)
 
     def get_lr(self) -> list[float]:
         factor = self.factor()
         return [base * factor for base in self.base_lrs]
-
-
-def budget_cosine(
-    optimizer: torch.optim.Optimizer, warmup_steps: int = 0, min_factor: float = 0.01
-) -> BudgetCosine:
-    """Cosine decay to ``min_factor · lr`` over the run's steps or wall time, whichever ends first (`BudgetCosine`)."""
-    return BudgetCosine(optimizer, warmup_steps=warmup_steps, min_factor=min_factor)
 
 
 def run_progress(trainer: Any) -> float:
